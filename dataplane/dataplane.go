@@ -1,0 +1,69 @@
+package dataplane
+
+import (
+	"context"
+	"io"
+)
+
+// Mode names a backend.
+type Mode string
+
+const (
+	// ModeEBPF forwards in the kernel with XDP programs.
+	ModeEBPF Mode = "ebpf"
+	// ModeUserspace forwards in Go over AF_XDP sockets.
+	ModeUserspace Mode = "userspace"
+)
+
+// DataPlane is a running packet dataplane. See the package documentation for
+// the error and concurrency contract.
+type DataPlane interface {
+	// Mode says which backend runs.
+	Mode() Mode
+	// Apply validates cfg and, if it is valid and can be programmed,
+	// replaces the running configuration atomically. On error nothing
+	// changed.
+	Apply(ctx context.Context, cfg *Config) (ApplyResult, error)
+	// ResourceStats reports every bounded resource and the counters. Rows
+	// for the detailed view (per binding, per shard) are marked Detail.
+	ResourceStats(ctx context.Context) (ResourceReport, error)
+	// Close detaches every program, closes every socket and removes what
+	// the dataplane pinned. It is idempotent.
+	io.Closer
+}
+
+// ApplyResult describes an applied configuration.
+type ApplyResult struct {
+	// Generation increases by one with every successful Apply, starting
+	// at 1.
+	Generation uint64 `json:"generation"`
+	// Warnings lists soft problems: parts of the config that were skipped
+	// as the contract allows (e.g. an unresolved mirror output).
+	Warnings []Warning `json:"warnings,omitempty"`
+}
+
+// Warning is a soft problem found while applying a config.
+type Warning struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+func (w Warning) String() string { return w.Field + ": " + w.Message }
+
+// SessionLister is implemented by backends that can enumerate sessions.
+type SessionLister interface {
+	// Sessions returns at most limit sessions (limit <= 0: a backend
+	// default) and the total count at the time of the call.
+	Sessions(ctx context.Context, limit int) ([]Session, SessionCounts, error)
+}
+
+// Session is one tracked flow, seen from its initiator.
+type Session struct {
+	Protocol    string `json:"protocol"`
+	Source      string `json:"source"`      // address:port of the initiator
+	Destination string `json:"destination"` // address:port of the responder
+	Packets     uint64 `json:"packets,omitempty"`
+	Bytes       uint64 `json:"bytes,omitempty"`
+	// IdleSeconds since the last packet, where the backend knows it.
+	IdleSeconds float64 `json:"idle_seconds,omitempty"`
+}
