@@ -1,0 +1,5 @@
+//go:build !linux
+
+package capability
+
+func isEbpfNotSupported(error) bool { return false }
