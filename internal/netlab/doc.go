@@ -1,0 +1,50 @@
+// Package netlab builds real-kernel test topologies for fwplane: network
+// namespaces joined by veth pairs, with addresses, routes and forwarding
+// configured, plus the tools tests use to drive and observe traffic through
+// them: socket round trips, a BPF_PROG_RUN live-frames flood generator, an
+// XDP packet counter and an AF_PACKET capturer.
+//
+// Everything runs against the real kernel; nothing is mocked. Creating a
+// [Lab] needs CAP_SYS_ADMIN and CAP_NET_ADMIN, the flood and counter need
+// CAP_BPF as well (tests use [NewT], which skips or fails via
+// internal/testutil).
+//
+// # Topology
+//
+//	Client ──veth── Firewall ──veth── Server
+//	                   │
+//	                 veth (Options.MirrorSink)
+//	                   │
+//	                 Sink
+//
+// The firewall namespace forwards IPv4 and IPv6 in the kernel as a baseline;
+// an XDP program attached by a firewall backend takes over from it. Every
+// namespace and interface name carries a random suffix, so labs in parallel
+// test packages never collide.
+//
+// # Cleanup
+//
+// [Lab.Close] removes everything the lab created: veth pairs, namespaces
+// (with whatever a test attached inside them) and nothing else; it is safe
+// to call more than once and on nil. [New] cleans up after itself when it
+// fails part-way. [NewT] registers Close with tb.Cleanup. Counters,
+// capturers, echo servers and floods are owned by the caller and must be
+// closed (or stopped) before or after the lab; closing the lab first makes
+// their interfaces vanish, which they tolerate.
+//
+// # Concurrency
+//
+// A Lab's exported fields are read-only after New returns; its methods are
+// safe for concurrent use. [NS.Do] may be called from many goroutines at
+// once: each call runs on its own OS thread switched into the namespace.
+// Goroutines started inside fn do NOT inherit the namespace, but sockets
+// and links created inside fn stay bound to it and may be used from any
+// goroutine afterwards. [Counter] and [Capturer] methods are safe for
+// concurrent use; Close may interrupt a blocked read. A [Flood] value may be
+// run concurrently with itself: each Run loads its own program.
+//
+// # Errors
+//
+// Errors wrap the kernel's errno with %w ("verb noun: %w"), so callers can
+// match e.g. unix.EPERM or ebpf.ErrNotSupported with errors.Is.
+package netlab

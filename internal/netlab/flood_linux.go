@@ -1,0 +1,139 @@
+//go:build linux
+
+package netlab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// MaxFloodFrame is the largest frame a [Flood] can send (the template
+// buffer of netlab_gen.c). A frame larger than the link's MTU plus its
+// Ethernet header is dropped by the kernel.
+const MaxFloodFrame = 2048
+
+// DefaultFloodChunk is how many frames one BPF_PROG_RUN sends when
+// Flood.Chunk is 0: about 30 ms of work, so cancellation is prompt.
+const DefaultFloodChunk = 1 << 16
+
+// Flood sends the same frame Count times out of Iface in NS, as fast as
+// the kernel can, with BPF_PROG_RUN of an XDP program in live-frames mode
+// (BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX transmits each frame out of the
+// interface. The frames arrive at the veth peer of Iface, whose receive
+// side needs NAPI (the lab turns GRO on for that reason).
+type Flood struct {
+	NS    *NS
+	Iface string
+	// Frame is the full Ethernet frame, 14 to MaxFloodFrame bytes.
+	Frame []byte
+	Count uint64
+	// BatchSize is the kernel's live-frames batch size; 0 means the
+	// kernel default (64).
+	BatchSize uint32
+	// Chunk is the number of frames per BPF_PROG_RUN call, between which
+	// ctx is checked; 0 means DefaultFloodChunk.
+	Chunk uint32
+}
+
+// FloodResult is what a flood did.
+type FloodResult struct {
+	// Sent counts frames the program handed to XDP_TX (the kernel may
+	// still drop some on the way, e.g. when the peer's ring is full:
+	// count at the receiver to know).
+	Sent    uint64
+	Elapsed time.Duration
+	// PPS is Sent per second of Elapsed.
+	PPS float64
+}
+
+// xdpMd is struct xdp_md, the context of an XDP BPF_PROG_RUN.
+type xdpMd struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// Run sends the flood and returns what was sent. It stops early, with
+// ctx's error and the partial result, when ctx ends. The count is exact:
+// the program itself stops transmitting at the limit, whatever the kernel's
+// repetitions.
+func (f Flood) Run(ctx context.Context) (FloodResult, error) {
+	var res FloodResult
+	switch {
+	case f.NS == nil:
+		return res, errors.New("run flood: no namespace")
+	case len(f.Frame) < 14 || len(f.Frame) > MaxFloodFrame:
+		return res, fmt.Errorf("run flood: frame of %d bytes, want 14 to %d", len(f.Frame), MaxFloodFrame)
+	case f.Count == 0:
+		return res, nil
+	}
+	chunk := uint64(f.Chunk)
+	if chunk == 0 {
+		chunk = DefaultFloodChunk
+	}
+	spec, err := loadNetlabGen()
+	if err != nil {
+		return res, fmt.Errorf("load flood spec: %w", err)
+	}
+	var objs netlabGenObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		return res, fmt.Errorf("load flood program: %w", err)
+	}
+	defer objs.Close()
+	var tmpl [MaxFloodFrame]byte
+	copy(tmpl[:], f.Frame)
+	if err := objs.Tmpl.Set(tmpl); err != nil {
+		return res, fmt.Errorf("set flood template: %w", err)
+	}
+	if err := objs.TmplLen.Set(uint32(len(f.Frame))); err != nil {
+		return res, fmt.Errorf("set flood template length: %w", err)
+	}
+
+	err = f.NS.Do(func() error {
+		ifc, err := net.InterfaceByName(f.Iface)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", f.Iface, f.NS, err)
+		}
+		opts := &ebpf.RunOptions{
+			Data:      f.Frame,
+			Flags:     unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+			Context:   xdpMd{DataEnd: uint32(len(f.Frame)), IngressIfindex: uint32(ifc.Index)},
+			BatchSize: f.BatchSize,
+		}
+		start := time.Now()
+		defer func() { res.Elapsed = time.Since(start) }()
+		for res.Sent < f.Count {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("run flood: %w", err)
+			}
+			limit := min(res.Sent+chunk, f.Count)
+			if err := objs.Limit.Set(limit); err != nil {
+				return fmt.Errorf("set flood limit: %w", err)
+			}
+			opts.Repeat = uint32(limit - res.Sent)
+			if _, err := objs.NetlabGen.Run(opts); err != nil {
+				return fmt.Errorf("run flood program on %s: %w", f.Iface, err)
+			}
+			var sent uint64
+			if err := objs.Sent.Get(&sent); err != nil {
+				return fmt.Errorf("read flood count: %w", err)
+			}
+			if sent != limit {
+				// Only XDP_ABORTED stops short: the frame does not fit
+				// the live-frames buffer or the template.
+				res.Sent = sent
+				return fmt.Errorf("run flood on %s: program sent %d of %d frames (frame rejected)", f.Iface, sent, limit)
+			}
+			res.Sent = sent
+		}
+		return nil
+	})
+	if res.Elapsed > 0 {
+		res.PPS = float64(res.Sent) / res.Elapsed.Seconds()
+	}
+	return res, err
+}
