@@ -1,0 +1,179 @@
+//go:build ignore
+
+/* XDP shim for the userspace (AF_XDP) backend.
+ *
+ * Loaded and attached by userspacebackend/internal/xsk (bpf2go). On a managed
+ * interface it hands every IP frame to the AF_XDP socket bound to the queue it
+ * arrived on, and gives the kernel only what the kernel must answer itself:
+ *
+ *   - non-IP frames (ARP, LLDP, ...)             -> XDP_PASS  (pass_non_ip)
+ *   - IPv6 neighbour discovery, ICMPv6 133-137    -> XDP_PASS  (pass_nd)
+ *   - IP frames to one of the firewall's own
+ *     addresses (local_addrs, programmed by Go)   -> XDP_PASS  (pass_local)
+ *   - any other IP frame                          -> XSKMAP    (redirected)
+ *     ... unless no ready socket serves the queue -> XDP_DROP  (drop_no_socket)
+ *
+ * Why a local-address map and not a FIB lookup: the firewall's own addresses
+ * are few, known to the control plane, and change rarely; a hash lookup is
+ * exact and costs one probe, while bpf_fib_lookup would also classify
+ * forwarded traffic and depends on kernel routing state the userspace
+ * dataplane deliberately does not use.
+ *
+ * Fail closed: a queue without a ready socket drops IP traffic instead of
+ * passing it, so the kernel never forwards or answers for flows the firewall
+ * owns while the userspace side is (re)starting. "Ready" is a separate flag
+ * because an XSKMAP entry exists as soon as the socket is inserted, before its
+ * fill ring is primed; Go sets the flag last and clears it first. */
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* Upper bound on RX queues per interface; Go may lower max_entries. */
+#define XSK_MAX_QUEUES 64
+#define XSK_MAX_LOCAL_ADDRS 256
+
+/* Order and names mirror shimCounterNames in userspacebackend/internal/xsk. */
+enum xsk_counter {
+	XSK_CNT_REDIRECTED = 0,
+	XSK_CNT_PASS_NON_IP,
+	XSK_CNT_PASS_ND,
+	XSK_CNT_PASS_LOCAL,
+	XSK_CNT_DROP_NO_SOCKET,
+	XSK_CNT_MAX,
+};
+
+/* An address of the firewall itself: IPv4 as v4-mapped IPv6 (::ffff:a.b.c.d),
+ * network byte order, so one map serves both families. */
+struct xsk_local_key {
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, XSK_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+/* 1 when the socket in xsks[queue] is bound and its fill ring primed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XSK_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} ready SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XSK_MAX_LOCAL_ADDRS);
+	__type(key, struct xsk_local_key);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XSK_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+static __always_inline int count(__u32 idx, int verdict)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+
+	if (c)
+		*c += 1; /* per-CPU slot: no atomic needed */
+	return verdict;
+}
+
+static __always_inline int is_local(struct xsk_local_key *k)
+{
+	return bpf_map_lookup_elem(&local_addrs, k) != NULL;
+}
+
+static __always_inline int to_socket(struct xdp_md *ctx)
+{
+	__u32 q = ctx->rx_queue_index;
+	__u32 *r = bpf_map_lookup_elem(&ready, &q);
+
+	if (!r || !*r)
+		return count(XSK_CNT_DROP_NO_SOCKET, XDP_DROP);
+	/* The low bits of flags are the action when xsks[q] is empty: a socket
+	 * removed between the flag check and here is still a drop. */
+	if (bpf_redirect_map(&xsks, q, XDP_DROP) == XDP_REDIRECT)
+		return count(XSK_CNT_REDIRECTED, XDP_REDIRECT);
+	return count(XSK_CNT_DROP_NO_SOCKET, XDP_DROP);
+}
+
+SEC("xdp")
+int xsk_shim(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct xsk_local_key key = {};
+	void *l3;
+	__be16 proto;
+
+	if ((void *)(eth + 1) > end)
+		return count(XSK_CNT_PASS_NON_IP, XDP_PASS);
+	proto = eth->h_proto;
+	l3 = eth + 1;
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vh = l3;
+
+		if ((void *)(vh + 1) > end)
+			return count(XSK_CNT_PASS_NON_IP, XDP_PASS);
+		proto = vh->proto;
+		l3 = vh + 1;
+	}
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
+
+		/* A truncated IP header cannot be classified: the dataplane gets
+		 * it and drops it, rather than the kernel. */
+		if ((void *)(ip + 1) > end)
+			return to_socket(ctx);
+		key.addr[10] = 0xff;
+		key.addr[11] = 0xff;
+		__builtin_memcpy(&key.addr[12], &ip->daddr, 4);
+		if (is_local(&key))
+			return count(XSK_CNT_PASS_LOCAL, XDP_PASS);
+		return to_socket(ctx);
+	}
+
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return to_socket(ctx);
+		/* ND messages carry no extension headers (RFC 4861 requires hop
+		 * limit 255 and a bare ICMPv6 header), so nexthdr is enough. */
+		if (ip6->nexthdr == IPPROTO_ICMPV6) {
+			__u8 *type = (void *)(ip6 + 1);
+
+			if ((void *)(type + 1) <= end && *type >= 133 && *type <= 137)
+				return count(XSK_CNT_PASS_ND, XDP_PASS);
+		}
+		__builtin_memcpy(key.addr, &ip6->daddr, 16);
+		if (is_local(&key))
+			return count(XSK_CNT_PASS_LOCAL, XDP_PASS);
+		return to_socket(ctx);
+	}
+
+	return count(XSK_CNT_PASS_NON_IP, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
