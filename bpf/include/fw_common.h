@@ -1,0 +1,139 @@
+/* Layouts shared by bpf/xdp_fw.c and the Go control plane in ebpfbackend/.
+ * bpf2go generates Go types from the BTF of these structs, so a field added
+ * here shows up in Go after `go generate`; keep every struct free of implicit
+ * padding (explicit pad fields) so the C and Go layouts cannot drift. */
+#ifndef FW_COMMON_H
+#define FW_COMMON_H
+
+#include <linux/types.h>
+
+/* Two configuration slots: the control plane writes the inactive one fully,
+ * then flips fw_active. A packet reads fw_active once and uses that slot for
+ * every lookup, so it never sees half of a new policy. */
+#define FW_SLOTS 2
+
+/* Bounds the policy loop for the verifier; the control plane refuses a
+ * config that needs more (ErrNotSupported). */
+#define FW_MAX_RULES_PER_PAIR 256
+/* Rules per slot over all zone pairs. */
+#define FW_MAX_RULES 4096
+/* Zone ids are 1..FW_MAX_ZONES-1; 0 means "not a managed interface". */
+#define FW_MAX_ZONES 64
+#define FW_MAX_IFACES 256
+
+enum fw_action {
+	FW_DENY = 0,
+	FW_ALLOW = 1,
+};
+
+/* Per-CPU counters, summed in Go. The names live in ebpfbackend/counters.go
+ * and must stay in this order. */
+enum fw_counter {
+	FW_CNT_FORWARDED = 0,
+	FW_CNT_PASS_NON_IP,       /* ARP and other non-IP ethertypes */
+	FW_CNT_PASS_ND,           /* IPv6 neighbour discovery */
+	FW_CNT_PASS_LOCAL,        /* addressed to the firewall (FIB: not forwarded) */
+	FW_CNT_PASS_NO_NEIGH,     /* allowed, but the kernel must resolve the next hop */
+	FW_CNT_PASS_TTL,          /* allowed, TTL/hop limit <= 1: kernel sends ICMP */
+	FW_CNT_PASS_FRAG_NEEDED,  /* allowed, bigger than the egress MTU */
+	FW_CNT_PASS_FWD_DISABLED, /* forwarding disabled on ingress */
+	FW_CNT_PASS_UNMANAGED,    /* ingress interface is not in the active config */
+	FW_CNT_DROP_POLICY,
+	FW_CNT_DROP_NO_ROUTE,
+	FW_CNT_DROP_PARSE,
+	FW_CNT_DROP_FRAGMENT,     /* non-first fragment to forward: no ports to check */
+	FW_CNT_DROP_EGRESS_UNMANAGED,
+	FW_CNT_DROP_UNSUPPORTED_ROUTE,
+	FW_CNT_SESSION_HIT,
+	FW_CNT_SESSION_EXPIRED,
+	FW_CNT_SESSION_CREATED_V4,
+	FW_CNT_SESSION_CREATED_V6,
+	FW_CNT_FIB_LOOKUP,        /* bpf_fib_lookup calls (a cached hop saves one) */
+	FW_CNT_MAX,
+};
+
+/* Idle timeouts, indexed by enum fw_proto_class. */
+enum fw_proto_class {
+	FW_PC_TCP = 0,
+	FW_PC_UDP,
+	FW_PC_ICMP,
+	FW_PC_OTHER,
+	FW_PC_MAX,
+};
+
+struct fw_settings {
+	__u64 timeout_ns[FW_PC_MAX];
+};
+
+/* One expanded policy term. Addresses are in network byte order; IPv4 uses
+ * word 0 only (words 1-3 and their masks are zero), so one 4-word masked
+ * compare serves both families. */
+struct fw_rule {
+	__u32 src_addr[4];
+	__u32 src_mask[4];
+	__u32 dst_addr[4];
+	__u32 dst_mask[4];
+	__u16 port_lo; /* host byte order, inclusive */
+	__u16 port_hi;
+	__u8 family;   /* 0 any, 4, 6 */
+	__u8 proto;    /* 0 any */
+	__u8 action;   /* enum fw_action */
+	__u8 pad;
+};
+
+/* Where a zone pair's rules are in fw_rules, relative to the slot base. */
+struct fw_pair {
+	__u32 start;
+	__u32 count;
+};
+
+struct fw_if_key {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+/* Session keys are canonical: the endpoint that sorts lower (address, then
+ * port) is "lo". Both directions of a flow build the same key, so a flow is
+ * one entry and the map's element count is the number of flows. */
+struct fw_sess4_key {
+	__u32 lo_addr;
+	__u32 hi_addr;
+	__u16 lo_port; /* network byte order */
+	__u16 hi_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct fw_sess6_key {
+	__u32 lo_addr[4];
+	__u32 hi_addr[4];
+	__u16 lo_port;
+	__u16 hi_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* How long a session may reuse the FIB's answer for its direction before
+ * asking the FIB again. New flows always ask; established flows follow a
+ * route or neighbour change within this time. */
+#define FW_FIB_CACHE_NS 1000000000ULL
+
+/* The FIB's answer for one direction of a session. */
+struct fw_hop {
+	__u64 checked_ns; /* 0: never looked up */
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+};
+
+struct fw_sess_val {
+	__u64 created_ns;   /* bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE) */
+	__u64 last_seen_ns;
+	__u64 packets;
+	__u64 bytes;
+	__u8 initiator_is_lo; /* 1: the lo endpoint sent the first packet */
+	__u8 pad[7];
+	struct fw_hop hop[2]; /* [0]: lo -> hi, [1]: hi -> lo */
+};
+
+#endif /* FW_COMMON_H */

@@ -1,0 +1,454 @@
+package ebpfbackend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/mapcount"
+	"github.com/fwplane/fwplane/internal/netnsutil"
+)
+
+// Options configure a Backend. A nil *Options means the defaults.
+type Options struct {
+	// NetNS is the path of the network namespace the dataplane works in
+	// (e.g. /var/run/netns/fw); "" means the caller's current one.
+	// Interface names are resolved, and programs attached, there.
+	NetNS string
+	// CountMethod selects how map fill is counted; the zero value picks the
+	// cheapest exact method the kernel offers.
+	CountMethod mapcount.Method
+	// ForceGenericXDP attaches in generic (SKB) mode instead of trying the
+	// driver first. Meant for tests and for drivers whose native XDP is
+	// broken.
+	ForceGenericXDP bool
+	// SessionReapInterval is how often sessions idle past their timeout
+	// are deleted, so the session counts are live flows; 0 means
+	// DefaultReapInterval, negative disables reaping (idle entries then
+	// leave only when reused or evicted).
+	SessionReapInterval time.Duration
+}
+
+// Backend is a running eBPF dataplane. It implements dataplane.DataPlane and
+// dataplane.SessionLister.
+type Backend struct {
+	opts    Options
+	counter *mapcount.Counter
+
+	applyMu sync.Mutex // serialises Apply and Close
+
+	mu       sync.RWMutex // guards the fields below for readers
+	closed   bool
+	objs     *fwObjects // nil until the first Apply
+	capacity uint32     // session table size objs was loaded with
+	slot     uint32     // active slot
+	gen      uint64
+	attached map[string]*attachment // by interface name
+	cfg      *dataplane.Config
+
+	reaped   atomic.Uint64
+	reapStop chan struct{}
+	reapDone chan struct{}
+}
+
+type attachment struct {
+	ifindex int
+	link    link.Link
+	generic bool
+}
+
+var (
+	_ dataplane.DataPlane     = (*Backend)(nil)
+	_ dataplane.SessionLister = (*Backend)(nil)
+)
+
+// New prepares a backend. Nothing is loaded or attached until the first
+// Apply, because the session table's size comes from the config.
+func New(ctx context.Context, opts *Options) (*Backend, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	if o.NetNS != "" {
+		if err := netnsutil.Do(o.NetNS, func() error { return nil }); err != nil {
+			return nil, fmt.Errorf("open netns: %w", err)
+		}
+	}
+	c, err := mapcount.NewCounter(&mapcount.Options{Method: o.CountMethod})
+	if err != nil {
+		return nil, fmt.Errorf("create map counter: %w", err)
+	}
+	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}}, nil
+}
+
+// Mode returns dataplane.ModeEBPF.
+func (b *Backend) Mode() dataplane.Mode { return dataplane.ModeEBPF }
+
+// Apply validates cfg and makes it the running configuration, or changes
+// nothing. See the package documentation for the error contract.
+func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.ApplyResult, error) {
+	if b == nil {
+		return dataplane.ApplyResult{}, dataplane.ErrClosed
+	}
+	if err := cfg.Validate(); err != nil {
+		return dataplane.ApplyResult{}, err
+	}
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	if b.isClosed() {
+		return dataplane.ApplyResult{}, dataplane.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return dataplane.ApplyResult{}, err
+	}
+
+	reasons := unsupported(cfg)
+	p, planReasons := buildPlan(cfg)
+	reasons = append(reasons, planReasons...)
+	capacity := cfg.Tables.SessionsOrDefault()
+	if b.objs != nil && capacity != b.capacity {
+		reasons = append(reasons, fmt.Sprintf("tables.sessions: changing the session table size of a running eBPF dataplane (%d -> %d) is not supported: Close and start a new one", b.capacity, capacity))
+	}
+	if len(reasons) > 0 {
+		return dataplane.ApplyResult{}, &dataplane.NotSupportedError{What: "apply config to the eBPF backend", Reasons: reasons}
+	}
+
+	// Resolve every interface before touching anything.
+	ifindex := make(map[string]int, len(p.ifaces))
+	err := netnsutil.Do(b.opts.NetNS, func() error {
+		var problems []dataplane.Problem
+		for _, it := range p.ifaces {
+			ifi, err := net.InterfaceByName(it.name)
+			if err != nil {
+				problems = append(problems, dataplane.Problem{Field: it.field, Message: fmt.Sprintf("interface %q not found in the dataplane's network namespace", it.name)})
+				continue
+			}
+			ifindex[it.name] = ifi.Index
+		}
+		if len(problems) > 0 {
+			return &dataplane.ConfigError{Problems: problems}
+		}
+		return nil
+	})
+	if err != nil {
+		return dataplane.ApplyResult{}, err
+	}
+
+	fresh := false
+	if b.objs == nil {
+		objs, err := load(capacity)
+		if err != nil {
+			return dataplane.ApplyResult{}, err
+		}
+		b.mu.Lock()
+		b.objs, b.capacity = objs, capacity
+		b.mu.Unlock()
+		fresh = true
+	}
+	res, err := b.commit(p, ifindex)
+	if err != nil {
+		if fresh {
+			// Nothing was ever running: drop the collection so the next
+			// Apply starts clean (and may choose another capacity).
+			b.mu.Lock()
+			b.objs.Close()
+			b.objs, b.capacity = nil, 0
+			b.mu.Unlock()
+		}
+		return dataplane.ApplyResult{}, err
+	}
+	b.mu.Lock()
+	b.cfg = cfg.Clone()
+	b.mu.Unlock()
+	if fresh && b.opts.SessionReapInterval >= 0 {
+		every := b.opts.SessionReapInterval
+		if every == 0 {
+			every = DefaultReapInterval
+		}
+		b.reapStop, b.reapDone = make(chan struct{}), make(chan struct{})
+		go b.reapLoop(every, b.reapStop, b.reapDone)
+	}
+	return res, nil
+}
+
+func load(capacity uint32) (*fwObjects, error) {
+	spec, err := loadFw()
+	if err != nil {
+		return nil, fmt.Errorf("load program spec: %w", err)
+	}
+	spec.Maps["fw_sessions_v4"].MaxEntries = capacity
+	spec.Maps["fw_sessions_v6"].MaxEntries = capacity
+	var objs fwObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load program: %w (verifier: %+v)", err, ve)
+		}
+		return nil, fmt.Errorf("load program: %w", err)
+	}
+	return &objs, nil
+}
+
+// commit programs the inactive slot, attaches new interfaces, flips the
+// active slot and only then detaches interfaces the config dropped. Every
+// step before the flip is undone on failure; the flip is the commit point.
+func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult, error) {
+	objs := b.objs
+	next := b.slot ^ 1
+	if b.gen == 0 {
+		next = 0
+	}
+	if err := writeSlot(objs, next, p, ifindex); err != nil {
+		return dataplane.ApplyResult{}, err
+	}
+
+	var res dataplane.ApplyResult
+	var newAtt []*attachment
+	var newNames []string
+	var addedPorts []uint32
+	undo := func() {
+		for _, a := range newAtt {
+			a.link.Close()
+		}
+		for _, k := range addedPorts {
+			objs.FwTxPorts.Delete(k)
+		}
+	}
+
+	err := netnsutil.Do(b.opts.NetNS, func() error {
+		// The devmap resolves ifindexes in the caller's namespace, so it is
+		// filled here too.
+		for _, it := range p.ifaces {
+			idx := uint32(ifindex[it.name])
+			var cur uint32
+			if objs.FwTxPorts.Lookup(idx, &cur) == nil {
+				continue
+			}
+			if err := objs.FwTxPorts.Update(idx, idx, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("add %s to the devmap: %w", it.name, err)
+			}
+			addedPorts = append(addedPorts, idx)
+		}
+		for _, it := range p.ifaces {
+			idx := ifindex[it.name]
+			if a, ok := b.attached[it.name]; ok && a.ifindex == idx {
+				continue
+			}
+			a, warn, err := b.attach(objs.XdpFw, it.name, idx)
+			if err != nil {
+				return err
+			}
+			if warn != nil {
+				w := *warn
+				w.Field = it.field
+				res.Warnings = append(res.Warnings, w)
+			}
+			newAtt = append(newAtt, a)
+			newNames = append(newNames, it.name)
+		}
+		return nil
+	})
+	if err != nil {
+		undo()
+		return dataplane.ApplyResult{}, err
+	}
+
+	if err := objs.FwActive.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
+		undo()
+		return dataplane.ApplyResult{}, fmt.Errorf("activate config slot: %w", err)
+	}
+
+	// Committed. Retire what the new config no longer has.
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keep := map[string]bool{}
+	keepIdx := map[uint32]bool{}
+	for _, it := range p.ifaces {
+		keep[it.name] = true
+		keepIdx[uint32(ifindex[it.name])] = true
+	}
+	for name, a := range b.attached {
+		replaced := keep[name] && a.ifindex != ifindex[name]
+		if !keep[name] || replaced {
+			a.link.Close()
+			delete(b.attached, name)
+		}
+	}
+	for i, name := range newNames {
+		b.attached[name] = newAtt[i]
+	}
+	var idx, v uint32
+	var stale []uint32
+	it := objs.FwTxPorts.Iterate()
+	for it.Next(&idx, &v) {
+		if !keepIdx[idx] {
+			stale = append(stale, idx)
+		}
+	}
+	for _, k := range stale {
+		// Best effort: a leftover port is harmless, the zone map no longer
+		// names it, so nothing is forwarded to it.
+		_ = objs.FwTxPorts.Delete(k)
+	}
+	b.slot = next
+	b.gen++
+	res.Generation = b.gen
+	return res, nil
+}
+
+// attach attaches prog to one interface with a bpf_link, driver mode first.
+// Must run in the dataplane's namespace.
+func (b *Backend) attach(prog *ebpf.Program, name string, ifindex int) (*attachment, *dataplane.Warning, error) {
+	if !b.opts.ForceGenericXDP {
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+		if err == nil {
+			return &attachment{ifindex: ifindex, link: l}, nil, nil
+		}
+		l, gerr := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+		if gerr != nil {
+			return nil, nil, fmt.Errorf("attach XDP to %s: native: %v; generic: %w", name, err, gerr)
+		}
+		return &attachment{ifindex: ifindex, link: l, generic: true},
+			&dataplane.Warning{Message: fmt.Sprintf("native XDP failed on %s (%v): attached in generic mode, which is much slower", name, err)}, nil
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+	if err != nil {
+		return nil, nil, fmt.Errorf("attach XDP (generic) to %s: %w", name, err)
+	}
+	return &attachment{ifindex: ifindex, link: l, generic: true}, nil, nil
+}
+
+// writeSlot writes everything the datapath reads for one slot. The slot is
+// inactive, so partial writes are invisible.
+func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int) error {
+	if err := objs.FwSettingsMap.Update(slot, p.settings, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	// Rules first, then the pair index that points at them.
+	if n := len(p.rules); n > 0 {
+		keys := make([]uint32, n)
+		for i := range keys {
+			keys[i] = slot*maxRules + uint32(i)
+		}
+		if err := batchUpdate(objs.FwRules, keys, p.rules); err != nil {
+			return fmt.Errorf("write rules: %w", err)
+		}
+	}
+	keys := make([]uint32, maxZones*maxZones)
+	vals := make([]fwFwPair, maxZones*maxZones)
+	for i := range keys {
+		keys[i] = slot*maxZones*maxZones + uint32(i)
+		vals[i] = p.pairs[uint32(i)]
+	}
+	if err := batchUpdate(objs.FwPairs, keys, vals); err != nil {
+		return fmt.Errorf("write zone pairs: %w", err)
+	}
+
+	want := map[fwFwIfKey]uint32{}
+	for _, it := range p.ifaces {
+		want[fwFwIfKey{Ifindex: uint32(ifindex[it.name]), Slot: slot}] = it.zone
+	}
+	var k fwFwIfKey
+	var v uint32
+	var stale []fwFwIfKey
+	iter := objs.FwIfZone.Iterate()
+	for iter.Next(&k, &v) {
+		if _, ok := want[k]; k.Slot == slot && !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("read interface zones: %w", err)
+	}
+	for _, k := range stale {
+		if err := objs.FwIfZone.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete stale interface zone: %w", err)
+		}
+	}
+	for k, z := range want {
+		if err := objs.FwIfZone.Update(k, z, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write interface zone: %w", err)
+		}
+	}
+	return nil
+}
+
+// batchUpdate writes keys/values with one BPF_MAP_UPDATE_BATCH where the
+// kernel has it, else one update per element.
+func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	_, err := m.BatchUpdate(keys, vals, nil)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, ebpf.ErrNotSupported) {
+		return err
+	}
+	for i := range keys {
+		if err := m.Update(keys[i], vals[i], ebpf.UpdateAny); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) isClosed() bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	return b.closed
+}
+
+// Close detaches every program and closes every map. It is idempotent and
+// safe on nil.
+func (b *Backend) Close() error {
+	if b == nil {
+		return nil
+	}
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	if b.reapStop != nil {
+		close(b.reapStop)
+		<-b.reapDone
+		b.reapStop = nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	var errs []error
+	for name, a := range b.attached {
+		if err := a.link.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
+		}
+	}
+	b.attached = nil
+	if b.objs != nil {
+		if err := b.objs.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close maps and programs: %w", err))
+		}
+		b.objs = nil
+	}
+	if b.counter != nil {
+		if err := b.counter.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close map counter: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,107 @@
+package ebpfbackend
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwplane/fwplane/dataplane"
+)
+
+// Pure translation tests: no privileges needed.
+
+func TestPrefixWords(t *testing.T) {
+	tests := []struct {
+		in         string
+		addr, mask [4]uint32
+	}{
+		{"10.1.0.0/16", [4]uint32{0x0000010a}, [4]uint32{0x0000ffff}},
+		{"192.0.2.1", [4]uint32{0x010200c0}, [4]uint32{0xffffffff}},
+		{"0.0.0.0/0", [4]uint32{}, [4]uint32{}},
+		{"2001:db8::/32", [4]uint32{0xb80d0120}, [4]uint32{0xffffffff}},
+		{"fd00::1/127", [4]uint32{0x000000fd, 0, 0, 0}, [4]uint32{0xffffffff, 0xffffffff, 0xffffffff, 0xfeffffff}},
+		{"10.1.2.3/8", [4]uint32{0x0000000a}, [4]uint32{0x000000ff}}, // masked
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			p, err := dataplane.ParsePrefix(tt.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.in == "10.1.2.3/8" {
+				p = p.Masked()
+			}
+			a, m := prefixWords(p)
+			if diff := cmp.Diff([2][4]uint32{tt.addr, tt.mask}, [2][4]uint32{a, m}); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestExpandPolicy(t *testing.T) {
+	type term struct {
+		Family, Proto, Action uint8
+		PortLo, PortHi        uint16
+		Src, Dst              uint32 // word 0
+	}
+	summarise := func(rs []fwFwRule) []term {
+		var out []term
+		for _, r := range rs {
+			out = append(out, term{r.Family, r.Proto, r.Action, r.PortLo, r.PortHi, r.SrcAddr[0], r.DstAddr[0]})
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		pol  dataplane.Policy
+		want []term
+	}{
+		{"any", dataplane.Policy{Action: dataplane.ActionAllow}, []term{{0, 0, 1, 0, 65535, 0, 0}}},
+		{"family mismatch dropped, ports expanded",
+			dataplane.Policy{Sources: []string{"10.0.0.0/8", "2001:db8::/32"}, Destinations: []string{"192.0.2.1"}, Protocol: dataplane.ProtoTCP,
+				DestinationPorts: []dataplane.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8080}}, Action: dataplane.ActionDeny},
+			[]term{{4, 6, 0, 80, 80, 0x0a, 0x010200c0}, {4, 6, 0, 8000, 8080, 0x0a, 0x010200c0}}},
+		{"v6 only by destination", dataplane.Policy{Destinations: []string{"2001:db8::/32"}, Protocol: dataplane.ProtoICMPv6, Action: dataplane.ActionAllow},
+			[]term{{6, 58, 1, 0, 65535, 0, 0xb80d0120}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, summarise(expandPolicy(tt.pol))); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestBuildPlanOrder: rules of one zone pair keep the config order even
+// when policies of other pairs sit between them, and limits are refused
+// with reasons.
+func TestBuildPlanOrder(t *testing.T) {
+	cfg := &dataplane.Config{
+		Zones: []dataplane.Zone{{Name: "a"}, {Name: "b"}},
+		Policies: []dataplane.Policy{
+			{FromZone: "a", ToZone: "b", Protocol: dataplane.ProtoTCP, Action: dataplane.ActionDeny},
+			{FromZone: "b", ToZone: "a", Action: dataplane.ActionAllow},
+			{FromZone: "a", ToZone: "b", Action: dataplane.ActionAllow},
+		},
+	}
+	p, reasons := buildPlan(cfg)
+	if len(reasons) != 0 {
+		t.Fatal(reasons)
+	}
+	ab, ba := p.pairs[1*maxZones+2], p.pairs[2*maxZones+1]
+	if ab.Count != 2 || ba.Count != 1 {
+		t.Fatalf("pairs a->b %+v b->a %+v", ab, ba)
+	}
+	if r0, r1 := p.rules[ab.Start], p.rules[ab.Start+1]; r0.Proto != 6 || r0.Action != 0 || r1.Action != 1 {
+		t.Errorf("a->b order lost: %+v, %+v", r0, r1)
+	}
+
+	for range maxRulesPerPair {
+		cfg.Policies = append(cfg.Policies, dataplane.Policy{FromZone: "b", ToZone: "a", Action: dataplane.ActionDeny})
+	}
+	if _, reasons := buildPlan(cfg); len(reasons) != 1 {
+		t.Errorf("over the per-pair limit: reasons %v, want one", reasons)
+	}
+}

@@ -1,0 +1,329 @@
+package ebpfbackend
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/fwplane/fwplane/dataplane"
+)
+
+// counterNames follow enum fw_counter in bpf/include/fw_common.h, in order.
+var counterNames = []string{
+	"forwarded",
+	"passed_non_ip",
+	"passed_neighbor_discovery",
+	"passed_local",
+	"passed_no_neighbor",
+	"passed_ttl_expired",
+	"passed_fragmentation_needed",
+	"passed_forwarding_disabled",
+	"passed_unmanaged_ingress",
+	"dropped_policy",
+	"dropped_no_route",
+	"dropped_parse_error",
+	"dropped_fragment",
+	"dropped_egress_unmanaged",
+	"dropped_unsupported_route",
+	"session_hits",
+	"sessions_expired",
+	"sessions_created_ipv4",
+	"sessions_created_ipv6",
+	"fib_lookups",
+}
+
+type namedMap struct {
+	name string
+	m    *ebpf.Map
+}
+
+func (o *fwObjects) named() []namedMap {
+	return []namedMap{
+		{"fw_sessions_v4", o.FwSessionsV4},
+		{"fw_sessions_v6", o.FwSessionsV6},
+		{"fw_rules", o.FwRules},
+		{"fw_pairs", o.FwPairs},
+		{"fw_if_zone", o.FwIfZone},
+		{"fw_settings_map", o.FwSettingsMap},
+		{"fw_active", o.FwActive},
+		{"fw_tx_ports", o.FwTxPorts},
+		{"fw_counters", o.FwCounters},
+	}
+}
+
+func kindOf(t ebpf.MapType) string {
+	switch t {
+	case ebpf.Hash:
+		return dataplane.KindHash
+	case ebpf.LRUHash:
+		return dataplane.KindLRUHash
+	case ebpf.PerCPUHash:
+		return dataplane.KindPerCPUHash
+	case ebpf.Array:
+		return dataplane.KindArray
+	case ebpf.PerCPUArray:
+		return dataplane.KindPerCPUArray
+	case ebpf.LPMTrie:
+		return dataplane.KindLPMTrie
+	case ebpf.DevMap, ebpf.DevMapHash:
+		return dataplane.KindDevMap
+	}
+	return t.String()
+}
+
+// countable says whether a map keeps a real element count; arrays and
+// devmaps have every slot (or no count), so they get no utilisation.
+func countable(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
+		return true
+	}
+	return false
+}
+
+// ResourceStats reports every map the program uses, the datapath counters
+// and the session counts. It runs concurrently with Apply and forwarding.
+func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, error) {
+	if b == nil {
+		return dataplane.ResourceReport{}, dataplane.ErrClosed
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return dataplane.ResourceReport{}, dataplane.ErrClosed
+	}
+	rep := dataplane.ResourceReport{Mode: dataplane.ModeEBPF, Generation: b.gen, Taken: time.Now()}
+	defer func() { rep.Took = time.Since(rep.Taken) }()
+	if b.objs == nil {
+		// Nothing loaded yet: no maps to report, and no made-up zeros.
+		return rep, nil
+	}
+
+	var toCount []*ebpf.Map
+	var rows []dataplane.Resource
+	var countIdx []int
+	for _, nm := range b.objs.named() {
+		r := dataplane.Resource{
+			Name:      nm.name,
+			Kind:      kindOf(nm.m.Type()),
+			Scope:     "global",
+			Capacity:  uint64(nm.m.MaxEntries()),
+			KeySize:   nm.m.KeySize(),
+			ValueSize: nm.m.ValueSize(),
+		}
+		if countable(nm.m.Type()) {
+			countIdx = append(countIdx, len(rows))
+			toCount = append(toCount, nm.m)
+		}
+		rows = append(rows, r)
+	}
+	results, err := b.countMaps(ctx, toCount)
+	var v4, v6 *uint64
+	for i, ri := range countIdx {
+		r := &rows[ri]
+		if err != nil {
+			r.Error = err.Error()
+			continue
+		}
+		res := results[i]
+		if res.err != nil {
+			r.Error = res.err.Error()
+			continue
+		}
+		r.Used = dataplane.Uint64(res.count)
+		r.Method = res.method
+		r.Cost = res.cost
+		r.Partial = !res.complete
+		r.Restarts = res.restarts
+		switch r.Name {
+		case "fw_sessions_v4":
+			if res.complete {
+				v4 = r.Used
+			}
+		case "fw_sessions_v6":
+			if res.complete {
+				v6 = r.Used
+			}
+		}
+	}
+	rep.Resources = rows
+	if v4 != nil && v6 != nil {
+		rep.Sessions = &dataplane.SessionCounts{IPv4: *v4, IPv6: *v6, Total: *v4 + *v6}
+	}
+
+	counters, err := readCounters(b.objs.FwCounters)
+	if err != nil {
+		return rep, fmt.Errorf("read counters: %w", err)
+	}
+	for i, v := range counters {
+		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: "global", Value: v})
+	}
+	var generic uint64
+	for name, a := range b.attached {
+		if a.generic {
+			generic++
+			rep.Counters = append(rep.Counters, dataplane.Counter{Name: "xdp_generic_mode", Scope: name, Detail: true, Value: 1})
+		}
+	}
+	rep.Counters = append(rep.Counters,
+		dataplane.Counter{Name: "sessions_reaped", Scope: "global", Value: b.reaped.Load()},
+		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached))},
+		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic})
+	return rep, nil
+}
+
+// readCounters sums the per-CPU counters.
+func readCounters(m *ebpf.Map) ([]uint64, error) {
+	out := make([]uint64, len(counterNames))
+	for i := range out {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			return nil, err
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// Sessions lists up to limit sessions (limit <= 0: 1000), IPv4 first, and
+// the session counts. Entries idle past their timeout are not listed (the
+// datapath treats them as gone); they hold a slot until the reaper deletes
+// them (Options.SessionReapInterval), so the counts, which are the tables'
+// element counts, may include them for up to one reap interval.
+func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session, dataplane.SessionCounts, error) {
+	if b == nil {
+		return nil, dataplane.SessionCounts{}, dataplane.ErrClosed
+	}
+	if limit <= 0 {
+		limit = 1000
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return nil, dataplane.SessionCounts{}, dataplane.ErrClosed
+	}
+	if b.objs == nil {
+		return nil, dataplane.SessionCounts{}, nil
+	}
+	res, err := b.countMaps(ctx, []*ebpf.Map{b.objs.FwSessionsV4, b.objs.FwSessionsV6})
+	if err != nil {
+		return nil, dataplane.SessionCounts{}, fmt.Errorf("count sessions: %w", err)
+	}
+	for _, r := range res {
+		if r.err != nil {
+			return nil, dataplane.SessionCounts{}, fmt.Errorf("count sessions: %w", r.err)
+		}
+	}
+	counts := dataplane.SessionCounts{IPv4: res[0].count, IPv6: res[1].count, Total: res[0].count + res[1].count}
+
+	var settings fwFwSettings
+	if err := b.objs.FwSettingsMap.Lookup(b.slot, &settings); err != nil {
+		return nil, counts, fmt.Errorf("read timeouts: %w", err)
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		return nil, counts, err
+	}
+	var out []dataplane.Session
+	add := func(proto uint8, lo, hi netip.AddrPort, v fwFwSessVal) bool {
+		if now-v.LastSeenNs > settings.TimeoutNs[protoClass(proto)] {
+			return true
+		}
+		src, dst := lo, hi
+		if v.InitiatorIsLo == 0 {
+			src, dst = hi, lo
+		}
+		out = append(out, dataplane.Session{
+			Protocol: protoName(proto), Source: src.String(), Destination: dst.String(),
+			Packets: v.Packets, Bytes: v.Bytes,
+			IdleSeconds: float64(now-v.LastSeenNs) / 1e9,
+		})
+		return len(out) < limit
+	}
+	var k4 fwFwSess4Key
+	var v fwFwSessVal
+	it := b.objs.FwSessionsV4.Iterate()
+	more := true
+	for more && it.Next(&k4, &v) {
+		if err := ctx.Err(); err != nil {
+			return out, counts, err
+		}
+		more = add(k4.Proto, addrPort4(k4.LoAddr, k4.LoPort), addrPort4(k4.HiAddr, k4.HiPort), v)
+	}
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
+		return out, counts, fmt.Errorf("list IPv4 sessions: %w", err)
+	}
+	var k6 fwFwSess6Key
+	it = b.objs.FwSessionsV6.Iterate()
+	for more && it.Next(&k6, &v) {
+		if err := ctx.Err(); err != nil {
+			return out, counts, err
+		}
+		more = add(k6.Proto, addrPort6(k6.LoAddr, k6.LoPort), addrPort6(k6.HiAddr, k6.HiPort), v)
+	}
+	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
+		return out, counts, fmt.Errorf("list IPv6 sessions: %w", err)
+	}
+	return out, counts, nil
+}
+
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0, fmt.Errorf("read monotonic clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+func protoClass(p uint8) int {
+	switch p {
+	case 6:
+		return 0
+	case 17:
+		return 1
+	case 1, 58:
+		return 2
+	}
+	return 3
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "icmpv6"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// Keys hold addresses and ports as the packet carries them (network order
+// bytes read as little-endian words).
+func addrPort4(a uint32, port uint16) netip.AddrPort {
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], a)
+	return netip.AddrPortFrom(netip.AddrFrom4(b), ntohs(port))
+}
+
+func addrPort6(a [4]uint32, port uint16) netip.AddrPort {
+	var b [16]byte
+	for i, w := range a {
+		binary.LittleEndian.PutUint32(b[i*4:], w)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(b), ntohs(port))
+}
+
+func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
