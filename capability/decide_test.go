@@ -69,7 +69,9 @@ func TestDecide(t *testing.T) {
 		{name: "queue selection only userspace", cfg: func(c *dataplane.Config) { c.Userspace.Queues = []int{0} },
 			host: fullHost(), req: Request{Preference: PreferEBPF}, wantMode: dataplane.ModeUserspace, wantFellBk: true,
 			wantReasons: map[dataplane.Mode][]string{dataplane.ModeEBPF: {"config needs queue_selection: not supported by the ebpf backend"}}},
-		{name: "mirroring only ebpf", cfg: func(c *dataplane.Config) { c.PortMirroring = []dataplane.MirrorRule{{Input: "eth0", Output: "m0", Rate: 4}} },
+		{name: "mirroring only ebpf", cfg: func(c *dataplane.Config) {
+			c.PortMirroring = []dataplane.MirrorRule{{Input: "eth0", Output: "m0", Rate: 4}}
+		},
 			host: fullHost(), req: Request{Preference: PreferUserspace}, wantMode: dataplane.ModeEBPF, wantFellBk: true,
 			wantReasons: map[dataplane.Mode][]string{dataplane.ModeUserspace: {
 				"config needs mirror_sampling: not supported", "config needs port_mirroring: not supported"}}},
