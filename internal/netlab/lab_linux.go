@@ -316,8 +316,8 @@ func (l *Lab) addLink(fwNL *netlink.Handle, ll *labLink) error {
 	return nil
 }
 
-// configureEnd addresses one veth end, turns GRO on (see setGRO) and brings
-// it up.
+// configureEnd addresses one veth end, turns GRO on (see setGRO) and TX
+// checksum offload off (see setTxChecksum), and brings it up.
 func configureEnd(ns *NS, iface string, addrs [2]netip.Prefix) (mac net.HardwareAddr, index int, err error) {
 	err = ns.Do(func() error {
 		link, err := netlink.LinkByName(iface)
@@ -334,6 +334,9 @@ func configureEnd(ns *NS, iface string, addrs [2]netip.Prefix) (mac net.Hardware
 			}
 		}
 		if err := setGRO(iface, true); err != nil {
+			return err
+		}
+		if err := setTxChecksum(iface, false); err != nil {
 			return err
 		}
 		if err := netlink.LinkSetUp(link); err != nil {

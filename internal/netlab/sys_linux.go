@@ -66,6 +66,28 @@ func setGRO(iface string, on bool) error {
 	return nil
 }
 
+// setTxChecksum turns TX checksum offload on or off. Sockets on a veth leave
+// L4 checksums to "hardware" (CHECKSUM_PARTIAL); an XDP program sees the raw
+// bytes, and a frame it redirects leaves with the partial sum, which the
+// receiver drops. Real NICs finish the sum when they transmit; on a veth lab
+// the senders must compute it themselves, so the lab turns it off on every
+// end. Call it inside NS.Do of the interface's namespace.
+func setTxChecksum(iface string, on bool) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open ethtool socket: %w", err)
+	}
+	defer unix.Close(fd)
+	v := ethtoolValue{cmd: unix.ETHTOOL_STXCSUM}
+	if on {
+		v.data = 1
+	}
+	if err := ethtoolIoctl(fd, iface, &v); err != nil {
+		return fmt.Errorf("set tx checksum offload on %s: %w", iface, err)
+	}
+	return nil
+}
+
 func ethtoolIoctl(fd int, iface string, v *ethtoolValue) error {
 	var ifr ifreqData
 	copy(ifr.name[:unix.IFNAMSIZ-1], iface)
