@@ -12,15 +12,32 @@ import (
 // Config is the whole desired state of a dataplane. The zero value of every
 // optional field means "use the default"; see the Default* constants.
 //
-// Semantics shared by every backend:
-//   - Each managed interface belongs to exactly one zone.
+// Semantics every backend implements (a conformance test runs the same
+// traffic through both backends and compares the verdicts):
+//   - Each managed interface belongs to exactly one zone. Interfaces are
+//     named as the kernel names them and resolved when the config is
+//     applied; a name that does not resolve fails Apply with a
+//     *ConfigError naming interfaces[i].name.
 //   - A packet from an interface in zone A that is routed out of an
 //     interface in zone B is checked against the policies with FromZone A
-//     and ToZone B, in order; the first match decides. No match: deny.
+//     and ToZone B, in config order; the first match decides, allow or
+//     deny. No match: deny. Intra-zone traffic (A == B) needs its own
+//     A -> A policy. Traffic routed out of an unmanaged interface is
+//     dropped: routing around the zones would bypass the policy.
+//   - Sources and Destinations: empty matches any address; otherwise at
+//     least one prefix of the packet's address family must contain the
+//     address. The family is the IP version of the packet: an IPv4-mapped
+//     IPv6 address is IPv6.
+//   - Protocol: empty or any matches all; icmp is protocol 1 only (never
+//     IPv6), icmpv6 is 58. Ports apply to tcp and udp only; ICMP echo ids
+//     are never compared with ports; a non-first fragment has no ports and
+//     never matches a policy with ports.
 //   - An allowed packet that starts a flow creates a session; packets of
 //     that flow in either direction then pass without a policy lookup until
-//     the session idles out.
-//   - Non-IP traffic (ARP, IPv6 neighbour discovery) goes to the kernel.
+//     the session idles out. Sessions created under an old policy survive a
+//     policy change until they idle out, as in any stateful firewall.
+//   - Non-IP traffic (ARP, IPv6 neighbour discovery) and traffic addressed
+//     to the firewall itself go to the kernel.
 type Config struct {
 	Interfaces    []Interface   `json:"interfaces"`
 	Zones         []Zone        `json:"zones"`
@@ -174,7 +191,10 @@ const (
 	MaxTableEntries = 1 << 26
 )
 
-// Tables sizes the bounded tables. Zero means the default.
+// Tables sizes the bounded tables. Zero means the default. Sessions is the
+// session table's capacity in flows; the eBPF backend keeps one LRU table
+// of that size per address family, so an IPv6 flood cannot evict IPv4
+// sessions.
 type Tables struct {
 	Sessions  uint32 `json:"sessions,omitempty"`
 	FlowCache uint32 `json:"flow_cache,omitempty"`
