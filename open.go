@@ -74,7 +74,8 @@ func Decide(ctx context.Context, cfg *dataplane.Config, opts *Options) (capabili
 // Errors: a *dataplane.ConfigError for an invalid config; a
 // *dataplane.NotSupportedError (errors.Is dataplane.ErrNotSupported) when no
 // allowed backend can run the config on this host, listing every reason;
-// otherwise the chosen backend's error, wrapped.
+// otherwise the chosen backend's error, wrapped; a permission error names the
+// capabilities the process lacks (CAP_BPF, CAP_NET_ADMIN, ...).
 func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.DataPlane, capability.Decision, error) {
 	if opts == nil {
 		opts = &Options{}
@@ -89,11 +90,11 @@ func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.
 		}
 		dp, err := b.open(ctx, opts.NetNS)
 		if err != nil {
-			return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, err)
+			return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, capability.ExplainPermission(err))
 		}
 		if _, err := dp.Apply(ctx, cfg); err != nil {
 			dp.Close()
-			return nil, d, fmt.Errorf("apply config to %s backend: %w", d.Mode, err)
+			return nil, d, fmt.Errorf("apply config to %s backend: %w", d.Mode, capability.ExplainPermission(err))
 		}
 		return dp, d, nil
 	}

@@ -81,7 +81,7 @@ func Probe(name ProbeName) error {
 		cache[name] = c
 	}
 	cacheMu.Unlock()
-	c.once.Do(func() { c.err = explainPermission(fn()) })
+	c.once.Do(func() { c.err = ExplainPermission(fn()) })
 	return c.err
 }
 
@@ -386,9 +386,11 @@ func MissingCapabilities() []string {
 	return missing
 }
 
-// explainPermission adds the missing capabilities to a permission error,
-// which stays inconclusive (the feature may well exist).
-func explainPermission(err error) error {
+// ExplainPermission adds the capabilities this process lacks to a
+// permission error (EPERM/EACCES), keeping the errno matchable; other errors
+// pass through unchanged. A probe failing this way stays inconclusive: the
+// feature may well exist.
+func ExplainPermission(err error) error {
 	if err == nil || !(errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES)) {
 		return err
 	}

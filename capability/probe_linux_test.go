@@ -85,11 +85,11 @@ func TestResultOfEbpfErrors(t *testing.T) {
 	if got := ResultOf(ProbeXSKMap, fmt.Errorf("map: %w", ebpf.ErrNotSupported)).Status; got != NotSupported {
 		t.Errorf("ebpf.ErrNotSupported -> %s", got)
 	}
-	perm := explainPermission(fmt.Errorf("create map: %w", unix.EPERM))
+	perm := ExplainPermission(fmt.Errorf("create map: %w", unix.EPERM))
 	if got := ResultOf(ProbeXSKMap, perm).Status; got != Inconclusive {
 		t.Errorf("EPERM -> %s, want inconclusive", got)
 	}
 	if !errors.Is(perm, unix.EPERM) {
-		t.Error("explainPermission lost the errno")
+		t.Error("ExplainPermission lost the errno")
 	}
 }

@@ -25,3 +25,6 @@ func ProbeHost(ctx context.Context, opts *ProbeOptions) (*Host, error) {
 	}
 	return h, nil
 }
+
+// ExplainPermission returns err unchanged: capabilities are a Linux notion.
+func ExplainPermission(err error) error { return err }
