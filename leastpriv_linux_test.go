@@ -199,4 +199,3 @@ func TestIntegrationLeastPrivilege(t *testing.T) {
 		t.Error(err)
 	}
 }
-
