@@ -79,6 +79,9 @@ func TestIntegrationOpenAuto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if r.Took <= 0 || r.Taken.IsZero() {
+		t.Errorf("report timing not measured: taken %v took %v", r.Taken, r.Took)
+	}
 	if r.Sessions == nil || r.Sessions.Total != 1 {
 		t.Errorf("sessions = %+v, want 1", r.Sessions)
 	}

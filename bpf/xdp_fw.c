@@ -3,14 +3,21 @@
 /* fwplane's eBPF datapath: a stateful zone firewall as one XDP program,
  * attached to every managed interface.
  *
- * Per packet: parse (Ethernet, one 802.1Q tag, IPv4/IPv6, TCP/UDP/ICMP echo)
+ * Per packet, first the fast path: an untagged IPv4/IPv6 TCP/UDP packet whose
+ * flow is in this CPU's flow cache (fw_flow_cache, filled below for live
+ * sessions only) is forwarded from the headers and the entry alone.
+ *
+ * Otherwise: parse (Ethernet, one 802.1Q tag, IPv4/IPv6, TCP/UDP/ICMP echo,
+ * ICMP errors with their quoted packet)
  * -> hand non-IP and neighbour discovery to the kernel -> session lookup
  * (canonical 5-tuple, both directions hit); an established flow whose
  * session holds a fresh FIB answer for its direction is forwarded at once.
  * Otherwise: ask the kernel's FIB where the packet goes -> pass what is
  * addressed to the firewall itself -> on a session miss, the first matching
- * rule of the (ingress zone, egress zone) pair decides, no match denies ->
- * rewrite L2, decrement TTL, redirect through a devmap.
+ * rule of the (ingress zone, egress zone) pair decides, no match denies (an
+ * ICMP error instead passes only if it quotes a live session) -> remember
+ * the answer in the flow cache -> rewrite L2, decrement TTL, redirect
+ * through a devmap.
  *
  * Egress comes from bpf_fib_lookup, i.e. the kernel's routing and neighbour
  * tables in the firewall's namespace. That is deliberate: the operator's routes
@@ -98,12 +105,22 @@ struct {
 	__type(value, __u32);
 } fw_tx_ports SEC(".maps");
 
+/* One element: every counter of a CPU, so a packet pays one lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FW_CNT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct fw_cpu_counters);
 } fw_counters SEC(".maps");
+
+/* Per-CPU and array-backed: the lookup is inlined and needs no hashing, where
+ * an LRU session lookup hashes the key (jhash) in a helper call. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_flow);
+} fw_flow_cache SEC(".maps");
 
 /* ICMP and ICMPv6 share the echo layout; linux/icmp.h would drag in libc. */
 struct icmp_echo_ {
@@ -124,60 +141,82 @@ struct vlan_hdr_ {
 	__be16 proto;
 };
 
+/* The flow-cache key comes first, so the parsed packet is its own key. */
 struct pkt {
-	__u32 saddr[4];
-	__u32 daddr[4];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 family; /* 4 or 6 */
+	struct fw_flow_key k; /* addresses, ports, protocol, family (4 or 6) */
 	__u8 nonfirst_frag;
 	__u8 vlan;
 	__u8 ttl;
 	__u8 tos;
 	__u16 tot_len;
 	__be32 flowinfo;
+	__u16 l4off;   /* ICMP errors: offset of the ICMP header in the frame */
+	__u8 icmp_err; /* an ICMP error: the flow is the quoted packet's */
+	__u8 src_is_lo; /* set by session_key */
 };
 
-static __always_inline void count(__u32 idx)
+static __always_inline int pass(struct fw_cpu_counters *cnt, __u32 reason)
 {
-	__u64 *v = bpf_map_lookup_elem(&fw_counters, &idx);
-	if (v)
-		*v += 1;
-}
-
-static __always_inline int pass(__u32 reason)
-{
-	count(reason);
+	cnt->c[reason] += 1;
 	return XDP_PASS;
 }
 
-static __always_inline int drop(__u32 reason)
+static __always_inline int drop(struct fw_cpu_counters *cnt, __u32 reason)
 {
-	count(reason);
+	cnt->c[reason] += 1;
 	return XDP_DROP;
 }
 
-/* Reads ports (or the ICMP echo id, which plays both ports so that request
- * and reply build the same key) from the L4 header at l4. Returns 0, or -1
- * when the header is truncated. Sets *nd for IPv6 neighbour discovery. */
-static __always_inline int parse_l4(void *l4, void *end, struct pkt *p, int *nd)
+/* ICMP error types whose quoted header names the flow they are about:
+ * destination unreachable (including fragmentation needed), time exceeded,
+ * parameter problem; for ICMPv6 also packet too big. */
+static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 {
-	switch (p->proto) {
-	case IPPROTO_TCP: {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > end)
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+/* Parses the packet quoted by an ICMP error (the original packet, as its
+ * sender sent it) into q: addresses, protocol and ports, or the echo id
+ * for a quoted echo. Returns 0, or -1 when the quote is too short or names
+ * nothing a session can be about (a quoted error, a later fragment). */
+static __always_inline int parse_quote(void *in, void *end, __u8 family, struct pkt *q)
+{
+	void *l4;
+	if (family == 4) {
+		struct iphdr *iph = in;
+		if ((void *)(iph + 1) > end)
 			return -1;
-		p->sport = th->source;
-		p->dport = th->dest;
-		return 0;
+		__u32 hlen = (iph->ihl & 0xf) * 4;
+		if (iph->version != 4 || hlen < sizeof(*iph) || (iph->frag_off & bpf_htons(0x1fff)))
+			return -1;
+		q->k.family = 4;
+		q->k.proto = iph->protocol;
+		q->k.saddr[0] = iph->saddr;
+		q->k.daddr[0] = iph->daddr;
+		l4 = in + hlen;
+	} else {
+		struct ipv6hdr *ip6 = in;
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		if (ip6->version != 6)
+			return -1;
+		q->k.family = 6;
+		q->k.proto = ip6->nexthdr;
+		__builtin_memcpy(q->k.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(q->k.daddr, &ip6->daddr, 16);
+		l4 = ip6 + 1;
 	}
+	switch (q->k.proto) {
+	case IPPROTO_TCP:
 	case IPPROTO_UDP: {
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > end)
+		/* Only the first 8 bytes of L4 are sure to be quoted: ports. */
+		__be16 *ports = l4;
+		if ((void *)(ports + 2) > end)
 			return -1;
-		p->sport = uh->source;
-		p->dport = uh->dest;
+		q->k.sport = ports[0];
+		q->k.dport = ports[1];
 		return 0;
 	}
 	case IPPROTO_ICMP:
@@ -185,13 +224,56 @@ static __always_inline int parse_l4(void *l4, void *end, struct pkt *p, int *nd)
 		struct icmp_echo_ *ih = l4;
 		if ((void *)(ih + 1) > end)
 			return -1;
-		if (p->proto == IPPROTO_ICMPV6 && ih->type >= 133 && ih->type <= 137)
+		if (!((q->k.proto == IPPROTO_ICMP && (ih->type == ICMP_ECHO_ || ih->type == ICMP_ECHOREPLY_)) ||
+		      (q->k.proto == IPPROTO_ICMPV6 &&
+		       (ih->type == ICMPV6_ECHO_REQUEST_ || ih->type == ICMPV6_ECHO_REPLY_))))
+			return -1;
+		q->k.sport = ih->id;
+		q->k.dport = ih->id;
+		return 0;
+	}
+	}
+	return 0;
+}
+
+/* Reads ports (or the ICMP echo id, which plays both ports so that request
+ * and reply build the same key) from the L4 header at l4. Returns 0, or -1
+ * when the header is truncated. Sets *nd for IPv6 neighbour discovery, and
+ * p->icmp_err for an ICMP error (whose quote icmp_related reads later). */
+static __always_inline int parse_l4(void *l4, void *data, void *end, struct pkt *p, int *nd)
+{
+	switch (p->k.proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return -1;
+		p->k.sport = th->source;
+		p->k.dport = th->dest;
+		return 0;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		p->k.sport = uh->source;
+		p->k.dport = uh->dest;
+		return 0;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		struct icmp_echo_ *ih = l4;
+		if ((void *)(ih + 1) > end)
+			return -1;
+		if (p->k.proto == IPPROTO_ICMPV6 && ih->type >= 133 && ih->type <= 137)
 			*nd = 1;
-		if ((p->proto == IPPROTO_ICMP && (ih->type == ICMP_ECHO_ || ih->type == ICMP_ECHOREPLY_)) ||
-		    (p->proto == IPPROTO_ICMPV6 &&
+		if ((p->k.proto == IPPROTO_ICMP && (ih->type == ICMP_ECHO_ || ih->type == ICMP_ECHOREPLY_)) ||
+		    (p->k.proto == IPPROTO_ICMPV6 &&
 		     (ih->type == ICMPV6_ECHO_REQUEST_ || ih->type == ICMPV6_ECHO_REPLY_))) {
-			p->sport = ih->id;
-			p->dport = ih->id;
+			p->k.sport = ih->id;
+			p->k.dport = ih->id;
+		} else if (icmp_is_error(p->k.proto, ih->type)) {
+			p->icmp_err = 1;
+			p->l4off = (__u16)(l4 - data);
 		}
 		return 0;
 	}
@@ -241,15 +323,15 @@ static long eval_rule(__u64 i, void *data)
 	if (!r)
 		return 1;
 	const struct pkt *p = c->p;
-	if (r->family && r->family != p->family)
+	if (r->family && r->family != p->k.family)
 		return 0;
-	if (r->proto && r->proto != p->proto)
+	if (r->proto && r->proto != p->k.proto)
 		return 0;
 	if (c->dport < r->port_lo || c->dport > r->port_hi)
 		return 0;
-	if (!prefix_match(p->saddr, r->src_addr, r->src_mask))
+	if (!prefix_match(p->k.saddr, r->src_addr, r->src_mask))
 		return 0;
-	if (!prefix_match(p->daddr, r->dst_addr, r->dst_mask))
+	if (!prefix_match(p->k.daddr, r->dst_addr, r->dst_mask))
 		return 0;
 	c->action = r->action;
 	return 1;
@@ -268,7 +350,7 @@ static __always_inline int evaluate(__u32 slot, __u32 from, __u32 to, struct pkt
 		.p = p,
 		.base = slot * FW_MAX_RULES + pair->start,
 		.n = pair->count,
-		.dport = bpf_ntohs(p->dport),
+		.dport = bpf_ntohs(p->k.dport),
 		.action = FW_DENY,
 	};
 	bpf_loop(FW_MAX_RULES_PER_PAIR, eval_rule, &c, 0);
@@ -289,81 +371,331 @@ static __always_inline int endpoint_less(const __u32 *a, __be16 ap, const __u32 
 static __always_inline void *session_key(struct pkt *p, struct fw_sess4_key *k4, struct fw_sess6_key *k6,
 					 __u8 *src_is_lo)
 {
-	int lo = endpoint_less(p->saddr, p->sport, p->daddr, p->dport);
+	int lo = endpoint_less(p->k.saddr, p->k.sport, p->k.daddr, p->k.dport);
 	*src_is_lo = lo;
-	if (p->family == 4) {
+	if (p->k.family == 4) {
 		__builtin_memset(k4, 0, sizeof(*k4));
-		k4->lo_addr = lo ? p->saddr[0] : p->daddr[0];
-		k4->hi_addr = lo ? p->daddr[0] : p->saddr[0];
-		k4->lo_port = lo ? p->sport : p->dport;
-		k4->hi_port = lo ? p->dport : p->sport;
-		k4->proto = p->proto;
+		k4->lo_addr = lo ? p->k.saddr[0] : p->k.daddr[0];
+		k4->hi_addr = lo ? p->k.daddr[0] : p->k.saddr[0];
+		k4->lo_port = lo ? p->k.sport : p->k.dport;
+		k4->hi_port = lo ? p->k.dport : p->k.sport;
+		k4->proto = p->k.proto;
 		return k4;
 	}
 	__builtin_memset(k6, 0, sizeof(*k6));
 	for (int i = 0; i < 4; i++) {
-		k6->lo_addr[i] = lo ? p->saddr[i] : p->daddr[i];
-		k6->hi_addr[i] = lo ? p->daddr[i] : p->saddr[i];
+		k6->lo_addr[i] = lo ? p->k.saddr[i] : p->k.daddr[i];
+		k6->hi_addr[i] = lo ? p->k.daddr[i] : p->k.saddr[i];
 	}
-	k6->lo_port = lo ? p->sport : p->dport;
-	k6->hi_port = lo ? p->dport : p->sport;
-	k6->proto = p->proto;
+	k6->lo_port = lo ? p->k.sport : p->k.dport;
+	k6->hi_port = lo ? p->k.dport : p->k.sport;
+	k6->proto = p->k.proto;
 	return k6;
 }
 
-/* RFC 1624 incremental update for the TTL/protocol word. */
+/* TTL is the high byte of its 16-bit word: decrementing it lowers the
+ * header sum by 0x0100, so the checksum rises by the same with end-around
+ * carry (RFC 1624; the kernel's ip_decrease_ttl does the same). */
 static __always_inline void ipv4_dec_ttl(struct iphdr *iph)
 {
-	__u16 *word = (__u16 *)&iph->ttl;
-	__u32 old = bpf_ntohs(*word);
+	__u32 check = iph->check;
+	check += bpf_htons(0x0100);
+	iph->check = (__sum16)(check + (check >= 0xffff));
 	iph->ttl--;
-	__u32 sum = (~bpf_ntohs(iph->check) & 0xffff) + (~old & 0xffff) + bpf_ntohs(*word);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	iph->check = bpf_htons(~sum & 0xffff);
 }
 
-static __always_inline int fib(struct xdp_md *ctx, struct pkt *p, struct bpf_fib_lookup *f, __u16 tot_len)
+/* Asks the FIB and copies its answer (egress, MACs) into hop. Not inlined:
+ * the 64-byte request lives in this frame, not in the main one. */
+static __noinline int fib_hop(struct xdp_md *ctx, struct pkt *p, struct fw_hop *hop, __u16 tot_len)
 {
-	__builtin_memset(f, 0, sizeof(*f));
-	f->ifindex = ctx->ingress_ifindex;
-	f->l4_protocol = p->proto;
-	f->sport = p->sport;
-	f->dport = p->dport;
-	f->tot_len = tot_len;
-	if (p->family == 4) {
-		f->family = AF_INET;
-		f->tos = p->tos;
-		f->ipv4_src = p->saddr[0];
-		f->ipv4_dst = p->daddr[0];
+	struct bpf_fib_lookup f;
+	__builtin_memset(&f, 0, sizeof(f));
+	f.ifindex = ctx->ingress_ifindex;
+	f.l4_protocol = p->k.proto;
+	f.sport = p->k.sport;
+	f.dport = p->k.dport;
+	f.tot_len = tot_len;
+	if (p->k.family == 4) {
+		f.family = AF_INET;
+		f.tos = p->tos;
+		f.ipv4_src = p->k.saddr[0];
+		f.ipv4_dst = p->k.daddr[0];
 	} else {
-		f->family = AF_INET6;
-		f->flowinfo = p->flowinfo;
+		f.family = AF_INET6;
+		f.flowinfo = p->flowinfo;
 		for (int i = 0; i < 4; i++) {
-			f->ipv6_src[i] = p->saddr[i];
-			f->ipv6_dst[i] = p->daddr[i];
+			f.ipv6_src[i] = p->k.saddr[i];
+			f.ipv6_dst[i] = p->k.daddr[i];
 		}
 	}
-	return bpf_fib_lookup(ctx, f, sizeof(*f), 0);
+	int rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+	hop->ifindex = f.ifindex;
+	__builtin_memcpy(hop->smac, f.smac, ETH_ALEN);
+	__builtin_memcpy(hop->dmac, f.dmac, ETH_ALEN);
+	return rc;
+}
+
+/* Multiplicative hash of the key's five 64-bit words; the top bits pick the
+ * slot. Cheap, and good enough for a cache that tolerates collisions. */
+static __always_inline __u32 flow_slot(const struct fw_flow_key *k)
+{
+	const __u64 *w = (const __u64 *)k;
+	__u64 h = w[0] ^ (w[1] << 1) ^ (w[2] << 2) ^ (w[3] << 3) ^ (w[4] << 5);
+	h *= 0x9e3779b97f4a7c15ULL;
+	return (__u32)(h >> 52) & (FW_FLOW_CACHE_SLOTS - 1);
+}
+
+static __always_inline int flow_key_eq(const struct fw_flow_key *a, const struct fw_flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* Adds packets an evicted cache entry forwarded to their session, so that a
+ * collision in the cache does not lose them from the session's totals. Not
+ * inlined: it runs rarely, and its own stack frame keeps the main one
+ * under the 512-byte limit. */
+static __noinline void flush_evicted(struct fw_flow *fc)
+{
+	struct pkt o __attribute__((aligned(8))) = {};
+	__builtin_memcpy(o.k.saddr, fc->key.saddr, 16);
+	__builtin_memcpy(o.k.daddr, fc->key.daddr, 16);
+	o.k.sport = fc->key.sport;
+	o.k.dport = fc->key.dport;
+	o.k.proto = fc->key.proto;
+	o.k.family = fc->key.family;
+	struct fw_sess4_key k4;
+	struct fw_sess6_key k6;
+	__u8 lo;
+	session_key(&o, &k4, &k6, &lo);
+	struct fw_sess_val *sv;
+	if (o.k.family == 4)
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+	else
+		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
+	if (sv) {
+		sv->packets += fc->packets;
+		sv->bytes += fc->bytes;
+	}
+}
+
+/* Whether an ICMP error is about a live session: the quoted packet's tuple
+ * names the session (keys are canonical, so the quote's direction does not
+ * matter) and the error travels back to the quoted packet's sender. Not
+ * inlined, like flush_evicted. */
+static __noinline int icmp_related(struct xdp_md *ctx, const struct pkt *p, const struct fw_settings *set,
+				    __u64 now)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pkt qs __attribute__((aligned(8))) = {};
+	struct pkt *q = &qs;
+	/* l4off < 4096 for the verifier; the ICMP header is 8 bytes. */
+	void *in = data + (p->l4off & 0xfff) + 8;
+	if (parse_quote(in, end, p->k.family, q) < 0)
+		return 0;
+	if (((p->k.daddr[0] ^ q->k.saddr[0]) | (p->k.daddr[1] ^ q->k.saddr[1]) | (p->k.daddr[2] ^ q->k.saddr[2]) |
+	     (p->k.daddr[3] ^ q->k.saddr[3])) != 0)
+		return 0;
+	struct fw_sess4_key k4;
+	struct fw_sess6_key k6;
+	__u8 lo;
+	session_key(q, &k4, &k6, &lo);
+	struct fw_sess_val *sv;
+	if (q->k.family == 4)
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+	else
+		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
+	if (!sv)
+		return 0;
+	return now - sv->last_seen_ns <= set->timeout_ns[proto_class(q->k.proto) & (FW_PC_MAX - 1)];
+}
+
+/* Inserts the session of an allowed new flow under key (session_key's).
+ * Not inlined: the value is big, and in its own frame it does not count
+ * against the main one. */
+static __noinline void create_session(const struct pkt *p, void *key, const struct fw_hop *hop, __u64 now,
+				      __u64 bytes)
+{
+	struct fw_sess_val nv = {
+		.created_ns = now,
+		.last_seen_ns = now,
+		.packets = 1,
+		.bytes = bytes,
+		.initiator_is_lo = p->src_is_lo,
+	};
+	if (p->src_is_lo)
+		__builtin_memcpy(&nv.hop[0], hop, sizeof(*hop));
+	else
+		__builtin_memcpy(&nv.hop[1], hop, sizeof(*hop));
+	if (p->k.family == 4)
+		bpf_map_update_elem(&fw_sessions_v4, key, &nv, BPF_ANY);
+	else
+		bpf_map_update_elem(&fw_sessions_v6, key, &nv, BPF_ANY);
+}
+
+/* The fast path: an untagged IPv4 (no options) or IPv6 TCP/UDP packet whose
+ * flow is in this CPU's cache is forwarded straight from the headers, with
+ * no parse into a struct and no call but the redirect. Anything else, and
+ * any miss, returns -1 and takes the general path below, which applies the
+ * same checks in full; this path only forwards what that path would.
+ *
+ * Header words are read again after each map lookup rather than kept: clang
+ * treats the (inlined) lookups as calls, and keeping the key live across
+ * them costs more spills than the loads. */
+#define RELOAD32(p) (*(volatile __u32 *)(p))
+
+static __always_inline int fast_finish(struct fw_flow *fc, struct ethhdr *eth, __u64 bytes)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return XDP_ABORTED;
+	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
+	fc->packets += 1;
+	fc->bytes += bytes;
+	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+	int act = bpf_redirect_map(&fw_tx_ports, fc->ifindex, XDP_DROP);
+	if (act != XDP_REDIRECT) {
+		cnt->c[FW_CNT_DROP_EGRESS_UNMANAGED] += 1;
+		return XDP_DROP;
+	}
+	cnt->c[FW_CNT_FORWARDED] += 1;
+	return act;
+}
+
+/* Whether fc may forward now: same config flip, not expired, and the packet
+ * no bigger than what the FIB's MTU check accepted. */
+static __always_inline int fast_valid(const struct fw_flow *fc, __u16 tot_len)
+{
+	__u32 zero = 0;
+	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
+	if (!activep)
+		return 0;
+	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && tot_len <= fc->len_ok;
+}
+
+static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes)
+{
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > end)
+		return -1;
+	/* Version 4, no options, not a later fragment, TTL left to spend. */
+	if (*(__u8 *)iph != 0x45 || (iph->frag_off & bpf_htons(0x1fff)) || iph->ttl <= 1)
+		return -1;
+	__u8 proto = iph->protocol;
+	__u32 *l4 = (void *)(iph + 1);
+	if (proto == IPPROTO_UDP) {
+		if ((void *)l4 + sizeof(struct udphdr) > end)
+			return -1;
+	} else if (proto == IPPROTO_TCP) {
+		if ((void *)l4 + sizeof(struct tcphdr) > end)
+			return -1;
+	} else {
+		return -1;
+	}
+	if (bpf_ntohs(iph->tot_len) < sizeof(*iph))
+		return -1;
+	/* The words of struct fw_flow_key for IPv4: 1 and 3 are zero. */
+	__u64 w4 = *l4 | ((__u64)proto << 32) | (4ULL << 40);
+	__u64 h = (__u64)iph->saddr ^ ((__u64)iph->daddr << 2) ^ (w4 << 5);
+	__u32 idx = (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 52) & (FW_FLOW_CACHE_SLOTS - 1);
+	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &idx);
+	if (!fc)
+		return -1;
+	const __u64 *k = (const __u64 *)&fc->key;
+	w4 = RELOAD32(l4) | ((__u64)iph->protocol << 32) | (4ULL << 40);
+	if (((k[0] ^ RELOAD32(&iph->saddr)) | k[1] | (k[2] ^ RELOAD32(&iph->daddr)) | k[3] | (k[4] ^ w4)) != 0)
+		return -1;
+	if (!fast_valid(fc, bpf_ntohs(iph->tot_len)))
+		return -1;
+	ipv4_dec_ttl(iph);
+	return fast_finish(fc, eth, bytes);
+}
+
+static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
+{
+	return (__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i]) | ((__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i + 1]) << 32);
+}
+
+static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes)
+{
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > end)
+		return -1;
+	if (ip6->version != 6 || ip6->hop_limit <= 1)
+		return -1;
+	__u8 proto = ip6->nexthdr;
+	__u32 *l4 = (void *)(ip6 + 1);
+	if (proto == IPPROTO_UDP) {
+		if ((void *)l4 + sizeof(struct udphdr) > end)
+			return -1;
+	} else if (proto == IPPROTO_TCP) {
+		if ((void *)l4 + sizeof(struct tcphdr) > end)
+			return -1;
+	} else {
+		return -1;
+	}
+	__u64 w4 = *l4 | ((__u64)proto << 32) | (6ULL << 40);
+	__u64 h = addr_word(&ip6->saddr, 0) ^ (addr_word(&ip6->saddr, 1) << 1) ^ (addr_word(&ip6->daddr, 0) << 2) ^
+		  (addr_word(&ip6->daddr, 1) << 3) ^ (w4 << 5);
+	__u32 idx = (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 52) & (FW_FLOW_CACHE_SLOTS - 1);
+	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &idx);
+	if (!fc)
+		return -1;
+	const __u64 *k = (const __u64 *)&fc->key;
+	w4 = RELOAD32(l4) | ((__u64)ip6->nexthdr << 32) | (6ULL << 40);
+	if (((k[0] ^ addr_word(&ip6->saddr, 0)) | (k[1] ^ addr_word(&ip6->saddr, 1)) |
+	     (k[2] ^ addr_word(&ip6->daddr, 0)) | (k[3] ^ addr_word(&ip6->daddr, 1)) | (k[4] ^ w4)) != 0)
+		return -1;
+	if (!fast_valid(fc, bpf_ntohs(ip6->payload_len) + sizeof(*ip6)))
+		return -1;
+	ip6->hop_limit--;
+	return fast_finish(fc, eth, bytes);
+}
+
+static __always_inline int fast_path(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__u64 bytes = (__u64)(end - data);
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		return fast4(eth, end, bytes);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return fast6(eth, end, bytes);
+	return -1;
 }
 
 SEC("xdp")
 int xdp_fw(struct xdp_md *ctx)
 {
+	int fast = fast_path(ctx);
+	if (fast >= 0)
+		return fast;
+
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct pkt p = {};
+	struct pkt p __attribute__((aligned(8))) = {};
 	int nd = 0;
+	__u32 zero = 0;
+
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return XDP_ABORTED;
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return drop(FW_CNT_DROP_PARSE);
+		return drop(cnt, FW_CNT_DROP_PARSE);
 	__be16 h_proto = eth->h_proto;
 	void *l3 = eth + 1;
 	if (h_proto == bpf_htons(ETH_P_8021Q_)) {
 		struct vlan_hdr_ *vh = l3;
 		if ((void *)(vh + 1) > end)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		h_proto = vh->proto;
 		l3 = vh + 1;
 		p.vlan = 1;
@@ -372,98 +704,127 @@ int xdp_fw(struct xdp_md *ctx)
 	if (h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > end)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		__u32 hlen = iph->ihl * 4;
 		if (iph->version != 4 || hlen < sizeof(*iph) || bpf_ntohs(iph->tot_len) < hlen)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (l3 + hlen > end)
-			return drop(FW_CNT_DROP_PARSE);
-		p.family = 4;
-		p.proto = iph->protocol;
-		p.saddr[0] = iph->saddr;
-		p.daddr[0] = iph->daddr;
+			return drop(cnt, FW_CNT_DROP_PARSE);
+		p.k.family = 4;
+		p.k.proto = iph->protocol;
+		p.k.saddr[0] = iph->saddr;
+		p.k.daddr[0] = iph->daddr;
 		p.ttl = iph->ttl;
 		p.tos = iph->tos;
 		p.tot_len = bpf_ntohs(iph->tot_len);
 		if (iph->frag_off & bpf_htons(0x1fff))
 			p.nonfirst_frag = 1;
-		else if (parse_l4(l3 + hlen, end, &p, &nd) < 0)
-			return drop(FW_CNT_DROP_PARSE);
+		else if (parse_l4(l3 + hlen, data, end, &p, &nd) < 0)
+			return drop(cnt, FW_CNT_DROP_PARSE);
 	} else if (h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
 		if ((void *)(ip6 + 1) > end)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (ip6->version != 6)
-			return drop(FW_CNT_DROP_PARSE);
-		p.family = 6;
-		p.proto = ip6->nexthdr;
-		__builtin_memcpy(p.saddr, &ip6->saddr, 16);
-		__builtin_memcpy(p.daddr, &ip6->daddr, 16);
+			return drop(cnt, FW_CNT_DROP_PARSE);
+		p.k.family = 6;
+		p.k.proto = ip6->nexthdr;
+		__builtin_memcpy(p.k.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p.k.daddr, &ip6->daddr, 16);
 		p.ttl = ip6->hop_limit;
 		p.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
 		p.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
-		if (p.proto == 44 /* fragment header: ports are not where we look */)
+		if (p.k.proto == 44 /* fragment header: ports are not where we look */)
 			p.nonfirst_frag = 1;
-		else if (parse_l4(ip6 + 1, end, &p, &nd) < 0)
-			return drop(FW_CNT_DROP_PARSE);
+		else if (parse_l4(ip6 + 1, data, end, &p, &nd) < 0)
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (nd)
-			return pass(FW_CNT_PASS_ND);
+			return pass(cnt, FW_CNT_PASS_ND);
 	} else {
-		return pass(FW_CNT_PASS_NON_IP);
+		return pass(cnt, FW_CNT_PASS_NON_IP);
 	}
 
-	__u32 zero = 0;
-	__u32 *slotp = bpf_map_lookup_elem(&fw_active, &zero);
-	if (!slotp)
+	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
+	if (!activep)
 		return XDP_ABORTED;
-	__u32 slot = *slotp & 1;
+	/* The control plane counts flips; the low bit is the slot. */
+	__u32 active = *activep;
+	__u32 slot = active & 1;
+	__u64 bytes = (__u64)(end - data);
+	struct fw_hop hop;
+
+	/* Flow cache: an established flow's packets normally end here. Jiffies
+	 * are one inlined load where the coarse clock is a helper call. */
+	int cache_pkt = !p.nonfirst_frag && !p.icmp_err;
+	__u64 now_j = bpf_jiffies64();
+	__u32 fidx = flow_slot(&p.k);
+	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &fidx);
+	if (!fc)
+		return XDP_ABORTED;
+	int fc_same = cache_pkt && flow_key_eq(&fc->key, &p.k);
+	if (fc_same && fc->active == active && (__s64)(fc->expire_j - now_j) > 0 && p.tot_len <= fc->len_ok) {
+		fc->packets += 1;
+		fc->bytes += bytes;
+		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+		hop.ifindex = fc->ifindex;
+		__builtin_memcpy(hop.smac, fc->smac, ETH_ALEN);
+		__builtin_memcpy(hop.dmac, fc->dmac, ETH_ALEN);
+		goto forward;
+	}
 
 	/* The coarse clock is a plain load (jiffy resolution, a few ms), where
 	 * bpf_ktime_get_ns reads the clock source: idle timeouts need no better,
 	 * and the control plane reads the same clock (CLOCK_MONOTONIC_COARSE). */
 	__u64 now = bpf_ktime_get_coarse_ns();
-	__u64 bytes = (__u64)(end - data);
 	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
 	if (!set)
 		return XDP_ABORTED;
-	__u64 timeout = set->timeout_ns[proto_class(p.proto) & (FW_PC_MAX - 1)];
+	__u32 pc = proto_class(p.k.proto) & (FW_PC_MAX - 1);
+	__u64 timeout = set->timeout_ns[pc];
 
-	struct fw_sess4_key k4;
-	struct fw_sess6_key k6;
-	__u8 src_is_lo;
-	void *key = session_key(&p, &k4, &k6, &src_is_lo);
-	void *smap = p.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
-	__u32 dir = src_is_lo ? 0 : 1;
+	union {
+		struct fw_sess4_key k4;
+		struct fw_sess6_key k6;
+	} sk;
+	void *key = session_key(&p, &sk.k4, &sk.k6, &p.src_is_lo);
+	void *smap = p.k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
+	__u32 dir = p.src_is_lo ? 0 : 1;
 
 	/* One call site per map: with a constant map pointer the verifier
 	 * inlines the hash lookup; a pointer that may be either map costs an
-	 * indirect call per packet. */
+	 * indirect call per packet. An ICMP error is never a session of its
+	 * own: it belongs to the flow it quotes. */
 	struct fw_sess_val *sv = NULL;
-	if (!p.nonfirst_frag) {
-		if (p.family == 4)
-			sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+	if (cache_pkt) {
+		if (p.k.family == 4)
+			sv = bpf_map_lookup_elem(&fw_sessions_v4, &sk.k4);
 		else
-			sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
+			sv = bpf_map_lookup_elem(&fw_sessions_v6, &sk.k6);
 	}
 	int live = sv && now - sv->last_seen_ns <= timeout;
-	struct fw_hop hop;
+	int related = 0;
 
 	if (live) {
 		struct fw_hop *h = &sv->hop[dir & 1];
-		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS) {
+		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p.tot_len <= h->len_ok) {
 			/* Established flow with a fresh FIB answer: no lookup. */
 			__builtin_memcpy(&hop, h, sizeof(hop));
 			sv->last_seen_ns = now;
 			sv->packets += 1;
 			sv->bytes += bytes;
-			count(FW_CNT_SESSION_HIT);
-			goto forward;
+			if (fc_same) {
+				sv->packets += fc->packets;
+				sv->bytes += fc->bytes;
+				fc->packets = 0;
+				fc->bytes = 0;
+			}
+			cnt->c[FW_CNT_SESSION_HIT] += 1;
+			goto fill;
 		}
 	}
 
-	struct bpf_fib_lookup f;
-	count(FW_CNT_FIB_LOOKUP);
-	int rc = fib(ctx, &p, &f, p.tot_len);
+	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
+	int rc = fib_hop(ctx, &p, &hop, p.tot_len);
 	int frag_needed = 0;
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
@@ -471,99 +832,135 @@ int xdp_fw(struct xdp_md *ctx)
 		break;
 	case BPF_FIB_LKUP_RET_NOT_FWDED:
 		/* Local delivery, broadcast, multicast: the firewall's own traffic. */
-		return pass(FW_CNT_PASS_LOCAL);
+		return pass(cnt, FW_CNT_PASS_LOCAL);
 	case BPF_FIB_LKUP_RET_FWD_DISABLED:
-		return pass(FW_CNT_PASS_FWD_DISABLED);
+		return pass(cnt, FW_CNT_PASS_FWD_DISABLED);
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		/* The MTU check fails before the FIB names the egress; look up again
 		 * without it so policy still decides before the kernel fragments or
 		 * answers "too big". */
 		frag_needed = 1;
-		count(FW_CNT_FIB_LOOKUP);
-		rc = fib(ctx, &p, &f, 0);
+		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
+		rc = fib_hop(ctx, &p, &hop, 0);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-			return drop(FW_CNT_DROP_NO_ROUTE);
+			return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 		break;
 	case BPF_FIB_LKUP_RET_UNSUPP_LWT:
-		return drop(FW_CNT_DROP_UNSUPPORTED_ROUTE);
+		return drop(cnt, FW_CNT_DROP_UNSUPPORTED_ROUTE);
 	default:
-		return drop(FW_CNT_DROP_NO_ROUTE);
+		return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 	}
 
 	if (p.nonfirst_frag)
-		return drop(FW_CNT_DROP_FRAGMENT);
+		return drop(cnt, FW_CNT_DROP_FRAGMENT);
 
 	/* Only a complete answer is worth reusing: without a neighbour the
 	 * kernel must see the packet, and an oversized packet must too. */
 	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && !frag_needed;
 	hop.checked_ns = cacheable ? now : 0;
-	hop.ifindex = f.ifindex;
-	__builtin_memcpy(hop.smac, f.smac, ETH_ALEN);
-	__builtin_memcpy(hop.dmac, f.dmac, ETH_ALEN);
+	hop.len_ok = cacheable ? p.tot_len : 0;
+	__builtin_memset(hop.pad, 0, sizeof(hop.pad));
 
 	if (live) {
 		sv->last_seen_ns = now;
 		sv->packets += 1;
 		sv->bytes += bytes;
+		if (fc_same) {
+			sv->packets += fc->packets;
+			sv->bytes += fc->bytes;
+			fc->packets = 0;
+			fc->bytes = 0;
+		}
 		__builtin_memcpy(&sv->hop[dir & 1], &hop, sizeof(hop));
-		count(FW_CNT_SESSION_HIT);
+		cnt->c[FW_CNT_SESSION_HIT] += 1;
 	} else {
 		if (sv)
-			count(FW_CNT_SESSION_EXPIRED);
+			cnt->c[FW_CNT_SESSION_EXPIRED] += 1;
 		/* Zones are only needed for a new flow. */
 		struct fw_if_key ik = {.ifindex = ctx->ingress_ifindex, .slot = slot};
 		__u32 *from = bpf_map_lookup_elem(&fw_if_zone, &ik);
 		if (!from)
 			/* Not (or no longer) managed: behave as if detached. */
-			return pass(FW_CNT_PASS_UNMANAGED);
-		struct fw_if_key ek = {.ifindex = f.ifindex, .slot = slot};
+			return pass(cnt, FW_CNT_PASS_UNMANAGED);
+		struct fw_if_key ek = {.ifindex = hop.ifindex, .slot = slot};
 		__u32 *to = bpf_map_lookup_elem(&fw_if_zone, &ek);
 		if (!to)
 			/* Routing into an interface we do not manage would bypass the
 			 * zone policy: fail closed. */
-			return drop(FW_CNT_DROP_EGRESS_UNMANAGED);
-		if (evaluate(slot, *from, *to, &p) != FW_ALLOW) {
-			if (sv)
-				/* Expired and now denied: free the slot so the session
-				 * count stays the number of live flows. */
-				bpf_map_delete_elem(smap, key);
-			return drop(FW_CNT_DROP_POLICY);
+			return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
+		if (p.icmp_err) {
+			/* Errors about an allowed flow (path MTU discovery needs
+			 * them) pass like the flow; others have no flow to be part
+			 * of and are dropped, like in any stateful firewall. */
+			if (!icmp_related(ctx, &p, set, now))
+				return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
+			cnt->c[FW_CNT_RELATED_ICMP] += 1;
+			related = 1;
+		} else {
+			if (evaluate(slot, *from, *to, &p) != FW_ALLOW) {
+				if (sv)
+					/* Expired and now denied: free the slot so the
+					 * session count stays the number of live flows. */
+					bpf_map_delete_elem(smap, key);
+				return drop(cnt, FW_CNT_DROP_POLICY);
+			}
+			create_session(&p, key, &hop, now, bytes);
+			cnt->c[p.k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
 		}
-		struct fw_sess_val nv = {
-			.created_ns = now,
-			.last_seen_ns = now,
-			.packets = 1,
-			.bytes = bytes,
-			.initiator_is_lo = src_is_lo,
-		};
-		__builtin_memcpy(&nv.hop[dir & 1], &hop, sizeof(hop));
-		bpf_map_update_elem(smap, key, &nv, BPF_ANY);
-		count(p.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6);
 	}
 
 	if (frag_needed)
-		return pass(FW_CNT_PASS_FRAG_NEEDED);
+		return pass(cnt, FW_CNT_PASS_FRAG_NEEDED);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return pass(FW_CNT_PASS_NO_NEIGH);
+		return pass(cnt, FW_CNT_PASS_NO_NEIGH);
+	if (related)
+		goto forward;
+
+fill:
+	/* Remember the answer in this CPU's cache slot for a bounded time: at
+	 * most the refresh interval (so the session's last-seen and totals lag
+	 * by no more) and at most what is left of the hop's FIB freshness. */
+	if (cache_pkt && set->tick_ns) {
+		__u64 age = now - hop.checked_ns;
+		__u64 lim = set->refresh_ns[pc];
+		if (age < FW_FIB_CACHE_NS && FW_FIB_CACHE_NS - age < lim)
+			lim = FW_FIB_CACHE_NS - age;
+		if (age >= FW_FIB_CACHE_NS)
+			lim = 0;
+		__u64 ticks = lim / set->tick_ns;
+		if (ticks) {
+			if (!fc_same && fc->packets)
+				flush_evicted(fc);
+			__builtin_memcpy(&fc->key, &p.k, sizeof(p.k));
+			fc->expire_j = now_j + ticks;
+			fc->packets = 0;
+			fc->bytes = 0;
+			fc->active = active;
+			fc->ifindex = hop.ifindex;
+			__builtin_memcpy(fc->smac, hop.smac, ETH_ALEN);
+			__builtin_memcpy(fc->dmac, hop.dmac, ETH_ALEN);
+			fc->len_ok = hop.len_ok;
+		}
+	}
 
 forward:
 	if (p.ttl <= 1)
-		return pass(FW_CNT_PASS_TTL);
+		return pass(cnt, FW_CNT_PASS_TTL);
 
 	/* Re-derive header pointers: the verifier forgets packet bounds across
 	 * the helper calls above. */
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	__u32 l3off = sizeof(struct ethhdr) + (p.vlan ? sizeof(struct vlan_hdr_) : 0);
-	if (p.family == 4) {
+	if (p.k.family == 4) {
 		struct iphdr *iph = data + l3off;
 		if ((void *)(iph + 1) > end)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		ipv4_dec_ttl(iph);
 	} else {
 		struct ipv6hdr *ip6 = data + l3off;
 		if ((void *)(ip6 + 1) > end)
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		ip6->hop_limit--;
 	}
 
@@ -571,20 +968,20 @@ forward:
 		/* Egress is the FIB's device, untagged: drop the tag by moving the
 		 * start of the frame forward and writing a fresh Ethernet header. */
 		if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct vlan_hdr_)))
-			return drop(FW_CNT_DROP_PARSE);
+			return drop(cnt, FW_CNT_DROP_PARSE);
 		data = (void *)(long)ctx->data;
 		end = (void *)(long)ctx->data_end;
 	}
 	eth = data;
 	if ((void *)(eth + 1) > end)
-		return drop(FW_CNT_DROP_PARSE);
+		return drop(cnt, FW_CNT_DROP_PARSE);
 	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
-	eth->h_proto = p.family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+	eth->h_proto = p.k.family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 
 	int act = bpf_redirect_map(&fw_tx_ports, hop.ifindex, XDP_DROP);
 	if (act != XDP_REDIRECT)
-		return drop(FW_CNT_DROP_EGRESS_UNMANAGED);
-	count(FW_CNT_FORWARDED);
+		return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
+	cnt->c[FW_CNT_FORWARDED] += 1;
 	return act;
 }

@@ -55,6 +55,11 @@ type Backend struct {
 	attached map[string]*attachment // by interface name
 	cfg      *dataplane.Config
 
+	// grace is a one-element map-in-map whose update makes the kernel
+	// wait for an RCU grace period (see waitReaders).
+	grace      *ebpf.Map
+	graceInner *ebpf.Map
+
 	reaped   atomic.Uint64
 	reapStop chan struct{}
 	reapDone chan struct{}
@@ -156,8 +161,14 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		if err != nil {
 			return dataplane.ApplyResult{}, err
 		}
+		// Without the grace maps waitReaders sleeps instead: slower
+		// Applies, same guarantee in practice, so not an error.
+		outer, inner, gerr := newGraceMaps()
 		b.mu.Lock()
 		b.objs, b.capacity = objs, capacity
+		if gerr == nil {
+			b.grace, b.graceInner = outer, inner
+		}
 		b.mu.Unlock()
 		fresh = true
 	}
@@ -169,6 +180,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			b.mu.Lock()
 			b.objs.Close()
 			b.objs, b.capacity = nil, 0
+			b.closeGrace()
 			b.mu.Unlock()
 		}
 		return dataplane.ApplyResult{}, err
@@ -210,10 +222,10 @@ func load(capacity uint32) (*fwObjects, error) {
 // step before the flip is undone on failure; the flip is the commit point.
 func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult, error) {
 	objs := b.objs
-	next := b.slot ^ 1
-	if b.gen == 0 {
-		next = 0
-	}
+	// fw_active counts flips (the low bit is the slot): the flow cache
+	// tags its entries with it, so a flip invalidates them all.
+	flip := uint32(b.gen)
+	next := flip & 1
 	if err := writeSlot(objs, next, p, ifindex); err != nil {
 		return dataplane.ApplyResult{}, err
 	}
@@ -269,10 +281,14 @@ func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult
 		return dataplane.ApplyResult{}, err
 	}
 
-	if err := objs.FwActive.Update(uint32(0), next, ebpf.UpdateAny); err != nil {
+	if err := objs.FwActive.Update(uint32(0), flip, ebpf.UpdateAny); err != nil {
 		undo()
 		return dataplane.ApplyResult{}, fmt.Errorf("activate config slot: %w", err)
 	}
+	// Packets that read fw_active before the flip may still be using the
+	// old slot, which the next Apply rewrites: wait them out here, so
+	// that when Apply returns every packet runs the new config.
+	b.waitReaders()
 
 	// Committed. Retire what the new config no longer has.
 	b.mu.Lock()
@@ -310,6 +326,38 @@ func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult
 	b.gen++
 	res.Generation = b.gen
 	return res, nil
+}
+
+// graceFallback is how long waitReaders sleeps when the kernel cannot wait
+// for it. XDP programs run inside one NAPI poll (or one test run), which is
+// microseconds; this is orders of magnitude more.
+const graceFallback = 50 * time.Millisecond
+
+// waitReaders returns once no program run that started before the call is
+// still running. XDP runs inside an RCU read-side section, and updating a
+// map-in-map element makes the kernel synchronize_rcu() before the syscall
+// returns (so that userspace knows programs see the new inner map; the
+// kernel's own selftests use it the same way), which is exactly "every
+// earlier program run has finished", for about 0.1 ms here.
+func (b *Backend) waitReaders() {
+	if b.grace != nil && b.grace.Update(uint32(0), b.graceInner, ebpf.UpdateAny) == nil {
+		return
+	}
+	time.Sleep(graceFallback)
+}
+
+func newGraceMaps() (outer, inner *ebpf.Map, err error) {
+	spec := &ebpf.MapSpec{Name: "fw_grace_inner", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+	inner, err = ebpf.NewMap(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	outer, err = ebpf.NewMap(&ebpf.MapSpec{Name: "fw_grace", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1, InnerMap: spec})
+	if err != nil {
+		inner.Close()
+		return nil, nil, err
+	}
+	return outer, inner, nil
 }
 
 // attach attaches prog to one interface with a bpf_link, driver mode first.
@@ -407,6 +455,14 @@ func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	return nil
 }
 
+func (b *Backend) closeGrace() {
+	if b.grace != nil {
+		b.grace.Close()
+		b.graceInner.Close()
+		b.grace, b.graceInner = nil, nil
+	}
+}
+
 func (b *Backend) isClosed() bool {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
@@ -445,6 +501,7 @@ func (b *Backend) Close() error {
 		}
 		b.objs = nil
 	}
+	b.closeGrace()
 	if b.counter != nil {
 		if err := b.counter.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close map counter: %w", err))

@@ -45,6 +45,57 @@
 // is normally handled by one CPU, and exactness of these informational
 // totals is not worth an atomic per packet.
 //
+// # Flow cache
+//
+// In front of the session tables sits a per-CPU, direct-mapped flow cache
+// (fw_flow_cache, FW_FLOW_CACHE_SLOTS entries per CPU) keyed by the
+// directional 5-tuple. An LRU lookup hashes its key in a helper call; a
+// per-CPU array lookup is inlined by the verifier, so an established flow's
+// packet (untagged IPv4 without options or IPv6, TCP or UDP) is forwarded
+// from the headers and the cache entry alone: no session lookup, no clock
+// helper (the entry's lifetime is in jiffies, which the verifier inlines to
+// one load), one counters lookup. Anything else, or a miss, takes the
+// general path, which does every check.
+//
+// An entry is only a shortcut for a live session's fresh FIB answer, never a
+// session itself: it is written by the general path when that path forwards
+// a packet of a live (or just created) session, and it forwards only while
+//   - the config has not flipped since (entries carry the fw_active value,
+//     which counts flips, so a flip invalidates every entry at once),
+//   - its lifetime lasts: at most the refresh interval, an eighth of the
+//     protocol's idle timeout capped at one second, and at most what is
+//     left of the FIB answer's second,
+//   - the packet is no bigger than the largest one the FIB's MTU check
+//     accepted with this answer (bigger ones ask the FIB, which enforces the
+//     MTU; the session's own FIB cache follows the same rule).
+//
+// When an entry runs out, the next packet takes the general path, which
+// looks the session up, refreshes its last-seen, adds the packets and bytes
+// the entry forwarded meanwhile (so do Sessions, from every CPU's cache,
+// and a collision that evicts an entry), and refills the entry. So:
+//   - the session counts are untouched (cache entries are not sessions),
+//   - a session's last-seen lags its traffic by at most the refresh
+//     interval: a flow idle for between 7/8 of its timeout and its timeout
+//     may already be treated as expired (evaluated again, or reaped),
+//   - a session evicted from a full LRU table, or deleted by the reaper,
+//     keeps forwarding from a cached entry for at most the refresh interval
+//     before the general path sees it is gone and evaluates the flow again.
+//
+// flow_cache_hits counts the packets the cache forwarded; session_hits
+// includes them.
+//
+// # ICMP errors
+//
+// An ICMP error (destination unreachable, including fragmentation needed;
+// time exceeded; parameter problem; ICMPv6 packet too big) is never a flow
+// of its own. It is forwarded, like the flow's packets but without touching
+// its session, when the packet it quotes belongs to a live session and the
+// error travels back to the quoted packet's sender (path MTU discovery and
+// traceroute through the firewall need that); the related_icmp counter
+// counts them. Any other ICMP error is dropped (dropped_icmp_unrelated),
+// whatever the policy says about ICMP. Errors addressed to the firewall
+// itself go to the kernel like all its own traffic.
+//
 // On veth: frames sent by local sockets on a veth carry a partial L4
 // checksum (checksum offload) that XDP cannot see or finish, so a frame
 // the program redirects arrives with a bad checksum unless the sender has
@@ -59,6 +110,15 @@
 // flips a one-element array that the program reads once per packet, so a
 // packet sees either the old or the new configuration, never a mix, and a
 // denied flow is never allowed in between.
+//
+// After the flip Apply waits until every program run that may have read the
+// old value has finished, so that the next Apply can rewrite that slot: XDP
+// runs inside an RCU read-side section, and updating an element of a
+// one-element map-in-map (created for this, not used by the program) makes
+// the kernel synchronize_rcu() before the syscall returns. That costs about
+// 0.1 ms on an idle machine (tens of ms under load); should the map-in-map
+// be unavailable Apply sleeps 50 ms instead. It also means that when Apply
+// returns, every packet runs the new configuration.
 //
 // # Errors
 //

@@ -13,12 +13,44 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fwFwCpuCounters struct {
+	_ structs.HostLayout
+	C [23]uint64
+}
+
+type fwFwFlow struct {
+	_       structs.HostLayout
+	Key     fwFwFlowKey
+	ExpireJ uint64
+	Packets uint64
+	Bytes   uint64
+	Active  uint32
+	Ifindex uint32
+	Smac    [6]uint8
+	Dmac    [6]uint8
+	LenOk   uint16
+	Pad     [2]uint8
+}
+
+type fwFwFlowKey struct {
+	_      structs.HostLayout
+	Saddr  [4]uint32
+	Daddr  [4]uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Family uint8
+	Pad    [2]uint8
+}
+
 type fwFwHop struct {
 	_         structs.HostLayout
 	CheckedNs uint64
 	Ifindex   uint32
 	Smac      [6]uint8
 	Dmac      [6]uint8
+	LenOk     uint16
+	Pad       [6]uint8
 }
 
 type fwFwIfKey struct {
@@ -81,6 +113,8 @@ type fwFwSessVal struct {
 type fwFwSettings struct {
 	_         structs.HostLayout
 	TimeoutNs [4]uint64
+	RefreshNs [4]uint64
+	TickNs    uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -89,6 +123,7 @@ type fwFwSettings struct {
 const (
 	fwMapFwActive      = "fw_active"
 	fwMapFwCounters    = "fw_counters"
+	fwMapFwFlowCache   = "fw_flow_cache"
 	fwMapFwIfZone      = "fw_if_zone"
 	fwMapFwPairs       = "fw_pairs"
 	fwMapFwRules       = "fw_rules"
@@ -150,6 +185,7 @@ type fwProgramSpecs struct {
 type fwMapSpecs struct {
 	FwActive      *ebpf.MapSpec `ebpf:"fw_active"`
 	FwCounters    *ebpf.MapSpec `ebpf:"fw_counters"`
+	FwFlowCache   *ebpf.MapSpec `ebpf:"fw_flow_cache"`
 	FwIfZone      *ebpf.MapSpec `ebpf:"fw_if_zone"`
 	FwPairs       *ebpf.MapSpec `ebpf:"fw_pairs"`
 	FwRules       *ebpf.MapSpec `ebpf:"fw_rules"`
@@ -187,6 +223,7 @@ func (o *fwObjects) Close() error {
 type fwMaps struct {
 	FwActive      *ebpf.Map `ebpf:"fw_active"`
 	FwCounters    *ebpf.Map `ebpf:"fw_counters"`
+	FwFlowCache   *ebpf.Map `ebpf:"fw_flow_cache"`
 	FwIfZone      *ebpf.Map `ebpf:"fw_if_zone"`
 	FwPairs       *ebpf.Map `ebpf:"fw_pairs"`
 	FwRules       *ebpf.Map `ebpf:"fw_rules"`
@@ -200,6 +237,7 @@ func (m *fwMaps) Close() error {
 	return _FwClose(
 		m.FwActive,
 		m.FwCounters,
+		m.FwFlowCache,
 		m.FwIfZone,
 		m.FwPairs,
 		m.FwRules,

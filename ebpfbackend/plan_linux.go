@@ -4,6 +4,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
 )
@@ -16,6 +20,7 @@ const (
 	maxZones        = 64 // zone ids 1..63
 	maxIfaces       = 256
 	numSlots        = 2
+	flowCacheSlots  = 4096
 )
 
 // plan is a config translated into what one slot of the datapath holds. It
@@ -84,8 +89,36 @@ func buildPlan(cfg *dataplane.Config) (*plan, []string) {
 		uint64(t.For(1).Nanoseconds()),
 		uint64(t.For(0).Nanoseconds()),
 	}
+	for i, to := range p.settings.TimeoutNs {
+		p.settings.RefreshNs[i] = cacheRefresh(to)
+	}
+	p.settings.TickNs = coarseTick()
 	return p, reasons
 }
+
+// fibCacheNs mirrors FW_FIB_CACHE_NS: how long a FIB answer is reused.
+const fibCacheNs = uint64(time.Second)
+
+// cacheRefresh is how long a flow-cache entry may forward before its
+// session is touched again: an eighth of the idle timeout, so a session's
+// recorded last-seen lags its traffic by at most that (an idle flow expires
+// after between 7/8 of its timeout and its timeout), and at most the FIB
+// answer's lifetime.
+func cacheRefresh(timeoutNs uint64) uint64 {
+	return min(timeoutNs/8, fibCacheNs)
+}
+
+// coarseTick is one jiffy in nanoseconds: the resolution of
+// CLOCK_MONOTONIC_COARSE is the kernel's tick. The flow cache counts its
+// lifetime in jiffies (an inlined load in the datapath); 0 (unknown)
+// disables the cache rather than guess.
+var coarseTick = sync.OnceValue(func() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGetres(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil || ts.Nano() <= 0 {
+		return 0
+	}
+	return uint64(ts.Nano())
+})
 
 func zoneName(cfg *dataplane.Config, id uint32) string {
 	if id == 0 || int(id) > len(cfg.Zones) {

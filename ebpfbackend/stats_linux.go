@@ -15,6 +15,12 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 )
 
+// Indexes into counterNames used by the Go side.
+const (
+	cntSessionHit   = 15
+	cntFlowCacheHit = 20
+)
+
 // counterNames follow enum fw_counter in bpf/include/fw_common.h, in order.
 var counterNames = []string{
 	"forwarded",
@@ -37,6 +43,9 @@ var counterNames = []string{
 	"sessions_created_ipv4",
 	"sessions_created_ipv6",
 	"fib_lookups",
+	"flow_cache_hits",
+	"related_icmp",
+	"dropped_icmp_unrelated",
 }
 
 type namedMap struct {
@@ -55,6 +64,7 @@ func (o *fwObjects) named() []namedMap {
 		{"fw_active", o.FwActive},
 		{"fw_tx_ports", o.FwTxPorts},
 		{"fw_counters", o.FwCounters},
+		{"fw_flow_cache", o.FwFlowCache},
 	}
 }
 
@@ -90,7 +100,7 @@ func countable(t ebpf.MapType) bool {
 
 // ResourceStats reports every map the program uses, the datapath counters
 // and the session counts. It runs concurrently with Apply and forwarding.
-func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, error) {
+func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceReport, err error) {
 	if b == nil {
 		return dataplane.ResourceReport{}, dataplane.ErrClosed
 	}
@@ -99,7 +109,8 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 	if b.closed {
 		return dataplane.ResourceReport{}, dataplane.ErrClosed
 	}
-	rep := dataplane.ResourceReport{Mode: dataplane.ModeEBPF, Generation: b.gen, Taken: time.Now()}
+	rep = dataplane.ResourceReport{Mode: dataplane.ModeEBPF, Generation: b.gen, Taken: time.Now()}
+	// Named results: the deferred assignment must reach the caller.
 	defer func() { rep.Took = time.Since(rep.Taken) }()
 	if b.objs == nil {
 		// Nothing loaded yet: no maps to report, and no made-up zeros.
@@ -179,18 +190,21 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 	return rep, nil
 }
 
-// readCounters sums the per-CPU counters.
+// readCounters sums the per-CPU counters (one element holds them all).
 func readCounters(m *ebpf.Map) ([]uint64, error) {
+	var per []fwFwCpuCounters
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return nil, err
+	}
 	out := make([]uint64, len(counterNames))
-	for i := range out {
-		var per []uint64
-		if err := m.Lookup(uint32(i), &per); err != nil {
-			return nil, err
-		}
-		for _, v := range per {
-			out[i] += v
+	for _, c := range per {
+		for i := range out {
+			out[i] += c.C[i]
 		}
 	}
+	// The cache-hit path bumps one counter less: a flow-cache hit is a
+	// session hit by construction (entries exist only for live sessions).
+	out[cntSessionHit] += out[cntFlowCacheHit]
 	return out, nil
 }
 
@@ -233,8 +247,16 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 	if err != nil {
 		return nil, counts, err
 	}
+	pending, err := b.pendingCounts(ctx)
+	if err != nil {
+		return nil, counts, err
+	}
 	var out []dataplane.Session
 	add := func(proto uint8, lo, hi netip.AddrPort, v fwFwSessVal) bool {
+		if pc, ok := pending[sessKey{proto, lo, hi}]; ok {
+			v.Packets += pc[0]
+			v.Bytes += pc[1]
+		}
 		if now-v.LastSeenNs > settings.TimeoutNs[protoClass(proto)] {
 			return true
 		}
@@ -274,6 +296,63 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 		return out, counts, fmt.Errorf("list IPv6 sessions: %w", err)
 	}
 	return out, counts, nil
+}
+
+type sessKey struct {
+	proto  uint8
+	lo, hi netip.AddrPort
+}
+
+// pendingCounts reads every CPU's flow cache for packets and bytes forwarded
+// from it but not yet added to their session (the datapath adds them when
+// it refreshes the entry), keyed like the sessions.
+func (b *Backend) pendingCounts(ctx context.Context) (map[sessKey][2]uint64, error) {
+	out := map[sessKey][2]uint64{}
+	var idx uint32
+	var per []fwFwFlow
+	it := b.objs.FwFlowCache.Iterate()
+	for it.Next(&idx, &per) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		for _, f := range per {
+			if f.Packets == 0 || (f.Key.Family != 4 && f.Key.Family != 6) {
+				continue
+			}
+			k := canonicalKey(f.Key)
+			c := out[k]
+			c[0] += f.Packets
+			c[1] += f.Bytes
+			out[k] = c
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read flow cache: %w", err)
+	}
+	return out, nil
+}
+
+// canonicalKey orders a directional flow key's endpoints as session_key in
+// bpf/xdp_fw.c does (address words as the datapath reads them, then port).
+func canonicalKey(k fwFwFlowKey) sessKey {
+	srcLo := k.Sport <= k.Dport
+	for i := range k.Saddr {
+		if k.Saddr[i] != k.Daddr[i] {
+			srcLo = k.Saddr[i] < k.Daddr[i]
+			break
+		}
+	}
+	ap := func(a [4]uint32, port uint16) netip.AddrPort {
+		if k.Family == 4 {
+			return addrPort4(a[0], port)
+		}
+		return addrPort6(a, port)
+	}
+	s, d := ap(k.Saddr, k.Sport), ap(k.Daddr, k.Dport)
+	if srcLo {
+		return sessKey{k.Proto, s, d}
+	}
+	return sessKey{k.Proto, d, s}
 }
 
 func monotonicNow() (uint64, error) {

@@ -44,12 +44,20 @@ enum fw_counter {
 	FW_CNT_DROP_FRAGMENT,     /* non-first fragment to forward: no ports to check */
 	FW_CNT_DROP_EGRESS_UNMANAGED,
 	FW_CNT_DROP_UNSUPPORTED_ROUTE,
-	FW_CNT_SESSION_HIT,
+	FW_CNT_SESSION_HIT,       /* slow path only; Go adds FW_CNT_FLOW_CACHE_HIT */
 	FW_CNT_SESSION_EXPIRED,
 	FW_CNT_SESSION_CREATED_V4,
 	FW_CNT_SESSION_CREATED_V6,
 	FW_CNT_FIB_LOOKUP,        /* bpf_fib_lookup calls (a cached hop saves one) */
+	FW_CNT_FLOW_CACHE_HIT,    /* forwarded from the per-CPU flow cache */
+	FW_CNT_RELATED_ICMP,      /* ICMP error quoting a live session: passed */
+	FW_CNT_DROP_ICMP_UNRELATED, /* ICMP error quoting no live session */
 	FW_CNT_MAX,
+};
+
+/* All counters of one CPU in one value: one (inlined) lookup per packet. */
+struct fw_cpu_counters {
+	__u64 c[FW_CNT_MAX];
 };
 
 /* Idle timeouts, indexed by enum fw_proto_class. */
@@ -63,6 +71,14 @@ enum fw_proto_class {
 
 struct fw_settings {
 	__u64 timeout_ns[FW_PC_MAX];
+	/* How long a flow-cache entry may forward without touching its
+	 * session (refreshing last-seen, adding its packets), per class.
+	 * Set by the control plane to a fraction of the timeout, at most
+	 * FW_FIB_CACHE_NS. */
+	__u64 refresh_ns[FW_PC_MAX];
+	/* One jiffy in ns (the coarse clock's resolution): the cache-hit
+	 * path reads jiffies, which the verifier inlines into one load. */
+	__u64 tick_ns;
 };
 
 /* One expanded policy term. Addresses are in network byte order; IPv4 uses
@@ -124,6 +140,10 @@ struct fw_hop {
 	__u32 ifindex;
 	__u8 smac[6];
 	__u8 dmac[6];
+	/* The largest IP length the FIB's MTU check accepted with this answer:
+	 * a bigger packet asks the FIB again (and meets the MTU check). */
+	__u16 len_ok;
+	__u8 pad[6];
 };
 
 struct fw_sess_val {
@@ -134,6 +154,34 @@ struct fw_sess_val {
 	__u8 initiator_is_lo; /* 1: the lo endpoint sent the first packet */
 	__u8 pad[7];
 	struct fw_hop hop[2]; /* [0]: lo -> hi, [1]: hi -> lo */
+};
+
+/* Flow cache: a per-CPU, direct-mapped cache in front of the session
+ * tables, keyed by the directional 5-tuple. An entry is a shortcut for a
+ * live session's fresh hop, never a session of its own. */
+#define FW_FLOW_CACHE_SLOTS 4096 /* power of two */
+
+struct fw_flow_key {
+	__u32 saddr[4]; /* IPv4: word 0 only */
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family; /* 4 or 6; 0: empty slot */
+	__u8 pad[2];
+};
+
+struct fw_flow {
+	struct fw_flow_key key;
+	__u64 expire_j;  /* jiffies: valid while jiffies < expire_j */
+	__u64 packets;   /* forwarded from this entry, not yet added to the session */
+	__u64 bytes;
+	__u32 active;    /* fw_active value it was filled under */
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 len_ok;
+	__u8 pad[2];
 };
 
 #endif /* FW_COMMON_H */
