@@ -132,7 +132,7 @@ type Table struct {
 	shift     uint // hash >> shift selects the shard
 	seed      uint64
 	capacity  uint64
-	timeouts  [4]int64 // tcp, udp, icmp, other
+	timeouts  [4]atomic.Int64 // tcp, udp, icmp, other; SetTimeouts may change them
 	nextSweep atomic.Uint32
 }
 
@@ -157,10 +157,8 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 		shift:    uint(64 - bits.TrailingZeros32(shards)),
 		seed:     rand.Uint64() | 1,
 		capacity: uint64(capacity),
-		timeouts: [4]int64{
-			int64(timeouts.For(6)), int64(timeouts.For(17)), int64(timeouts.For(1)), int64(timeouts.For(0)),
-		},
 	}
+	t.SetTimeouts(timeouts)
 	per, extra := capacity/shards, capacity%shards
 	// One array of slots and one of index words for all shards, sliced per
 	// shard. (Asking for transparent huge pages on them was measured: no
@@ -189,16 +187,25 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 	return t
 }
 
+// SetTimeouts replaces the idle timeouts (a config change). Sessions are
+// judged by the new timeouts from the next lookup on. Safe for concurrent
+// use with the datapath.
+func (t *Table) SetTimeouts(timeouts dataplane.Timeouts) {
+	for i, p := range [4]uint8{6, 17, 1, 0} {
+		t.timeouts[i].Store(int64(timeouts.For(p)))
+	}
+}
+
 func (t *Table) timeout(proto uint8) int64 {
 	switch proto {
 	case 6:
-		return t.timeouts[0]
+		return t.timeouts[0].Load()
 	case 17:
-		return t.timeouts[1]
+		return t.timeouts[1].Load()
 	case 1, 58:
-		return t.timeouts[2]
+		return t.timeouts[2].Load()
 	}
-	return t.timeouts[3]
+	return t.timeouts[3].Load()
 }
 
 // canonical returns the direction-free key of tp and whether tp runs from

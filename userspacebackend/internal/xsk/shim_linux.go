@@ -75,6 +75,11 @@ type Shim struct {
 	link   link.Link
 	queues map[uint32]bool
 	local  map[xskShimXskLocalKey]bool
+
+	// Scratch for readCounters.
+	ncpu int
+	keys []uint32
+	vals []uint64
 }
 
 // LoadShim loads the shim and attaches it to ifindex, in the calling
@@ -234,15 +239,9 @@ func (s *Shim) Counters() (ShimCounters, error) {
 	if s.objs == nil {
 		return ShimCounters{}, ErrClosed
 	}
-	var sums [numShimCounters]uint64
-	for i := range sums {
-		var per []uint64
-		if err := s.objs.Counters.Lookup(uint32(i), &per); err != nil {
-			return ShimCounters{}, fmt.Errorf("read shim counter %d: %w", i, err)
-		}
-		for _, v := range per {
-			sums[i] += v
-		}
+	sums, err := s.readCounters()
+	if err != nil {
+		return ShimCounters{}, err
 	}
 	return ShimCounters{
 		Redirected:   sums[cntRedirected],
@@ -251,6 +250,43 @@ func (s *Shim) Counters() (ShimCounters, error) {
 		PassLocal:    sums[cntPassLocal],
 		DropNoSocket: sums[cntDropNoSocket],
 	}, nil
+}
+
+// readCounters sums the per-CPU counters with one BPF_MAP_LOOKUP_BATCH
+// (one syscall instead of one per counter: ResourceStats reads every
+// shim), falling back to a lookup per counter on kernels without batch
+// ops on arrays. s.mu is held.
+func (s *Shim) readCounters() ([numShimCounters]uint64, error) {
+	var sums [numShimCounters]uint64
+	if s.ncpu == 0 {
+		n, err := ebpf.PossibleCPU()
+		if err != nil {
+			return sums, fmt.Errorf("count possible CPUs: %w", err)
+		}
+		s.ncpu = n
+		s.keys = make([]uint32, numShimCounters)
+		s.vals = make([]uint64, numShimCounters*n)
+	}
+	var cursor ebpf.MapBatchCursor
+	n, err := s.objs.Counters.BatchLookup(&cursor, s.keys, s.vals, nil)
+	if err == nil || (errors.Is(err, ebpf.ErrKeyNotExist) && n == numShimCounters) {
+		for i := range numShimCounters {
+			for c := range s.ncpu {
+				sums[s.keys[i]] += s.vals[i*s.ncpu+c]
+			}
+		}
+		return sums, nil
+	}
+	for i := range sums {
+		var per []uint64
+		if err := s.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			return sums, fmt.Errorf("read shim counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			sums[i] += v
+		}
+	}
+	return sums, nil
 }
 
 // Close detaches the shim and frees its maps. Bindings registered with it

@@ -1,0 +1,143 @@
+// Package userspacebackend is fwplane's second dataplane: forwarding in Go
+// over AF_XDP sockets, with the same policy semantics as the eBPF backend
+// (see dataplane.Config; TestConformance runs identical traffic through
+// both and compares every flow's outcome).
+//
+// # Datapath
+//
+// A small XDP shim (internal/xsk, bpf/xsk_shim.c) on every managed
+// interface redirects IPv4/IPv6 frames to the AF_XDP socket of the queue
+// they arrived on and passes ARP, IPv6 neighbour discovery and frames to
+// the firewall's own addresses to the kernel. The local-address map is
+// programmed from netlink (every address of the namespace) at Apply and on
+// every address change. A queue without a ready socket drops IP frames:
+// fail closed while a binding is (re)starting.
+//
+// Each (interface, queue) has one binding: an AF_XDP socket with its own
+// UMEM, and one worker goroutine that owns it. Per batch (userspace.
+// batch_size frames) a worker loads the current generation once (an
+// atomic.Pointer to an immutable snapshot: policy set, managed ports,
+// neighbour table), then for each frame: parse (internal/pkt), look the
+// (ingress, tuple) up in its flow cache (internal/flowcache) and touch the
+// cached session; on a miss look up the session (internal/session, both
+// directions share one entry), ask the route table for the egress and next
+// hop, drop when the egress is not managed (routing around the zones would
+// bypass the policy), and for a new flow ask policy.Set.Decide and insert
+// the session. The next hop's MAC comes from the neighbour table
+// (internal/neigh, a netlink-fed mirror of the kernel's); without an entry
+// the worker asks the kernel to resolve it and drops the frame
+// (dropped_no_neighbor): passing it to the kernel would let the kernel
+// forward around the dataplane, and the flow's next packet finds the entry.
+// A TTL or hop limit of 1 or less is dropped (dropped_ttl_expired; the eBPF
+// backend hands those to the kernel, which answers ICMP time exceeded).
+// Non-first fragments are dropped (no ports to check). A VLAN tag is
+// removed on the way out: egress is the routed, untagged interface.
+//
+// Flow-cache entries (egress, MACs, session ref) are reused for at most
+// Options.CacheRefresh (one second by default, like the eBPF backend's FIB
+// cache) and dropped by every Apply: the caches share an epoch that both
+// bump.
+//
+// # Cross-binding TX
+//
+// Sockets do not share a UMEM, so forwarding copies the frame into the
+// egress socket's UMEM; xsk.Binding's rings are single-producer. The
+// handoff is a per-binding mutex that the receiving worker takes once per
+// batch and egress binding: it reaps that socket's completions, allocates
+// a frame per packet, copies, queues them on the TX ring and kicks. The
+// owner takes the same mutex twice per batch (receive; release and refill).
+// A mutex was chosen over per-(source, egress) SPSC queues because it needs
+// no second copy or frame return path, keeps one frame ledger per socket
+// (so the UMEM breakdown stays exact), and with a lock per batch rather
+// than per packet its cost is noise next to the sendto the batch needs
+// anyway. TX never waits: a packet that finds no free UMEM frame
+// (backpressure_drops) or no TX ring slot (tx_ring_full) is dropped and
+// counted, so a slow egress cannot stall RX and two workers forwarding
+// into each other cannot deadlock (each holds at most one lock at a time).
+// RX frames are released to the fill ring after every batch whatever TX
+// did, and completions are reaped on every loop by both the owner and
+// every producer.
+//
+// # Failures
+//
+// A panicking worker is recovered, counted (worker_panics, per binding and
+// global) and its socket is torn down and rebound: the UMEM goes with the
+// socket, so nothing the panic left half-done can leak. A link that goes
+// down (netlink link subscription, with a poll as backstop) has its
+// bindings torn down (link_down_teardowns) and rebound when it is back
+// (rebinds); a failing bind is retried with backoff and reported as a
+// binding in state "failed" with the error.
+//
+// # Resources
+//
+// ResourceStats takes no lock the datapath takes. Aggregate rows:
+// umem_frames (capacity = frames of all live bindings, used = frames not
+// free, with the breakdown free/fill/rx/tx/completion), fill_rings,
+// worker_queue (RX ring depth), pending_tx (TX ring depth), sessions,
+// flow_cache (all workers), neighbors. Detail rows: per binding
+// (scope "ifname/qN") umem_frames with the breakdown (it always sums to
+// the capacity: the ledger is read under a sequence counter), fill, RX,
+// TX and completion ring depth vs size, flow_cache; per session shard
+// ("shard/NN") and the fullest shard with the table's max skew; per
+// neighbour shard. Counters: every datapath drop reason, forwarding and
+// session counters, the six XDP_STATISTICS per binding (detail) and
+// summed, and the shim's verdicts per interface and summed. Counters of
+// retired bindings and closed sockets are kept, so global counters never
+// go backwards (a report racing with a link flap may count one socket's
+// kernel statistics twice). Sessions come from the table's per-family
+// counts.
+//
+// # Config changes
+//
+// Apply is all-or-nothing: the next generation (policy set, shims on new
+// interfaces, sockets on new queues, neighbour table if its size changed)
+// is built beside the running one and swapped in with one pointer store;
+// any failure undoes what was built and the running generation is
+// untouched. Kept interfaces keep their shim and sockets; removed ones are
+// retired after the swap. Timeouts change in place. Changing the session
+// table size or shard count, or the UMEM or ring size of running bindings,
+// is refused with a *dataplane.NotSupportedError (Close and start a new
+// backend), like the eBPF backend's session table size. A new flow cache
+// size applies to workers started afterwards.
+//
+// # Errors
+//
+//   - An invalid config: the *dataplane.ConfigError from Validate,
+//     unchanged.
+//   - A missing interface, or a queue an interface does not have: a
+//     *dataplane.ConfigError naming interfaces[i].name or
+//     userspace.queues[j].
+//   - A config needing features this backend lacks (port mirroring,
+//     mirror sampling, static routes) or an unsupported size change: a
+//     *dataplane.NotSupportedError listing every reason (Supported lists
+//     the features).
+//   - After Close: dataplane.ErrClosed.
+//   - Kernel failures (attach, bind) are wrapped with %w.
+//
+// # Concurrency
+//
+// A *Backend is safe for concurrent use. Apply and Close are serialised;
+// ResourceStats and Sessions run concurrently with them and with the
+// workers. Close stops every worker, clears the ready flags, closes every
+// socket and detaches every shim (bpf_links, so a crashed process leaves
+// nothing attached either); it is idempotent and safe on nil.
+//
+// # Multi-queue NICs and zero-copy
+//
+// The design is already one binding per (interface, queue), each with its
+// own worker, so on a multi-queue NIC the NIC's RSS spreads flows over
+// queues and workers, and the session table is sharded so workers on
+// different cores rarely share a lock or a cache line. On veth (the test
+// lab) AF_XDP runs in copy mode: the kernel copies each frame into the
+// UMEM on RX and out of it into an skb on TX, and this backend copies once
+// more between the ingress and egress UMEMs. With a zero-copy driver the
+// two kernel copies disappear (the NIC DMAs into and out of the UMEM), and
+// the remaining copy can go too by giving every socket of one NUMA node a
+// shared UMEM (XDP_SHARED_UMEM; one fill and completion ring pair per
+// (device, queue)): forwarding then moves a descriptor from an RX ring to
+// another socket's TX ring, and frame ownership, not bytes, crosses
+// workers, which needs the frame ledger to become per-UMEM rather than
+// per-socket. The per-egress lock stays the handoff either way; with many
+// queues per egress the ingress worker picks the egress queue by its own
+// queue number, so N workers spread over N TX rings.
+package userspacebackend

@@ -1,0 +1,107 @@
+package userspacebackend
+
+import (
+	"slices"
+	"sync/atomic"
+
+	"github.com/fwplane/fwplane/internal/policy"
+	"github.com/fwplane/fwplane/userspacebackend/internal/neigh"
+	"github.com/fwplane/fwplane/userspacebackend/internal/session"
+	"github.com/fwplane/fwplane/userspacebackend/internal/xsk"
+)
+
+// port is one managed interface: its shim and its bindings (one per RX
+// queue). The bindings map belongs to the control plane (Backend.applyMu);
+// the datapath sees ports through the immutable portView of a snapshot.
+type port struct {
+	name    string
+	ifindex int
+	shim    *xsk.Shim
+	// linkUp is the link state the workers follow: set by the link
+	// watcher and the housekeeping poll, read once per worker loop.
+	linkUp   atomic.Bool
+	bindings map[int]*binding
+}
+
+func (p *port) setLink(up bool) { p.linkUp.Store(up) }
+
+// portPlan is a port as the next generation will have it.
+type portPlan struct {
+	p        *port
+	mac      [6]byte
+	up       bool
+	bindings map[int]*binding
+}
+
+// portView is a port as one generation sees it. Immutable.
+type portView struct {
+	*port
+	mac [6]byte
+	// txq are the bindings egress traffic to this port is spread over,
+	// by queue.
+	txq []*binding
+}
+
+// snapshot is one generation of everything the workers read. It is
+// immutable: Apply builds a new one and swaps the pointer, and a worker
+// loads it once per batch, so a batch never sees half a config.
+type snapshot struct {
+	gen       uint64
+	policy    *policy.Set
+	ports     []*portView
+	byIfindex []*portView // dense, by ifindex, for ifindexes below denseLimit
+	sparse    map[int]*portView
+	neigh     *neigh.Table
+	sessions  *session.Table
+	router    router
+	batch     int
+}
+
+func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table, st *session.Table, rt router, batch int) *snapshot {
+	s := &snapshot{gen: gen, policy: pol, neigh: nt, sessions: st, router: rt, batch: min(batch, session.BatchSize)}
+	maxIdx := 0
+	for _, pl := range plans {
+		v := &portView{port: pl.p, mac: pl.mac}
+		for _, bd := range pl.bindings {
+			v.txq = append(v.txq, bd)
+		}
+		slices.SortFunc(v.txq, func(a, b *binding) int { return a.queue - b.queue })
+		s.ports = append(s.ports, v)
+		maxIdx = max(maxIdx, pl.p.ifindex)
+	}
+	s.byIfindex = make([]*portView, min(maxIdx, denseLimit-1)+1)
+	for _, v := range s.ports {
+		if v.ifindex < denseLimit {
+			s.byIfindex[v.ifindex] = v
+			continue
+		}
+		if s.sparse == nil {
+			s.sparse = map[int]*portView{}
+		}
+		s.sparse[v.ifindex] = v
+	}
+	return s
+}
+
+// denseLimit bounds the dense ifindex table (8 B per slot).
+const denseLimit = 1 << 14
+
+// port returns the managed port with that ifindex, or nil.
+func (s *snapshot) port(ifindex int) *portView {
+	if ifindex > 0 && ifindex < len(s.byIfindex) {
+		return s.byIfindex[ifindex]
+	}
+	if s.sparse != nil {
+		return s.sparse[ifindex]
+	}
+	return nil
+}
+
+// bindings lists every binding of the generation.
+func (s *snapshot) bindings() []*binding {
+	var out []*binding
+	for _, p := range s.ports {
+		out = append(out, p.txq...)
+	}
+	return out
+}

@@ -1,0 +1,251 @@
+package userspacebackend
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/userspacebackend/internal/xsk"
+)
+
+// ResourceStats reports every bounded resource and the counters. It takes
+// no lock the datapath takes: ring indexes, frame ledgers, table and cache
+// counts are atomics; XDP_STATISTICS and the shim's counters are one
+// syscall each per socket and per interface. See the package
+// documentation for the rows.
+func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, error) {
+	if b == nil || b.closed.Load() {
+		return dataplane.ResourceReport{}, dataplane.ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return dataplane.ResourceReport{}, err
+	}
+	start := time.Now()
+	rep := dataplane.ResourceReport{Mode: dataplane.ModeUserspace, Taken: start}
+	s := b.snap.Load()
+	if s == nil {
+		rep.Took = time.Since(start)
+		return rep, nil
+	}
+	rep.Generation = s.gen
+	bindings := s.bindings()
+	rep.Resources = make([]dataplane.Resource, 0, 8+len(bindings)*6+s.sessions.Shards()+1+s.neigh.Shards())
+	rep.Counters = make([]dataplane.Counter, 0, numCounters+4+numKernel+len(bindings)*(numKernel+6)+(len(s.ports)+1)*5)
+
+	// Per binding, read once; aggregate rows are sums of these.
+	type bstat struct {
+		bd *binding
+		st xsk.Stats
+		ok bool
+	}
+	bs := make([]bstat, len(bindings))
+	var frames, free, fill, rx, tx, comp uint64
+	var fillSz, fillD, rxSz, rxD, txSz, txD uint64
+	for i, bd := range bindings {
+		bs[i].bd = bd
+		if xb := bd.live.Load(); xb != nil {
+			st, err := xb.Stats()
+			// A socket closed under us (link flap) reports ErrClosed:
+			// show the binding as down rather than fail the report.
+			bs[i].st, bs[i].ok = st, err == nil || st.Frames.Total != 0
+		}
+		if !bs[i].ok {
+			continue
+		}
+		f := bs[i].st.Frames
+		frames += uint64(f.Total)
+		free += uint64(f.Free)
+		fill += uint64(f.FillRing)
+		rx += uint64(f.RXRing + f.App)
+		tx += uint64(f.TXRing)
+		comp += uint64(f.Completion)
+		st := bs[i].st
+		fillSz, fillD = fillSz+uint64(st.Fill.Size), fillD+uint64(st.Fill.Depth())
+		rxSz, rxD = rxSz+uint64(st.RX.Size), rxD+uint64(st.RX.Depth())
+		txSz, txD = txSz+uint64(st.TX.Size), txD+uint64(st.TX.Depth())
+	}
+	const g = "global"
+	rep.Resources = append(rep.Resources,
+		dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: g, Capacity: frames,
+			Used: dataplane.Uint64(frames - free), Method: dataplane.MethodSnapshot,
+			Breakdown: framesParts(free, fill, rx, tx, comp)},
+		dataplane.Resource{Name: "fill_rings", Kind: dataplane.KindRing, Scope: g, Capacity: fillSz, Used: dataplane.Uint64(fillD), Method: dataplane.MethodRing},
+		dataplane.Resource{Name: "worker_queue", Kind: dataplane.KindRing, Scope: g, Capacity: rxSz, Used: dataplane.Uint64(rxD), Method: dataplane.MethodRing},
+		dataplane.Resource{Name: "pending_tx", Kind: dataplane.KindRing, Scope: g, Capacity: txSz, Used: dataplane.Uint64(txD), Method: dataplane.MethodRing},
+	)
+	st := s.sessions
+	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: g,
+		Capacity: st.Capacity(), Used: dataplane.Uint64(st.Used()), Method: dataplane.MethodCounter})
+	var fcCap, fcUsed uint64
+	for _, bd := range bindings {
+		if fc := bd.fc.Load(); fc != nil {
+			fcCap += uint64(fc.Capacity())
+			fcUsed += uint64(fc.Occupancy())
+		}
+	}
+	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: g,
+		Capacity: fcCap, Used: dataplane.Uint64(fcUsed), Method: dataplane.MethodCounter})
+	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: g,
+		Capacity: uint64(s.neigh.Capacity()), Used: dataplane.Uint64(uint64(s.neigh.Used())), Method: dataplane.MethodCounter})
+
+	// Detail: per binding.
+	for _, x := range bs {
+		bd := x.bd
+		scope := bd.name
+		if !x.ok {
+			rep.Resources = append(rep.Resources, dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true,
+				Error: "binding " + stateNames[bd.state.Load()] + errSuffix(bd)})
+			continue
+		}
+		f := x.st.Frames
+		rep.Resources = append(rep.Resources,
+			dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true, Capacity: uint64(f.Total),
+				Used: dataplane.Uint64(uint64(f.Total - f.Free)), Method: dataplane.MethodSnapshot,
+				Breakdown: framesParts(uint64(f.Free), uint64(f.FillRing), uint64(f.RXRing+f.App), uint64(f.TXRing), uint64(f.Completion))},
+			ringRow("fill_ring", scope, x.st.Fill),
+			ringRow("rx_ring", scope, x.st.RX),
+			ringRow("tx_ring", scope, x.st.TX),
+			ringRow("completion_ring", scope, x.st.Completion),
+		)
+	}
+	for _, bd := range bindings {
+		if fc := bd.fc.Load(); fc != nil {
+			rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: bd.name, Detail: true,
+				Capacity: uint64(fc.Capacity()), Used: dataplane.Uint64(uint64(fc.Occupancy())), Method: dataplane.MethodCounter})
+		}
+	}
+	// Detail: per session shard, and the fullest shard with the skew.
+	fullest, fullestFill := -1, -1.0
+	for i := range st.Shards() {
+		u, c := st.ShardUsed(i)
+		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
+			Capacity: uint64(c), Used: dataplane.Uint64(uint64(u)), Method: dataplane.MethodCounter})
+		if fl := float64(u) / float64(c); fl > fullestFill {
+			fullest, fullestFill = i, fl
+		}
+	}
+	if fullest >= 0 {
+		u, c := st.ShardUsed(fullest)
+		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Detail: true,
+			Scope: fmt.Sprintf("%s (max skew %.2f)", shardScope(fullest), st.MaxSkew()), Capacity: uint64(c), Used: dataplane.Uint64(uint64(u)), Method: dataplane.MethodCounter})
+	}
+	for i := range s.neigh.Shards() {
+		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
+			Capacity: uint64(s.neigh.ShardCapacity(i)), Used: dataplane.Uint64(uint64(s.neigh.ShardUsed(i))), Method: dataplane.MethodCounter})
+	}
+
+	// Counters: datapath (retired bindings included), kernel, shim.
+	var sums [numCounters]uint64
+	for i := range sums {
+		sums[i] = b.retired[i].Load()
+	}
+	var ksums [numKernel]uint64
+	for i := range ksums {
+		ksums[i] = b.retiredKernel[i].Load()
+	}
+	for _, x := range bs {
+		bd := x.bd
+		for i := range sums {
+			sums[i] += bd.cnt[i].Load()
+		}
+		k := bindingKernel(x.bd, x.st, x.ok)
+		for i, v := range k {
+			ksums[i] += v
+			rep.Counters = append(rep.Counters, dataplane.Counter{Name: kernelNames[i], Scope: bd.name, Detail: true, Value: v})
+		}
+		for _, i := range []int{cForwarded, cTXRingFull, cBackpressureDrops, cWorkerPanics, cLinkDown, cRebinds} {
+			rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: bd.name, Detail: true, Value: bd.cnt[i].Load()})
+		}
+	}
+	for i, v := range sums {
+		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: g, Value: v})
+	}
+	rep.Counters = append(rep.Counters,
+		dataplane.Counter{Name: "sessions_refused", Scope: g, Value: st.Refused()},
+		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
+		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: s.neigh.Refused()},
+		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: s.neigh.ResolveDropped()},
+	)
+	for i, v := range ksums {
+		rep.Counters = append(rep.Counters, dataplane.Counter{Name: kernelNames[i], Scope: g, Value: v})
+	}
+	var sh xsk.ShimCounters
+	for _, p := range s.ports {
+		c, err := p.shim.Counters()
+		if err != nil {
+			continue
+		}
+		sh.Redirected += c.Redirected
+		sh.PassNonIP += c.PassNonIP
+		sh.PassND += c.PassND
+		sh.PassLocal += c.PassLocal
+		sh.DropNoSocket += c.DropNoSocket
+		rep.Counters = append(rep.Counters, shimCounters(c, p.name, true)...)
+	}
+	rep.Counters = append(rep.Counters, shimCounters(sh, g, false)...)
+
+	v4, v6 := st.Counts()
+	rep.Sessions = &dataplane.SessionCounts{IPv4: v4, IPv6: v6, Total: v4 + v6}
+	rep.Took = time.Since(start)
+	return rep, nil
+}
+
+func framesParts(free, fill, rx, tx, comp uint64) []dataplane.Part {
+	return []dataplane.Part{{Name: "free", Value: free}, {Name: "fill", Value: fill}, {Name: "rx", Value: rx},
+		{Name: "tx", Value: tx}, {Name: "completion", Value: comp}}
+}
+
+func ringRow(name, scope string, r xsk.RingStats) dataplane.Resource {
+	return dataplane.Resource{Name: name, Kind: dataplane.KindRing, Scope: scope, Detail: true,
+		Capacity: uint64(r.Size), Used: dataplane.Uint64(uint64(r.Depth())), Method: dataplane.MethodRing}
+}
+
+var shardScopes [4096]string
+
+func shardScope(i int) string {
+	if i < len(shardScopes) {
+		if s := shardScopes[i]; s != "" {
+			return s
+		}
+	}
+	return fmt.Sprintf("shard/%02d", i)
+}
+
+func init() {
+	for i := range shardScopes {
+		shardScopes[i] = fmt.Sprintf("shard/%02d", i)
+	}
+}
+
+func errSuffix(bd *binding) string {
+	if p := bd.lastErr.Load(); p != nil && bd.state.Load() == stateFailed {
+		return ": " + *p
+	}
+	return ""
+}
+
+// bindingKernel is the binding's XDP_STATISTICS over all its sockets.
+func bindingKernel(bd *binding, st xsk.Stats, ok bool) [numKernel]uint64 {
+	var k [numKernel]uint64
+	for i := range k {
+		k[i] = bd.kern[i].Load()
+	}
+	if ok {
+		ks := st.Kernel
+		for i, v := range [numKernel]uint64{ks.RXDropped, ks.RXInvalidDescs, ks.TXInvalidDescs, ks.RXRingFull, ks.RXFillRingEmptyDescs, ks.TXRingEmptyDescs} {
+			k[i] += v
+		}
+	}
+	return k
+}
+
+func shimCounters(c xsk.ShimCounters, scope string, detail bool) []dataplane.Counter {
+	return []dataplane.Counter{
+		{Name: "shim_redirected", Scope: scope, Detail: detail, Value: c.Redirected},
+		{Name: "shim_pass_non_ip", Scope: scope, Detail: detail, Value: c.PassNonIP},
+		{Name: "shim_pass_nd", Scope: scope, Detail: detail, Value: c.PassND},
+		{Name: "shim_pass_local", Scope: scope, Detail: detail, Value: c.PassLocal},
+		{Name: "shim_drop_no_socket", Scope: scope, Detail: detail, Value: c.DropNoSocket},
+	}
+}

@@ -1,0 +1,338 @@
+package userspacebackend
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+
+	"github.com/fwplane/fwplane/internal/policy"
+	"github.com/fwplane/fwplane/userspacebackend/internal/flowcache"
+	"github.com/fwplane/fwplane/userspacebackend/internal/pkt"
+	"github.com/fwplane/fwplane/userspacebackend/internal/session"
+	"github.com/fwplane/fwplane/userspacebackend/internal/xsk"
+)
+
+// fwd is one frame of a batch that is to be forwarded.
+type fwd struct {
+	idx        int // in worker.rx
+	vlan       bool
+	dmac, smac [6]byte
+	eg         *portView
+}
+
+// worker is the per-binding datapath state. Everything here belongs to
+// the binding's goroutine; nothing allocates per packet.
+type worker struct {
+	bd    *binding
+	fc    *flowcache.Cache
+	xb    *xsk.Binding // the socket of the batch in flight
+	rx    []xsk.Desc
+	tx    []xsk.Desc
+	fwds  []fwd
+	group []fwd
+	done  []bool
+	info  pkt.Info
+	c     [numCounters]uint64
+}
+
+func newWorker(bd *binding) *worker {
+	n := 64
+	return &worker{
+		bd:    bd,
+		fc:    flowcache.New(bd.be.flowCacheSize()),
+		rx:    make([]xsk.Desc, n),
+		tx:    make([]xsk.Desc, 0, n),
+		fwds:  make([]fwd, 0, n),
+		group: make([]fwd, 0, n),
+		done:  make([]bool, n),
+	}
+}
+
+// loop forwards until the binding must stop, its link went down, or a
+// panic (recovered and counted here: a bug in one packet's handling costs
+// that binding a rebind, not the process).
+func (w *worker) loop() (reason exitReason) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.bd.cnt[cWorkerPanics].Add(1)
+			msg := fmt.Sprint(r)
+			w.bd.lastPanic.Store(&msg)
+			// Counts of the aborted batch are still true events.
+			w.bd.cnt.add(&w.c)
+			reason = exitPanic
+		}
+	}()
+	idle := 0
+	for {
+		if w.bd.stopReq.Load() {
+			return exitStop
+		}
+		if !w.bd.port.linkUp.Load() {
+			return exitLinkDown
+		}
+		if h := testHook.Load(); h != nil {
+			(*h)(w.bd)
+		}
+		if w.iterate() {
+			idle = 0
+			continue
+		}
+		idle++
+		if idle < 64 {
+			runtime.Gosched()
+			continue
+		}
+		if w.xb != nil {
+			poll(w.xb.Fd(), w.bd.be.opts.IdlePoll)
+		}
+	}
+}
+
+// iterate runs one batch: reap completions, receive, classify, forward
+// (copy into each egress socket under that socket's lock, once per batch
+// and egress), give the frames back to the fill ring. The fill ring is
+// refilled on every iteration whatever TX does, so RX never starves
+// because an egress is slow. It reports whether frames were received.
+func (w *worker) iterate() bool {
+	bd := w.bd
+	snap := bd.be.snap.Load()
+	epoch := bd.be.epoch.Load()
+	batch := w.rx[:min(snap.batch, len(w.rx))]
+
+	bd.mu.Lock()
+	xb := bd.xb
+	w.xb = xb
+	if xb == nil {
+		bd.mu.Unlock()
+		return false
+	}
+	xb.Complete()
+	n, _ := xb.Receive(batch)
+	if n == 0 {
+		xb.Refill()
+		if err := xb.Kick(); err != nil && !errors.Is(err, xsk.ErrClosed) {
+			w.c[cKickErrors]++
+		}
+		bd.mu.Unlock()
+		bd.cnt.add(&w.c)
+		return false
+	}
+	bd.mu.Unlock()
+
+	w.process(snap, epoch, xb, batch[:n])
+
+	bd.mu.Lock()
+	_ = xb.Release(batch[:n])
+	xb.Refill()
+	bd.mu.Unlock()
+	bd.cnt.add(&w.c)
+	return true
+}
+
+// process classifies a batch and transmits what is forwarded, grouped by
+// egress binding.
+func (w *worker) process(snap *snapshot, epoch uint64, xb *xsk.Binding, batch []xsk.Desc) {
+	now := w.bd.be.now()
+	in := w.bd.port.ifindex
+	w.fwds = w.fwds[:0]
+	for i, d := range batch {
+		frame := xb.Frame(d)
+		if f, ok := w.classify(snap, epoch, in, frame, now); ok {
+			f.idx = i
+			w.fwds = append(w.fwds, f)
+		}
+	}
+	if len(w.fwds) == 0 {
+		return
+	}
+	done := w.done[:len(w.fwds)]
+	clear(done)
+	for i := range w.fwds {
+		if done[i] {
+			continue
+		}
+		eg := w.fwds[i].eg
+		w.group = w.group[:0]
+		for j := i; j < len(w.fwds); j++ {
+			if !done[j] && w.fwds[j].eg == eg {
+				w.group = append(w.group, w.fwds[j])
+				done[j] = true
+			}
+		}
+		// Spread egress over the port's queues by ingress queue, so two
+		// ingress workers rarely contend for one egress lock.
+		eb := eg.txq[w.bd.queue%len(eg.txq)]
+		w.transmit(eb, xb, w.group)
+	}
+}
+
+// classify decides one frame: forward (with the rewrite to apply) or drop
+// (counted). The frame's TTL is decremented in place when it is forwarded.
+func (w *worker) classify(snap *snapshot, epoch uint64, in int, frame []byte, now int64) (fwd, bool) {
+	info := &w.info
+	if err := pkt.Parse(frame, info); err != nil {
+		if errors.Is(err, pkt.ErrNotIP) {
+			w.c[cDropNonIP]++
+		} else {
+			w.c[cDropParse]++
+		}
+		return fwd{}, false
+	}
+	t := &info.Tuple
+	size := uint32(len(frame))
+	var f fwd
+	if d, ok := w.fc.Lookup(in, t, epoch); ok {
+		if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) {
+			w.c[cFlowCacheHits]++
+			w.c[cSessionHits]++
+			f = fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: d.DstMAC, smac: eg.mac, eg: eg}
+			return w.finish(f, frame)
+		}
+		w.fc.Invalidate(in, t)
+	}
+
+	hit, _, live := snap.sessions.Lookup(*t, now, size)
+	w.c[cRouteLookups]++
+	dst := t.DstAddr()
+	out, gw, err := snap.router.Lookup(dst)
+	if err != nil {
+		if errors.Is(err, errLocalRoute) {
+			w.c[cDropLocal]++
+		} else {
+			w.c[cDropNoRoute]++
+		}
+		return fwd{}, false
+	}
+	if info.Flags&pkt.FlagLaterFragment != 0 {
+		// No ports to check against a session or a policy.
+		w.c[cDropFragment]++
+		return fwd{}, false
+	}
+	eg := snap.port(out)
+	if eg == nil || len(eg.txq) == 0 {
+		// Routing around the zones would bypass the policy: fail closed.
+		w.c[cDropEgressUnmanaged]++
+		return fwd{}, false
+	}
+	ref := hit.Ref
+	if live {
+		w.c[cSessionHits]++
+	} else {
+		if allow, _ := snap.policy.Decide(in, out, *t); !allow {
+			w.c[cDropPolicy]++
+			return fwd{}, false
+		}
+		e, created, err := snap.sessions.Insert(*t, now, size, uint32(snap.gen))
+		if err != nil {
+			w.c[cDropSessionsFull]++
+			return fwd{}, false
+		}
+		if created {
+			if t.Family == policy.FamilyIPv4 {
+				w.c[cSessionsCreated4]++
+			} else {
+				w.c[cSessionsCreated6]++
+			}
+		}
+		ref = e.Ref
+	}
+	nh := gw
+	if !nh.IsValid() {
+		nh = dst
+	}
+	mac, ok := snap.neigh.Lookup(out, nh)
+	if !ok {
+		// The kernel resolves; the flow's next packet finds the entry.
+		// Dropping (not passing to the kernel) keeps the kernel from
+		// forwarding around the dataplane.
+		snap.neigh.RequestResolve(out, nh)
+		w.c[cDropNoNeighbor]++
+		return fwd{}, false
+	}
+	w.fc.Insert(in, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: ref, Dir: session.Forward})
+	f = fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}
+	return w.finish(f, frame)
+}
+
+// finish applies the TTL rule to a frame that is to be forwarded.
+func (w *worker) finish(f fwd, frame []byte) (fwd, bool) {
+	if w.info.TTL <= 1 {
+		w.c[cDropTTL]++
+		return fwd{}, false
+	}
+	if err := pkt.DecTTL(frame, int(w.info.L3Off)); err != nil {
+		w.c[cDropParse]++
+		return fwd{}, false
+	}
+	return f, true
+}
+
+// transmit copies items from src's frames into eb's UMEM and queues them
+// on eb's TX ring, under eb's lock, once per batch. A frame that finds no
+// free UMEM frame (backpressure_drops) or no TX ring slot (tx_ring_full)
+// is dropped and counted: TX never waits, so a slow egress can neither
+// stall this worker's RX nor deadlock two workers forwarding into each
+// other.
+func (w *worker) transmit(eb *binding, src *xsk.Binding, items []fwd) {
+	eb.mu.Lock()
+	defer eb.mu.Unlock()
+	exb := eb.xb
+	if exb == nil {
+		w.c[cDropEgressDown] += uint64(len(items))
+		return
+	}
+	exb.Complete()
+	descs := w.tx[:0]
+	handed := 0
+	defer func() {
+		// A panic between AllocTX and Transmit must not strand frames in
+		// the egress socket, which is not the panicking worker's to reset.
+		if r := recover(); r != nil {
+			if handed < len(descs) {
+				_ = exb.Release(descs[handed:])
+			}
+			panic(r)
+		}
+	}()
+	for k, it := range items {
+		td, ok := exb.AllocTX()
+		if !ok {
+			w.c[cBackpressureDrops] += uint64(len(items) - k)
+			w.c[cBackpressureEvents]++
+			break
+		}
+		in := src.Frame(w.rx[it.idx])
+		out := exb.Frame(td)
+		out = out[:cap(out)]
+		copy(out[0:6], it.dmac[:])
+		copy(out[6:12], it.smac[:])
+		var n int
+		if it.vlan {
+			// Egress is the routed interface, untagged: drop the tag.
+			n = 12 + copy(out[12:], in[16:])
+		} else {
+			n = 12 + copy(out[12:], in[12:])
+		}
+		td.Len = uint32(n)
+		descs = append(descs, td)
+	}
+	if len(descs) == 0 {
+		return
+	}
+	q, err := exb.Transmit(descs)
+	handed = q
+	if q < len(descs) {
+		w.c[cTXRingFull] += uint64(len(descs) - q)
+		w.c[cBackpressureEvents]++
+		_ = exb.Release(descs[q:])
+	}
+	handed = len(descs)
+	w.c[cForwarded] += uint64(q)
+	if err != nil && !errors.Is(err, xsk.ErrClosed) {
+		w.c[cKickErrors]++
+	}
+	w.tx = descs[:0]
+}
+
+var _ = netip.Addr{}
