@@ -6,6 +6,7 @@ import (
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/ebpfbackend"
+	"github.com/fwplane/fwplane/userspacebackend"
 )
 
 func registered() []backend {
@@ -24,8 +25,16 @@ func registered() []backend {
 		},
 		{
 			decl: capability.Backend{
-				Mode:        dataplane.ModeUserspace,
-				Unavailable: "the userspace AF_XDP backend is not part of this build yet",
+				Mode:     dataplane.ModeUserspace,
+				Features: userspacebackend.Supported(),
+				Requires: []capability.ProbeName{capability.ProbeBPFSyscall, capability.ProbeXDPProgram,
+					capability.ProbeXDPLink, capability.ProbeXSKMap, capability.ProbeAFXDPSocket},
+				// The session table is preallocated (88 bytes a slot):
+				// 2^24 sessions is 1.5 GiB, a sane ceiling for one process.
+				MaxSessions: 1 << 24,
+			},
+			open: func(ctx context.Context, netns string) (dataplane.DataPlane, error) {
+				return userspacebackend.New(ctx, &userspacebackend.Options{NetNS: netns})
 			},
 		},
 	}

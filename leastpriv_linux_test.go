@@ -90,6 +90,7 @@ func childMain(w io.Writer) int {
 const (
 	capNetAdmin = 12
 	capNetRaw   = 13
+	capIPCLock  = 14
 	capPerfmon  = 38
 	capBPF      = 39
 )
@@ -142,8 +143,9 @@ func runLimited(t *testing.T, ns *netlab.NS, cfg *dataplane.Config, backend stri
 }
 
 // TestIntegrationLeastPrivilege: with CAP_BPF + CAP_NET_ADMIN (+ CAP_PERFMON
-// for the map iterator, CAP_NET_RAW for AF_XDP) and no root, the probe and
-// the backend work; without them, the error names what is missing.
+// for the eBPF backend's map iterator, CAP_NET_RAW and CAP_IPC_LOCK for the
+// userspace backend's AF_XDP sockets and pinned UMEM) and no root, the probe and both backends work;
+// without them, the error names what is missing.
 func TestIntegrationLeastPrivilege(t *testing.T) {
 	testutil.Privileged(t, testutil.NeedBPF, testutil.NeedNetNS)
 	l := netlab.NewT(t, nil)
@@ -175,6 +177,38 @@ func TestIntegrationLeastPrivilege(t *testing.T) {
 			t.Errorf("af_xdp probe without CAP_NET_RAW does not name it: %s", r)
 		}
 		t.Logf("counted by: %s", strings.Join(rep.Methods, ", "))
+	})
+
+	// AF_XDP pins the UMEM and charges it to RLIMIT_MEMLOCK unless the
+	// process has CAP_IPC_LOCK.
+	t.Run("userspace with CAP_BPF+CAP_NET_ADMIN+CAP_NET_RAW+CAP_IPC_LOCK", func(t *testing.T) {
+		rep := runLimited(t, l.Firewall, cfg, "userspace", []uintptr{capBPF, capNetAdmin, capNetRaw, capIPCLock})
+		if rep.OpenErr != "" || rep.Mode != dataplane.ModeUserspace {
+			t.Fatalf("Open as uid 65534 with caps: mode %q err %s", rep.Mode, rep.OpenErr)
+		}
+		if rep.CloseErr != "" {
+			t.Errorf("Close: %s", rep.CloseErr)
+		}
+		if rep.Sessions == nil || rep.Rows == 0 {
+			t.Errorf("ResourceStats: %d rows, sessions %v", rep.Rows, rep.Sessions)
+		}
+		if got := rep.Probes[capability.ProbeAFXDPSocket]; got.Status != capability.Available {
+			t.Errorf("af_xdp probe with CAP_NET_RAW = %s", got)
+		}
+	})
+
+	t.Run("userspace without CAP_IPC_LOCK", func(t *testing.T) {
+		rep := runLimited(t, l.Firewall, cfg, "userspace", []uintptr{capBPF, capNetAdmin, capNetRaw})
+		if rep.OpenErr == "" || !strings.Contains(rep.OpenErr, "CAP_IPC_LOCK") {
+			t.Errorf("Open without CAP_IPC_LOCK: err %q, want one naming CAP_IPC_LOCK", rep.OpenErr)
+		}
+	})
+
+	t.Run("userspace without CAP_NET_RAW", func(t *testing.T) {
+		rep := runLimited(t, l.Firewall, cfg, "userspace", []uintptr{capBPF, capNetAdmin})
+		if rep.OpenErr == "" || !strings.Contains(rep.OpenErr, "CAP_NET_RAW") {
+			t.Errorf("Open without CAP_NET_RAW: err %q, want one naming CAP_NET_RAW", rep.OpenErr)
+		}
 	})
 
 	t.Run("no capabilities", func(t *testing.T) {

@@ -315,13 +315,17 @@ type UserspaceOpts struct {
 }
 
 // FramesOrDefault returns the UMEM frames per binding to use.
-func (u UserspaceOpts) FramesOrDefault() uint32 { return orDefault(u.FramesPerBinding, DefaultUMEMFrames) }
+func (u UserspaceOpts) FramesOrDefault() uint32 {
+	return orDefault(u.FramesPerBinding, DefaultUMEMFrames)
+}
 
 // RingSizeOrDefault returns the ring size to use.
 func (u UserspaceOpts) RingSizeOrDefault() uint32 { return orDefault(u.RingSize, DefaultRingSize) }
 
 // ShardsOrDefault returns the number of session shards to use.
-func (u UserspaceOpts) ShardsOrDefault() uint32 { return orDefault(u.SessionShards, DefaultSessionShards) }
+func (u UserspaceOpts) ShardsOrDefault() uint32 {
+	return orDefault(u.SessionShards, DefaultSessionShards)
+}
 
 // BatchOrDefault returns the RX batch size to use.
 func (u UserspaceOpts) BatchOrDefault() uint32 { return orDefault(u.BatchSize, DefaultBatchSize) }

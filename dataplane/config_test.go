@@ -55,9 +55,9 @@ func TestValidateNil(t *testing.T) {
 // expected problems, with their field paths, are reported.
 func TestValidateFields(t *testing.T) {
 	tests := []struct {
-		name  string
+		name   string
 		break_ func(c *Config)
-		want  []string // field paths
+		want   []string // field paths
 	}{
 		{"no interfaces", func(c *Config) { c.Interfaces = nil; c.Forwarding.Routes = nil; c.PortMirroring = nil }, []string{"interfaces"}},
 		{"empty interface name", func(c *Config) { c.Interfaces[0].Name = "" }, []string{"interfaces[0].name", "port_mirroring[0].input"}},
@@ -86,7 +86,9 @@ func TestValidateFields(t *testing.T) {
 		{"route unmanaged interface", func(c *Config) { c.Forwarding.Routes[0].Interface = "eth9" }, []string{"forwarding.routes[0].interface"}},
 		{"route bad gateway", func(c *Config) { c.Forwarding.Routes[0].Gateway = "300.1.1.1" }, []string{"forwarding.routes[0].gateway"}},
 		{"route gateway family", func(c *Config) { c.Forwarding.Routes[0].Gateway = "2001:db8::1" }, []string{"forwarding.routes[0].gateway"}},
-		{"tables too large", func(c *Config) { c.Tables = Tables{Sessions: MaxTableEntries + 1, FlowCache: MaxTableEntries + 1, Neighbors: MaxTableEntries + 1} },
+		{"tables too large", func(c *Config) {
+			c.Tables = Tables{Sessions: MaxTableEntries + 1, FlowCache: MaxTableEntries + 1, Neighbors: MaxTableEntries + 1}
+		},
 			[]string{"tables.sessions", "tables.flow_cache", "tables.neighbors"}},
 		{"negative timeouts", func(c *Config) { c.Timeouts = Timeouts{TCP: -1, UDP: -1, ICMP: -1, Other: -1} },
 			[]string{"timeouts.tcp", "timeouts.udp", "timeouts.icmp", "timeouts.other"}},

@@ -104,7 +104,9 @@ func TestScrape(t *testing.T) {
 }
 
 func TestScrapeError(t *testing.T) {
-	c := NewCollector(func(context.Context) (dataplane.ResourceReport, error) { return dataplane.ResourceReport{}, errors.New("boom") }, nil)
+	c := NewCollector(func(context.Context) (dataplane.ResourceReport, error) {
+		return dataplane.ResourceReport{}, errors.New("boom")
+	}, nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "boom") {

@@ -88,6 +88,14 @@ func Open(ifindex, queue int, opts *Options) (_ *Binding, err error) {
 	}
 	reg := unix.XDPUmemReg{Addr: uint64(uintptr(unsafe.Pointer(&b.umem[0]))), Len: uint64(len(b.umem)), Size: o.frameSize}
 	if err := setsockopt(b.fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			// The kernel pins UMEM pages and charges them to
+			// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
+			var lim unix.Rlimit
+			_ = unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim)
+			return nil, fmt.Errorf("register umem of %d bytes: %w: pinned memory exceeds RLIMIT_MEMLOCK (%d bytes): needs CAP_IPC_LOCK or a higher memlock limit",
+				len(b.umem), err, lim.Cur)
+		}
 		return nil, fmt.Errorf("register umem: %w", err)
 	}
 	for _, r := range []struct {
