@@ -65,22 +65,32 @@ func Decide(ctx context.Context, cfg *dataplane.Config, opts *Options) (capabili
 	return capability.Decide(cfg, host, Backends(), capability.Request{Preference: opts.Backend, Strict: opts.Strict})
 }
 
+// Result says how Open chose the backend and what the first Apply did.
+// The embedded Decision gives Mode, FellBack, Verdicts and Explain().
+type Result struct {
+	capability.Decision
+	// Applied is the first Apply's result: generation 1 and its warnings
+	// (for example a port-mirroring output that did not resolve).
+	Applied dataplane.ApplyResult `json:"applied"`
+}
+
 // Open probes the host, decides which backend fits cfg, builds it and
 // applies cfg: the one call an embedder needs. It returns the running
-// dataplane and the decision (log decision.Explain()). On error nothing is
-// left running; the decision is returned when one was made, so a refusal
-// can be explained.
+// dataplane and how it was chosen (log res.Explain() and res.Applied's
+// warnings). On error nothing is left running; the decision is returned
+// when one was made, so a refusal can be explained.
 //
 // Errors: a *dataplane.ConfigError for an invalid config; a
 // *dataplane.NotSupportedError (errors.Is dataplane.ErrNotSupported) when no
 // allowed backend can run the config on this host, listing every reason;
 // otherwise the chosen backend's error, wrapped; a permission error names the
 // capabilities the process lacks (CAP_BPF, CAP_NET_ADMIN, ...).
-func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.DataPlane, capability.Decision, error) {
+func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.DataPlane, Result, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	d, err := Decide(ctx, cfg, opts)
+	dec, err := Decide(ctx, cfg, opts)
+	d := Result{Decision: dec}
 	if err != nil {
 		return nil, d, err
 	}
@@ -92,10 +102,12 @@ func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.
 		if err != nil {
 			return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, capability.ExplainPermission(err))
 		}
-		if _, err := dp.Apply(ctx, cfg); err != nil {
+		applied, err := dp.Apply(ctx, cfg)
+		if err != nil {
 			dp.Close()
 			return nil, d, fmt.Errorf("apply config to %s backend: %w", d.Mode, capability.ExplainPermission(err))
 		}
+		d.Applied = applied
 		return dp, d, nil
 	}
 	return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, dataplane.ErrNotSupported)

@@ -48,7 +48,7 @@ func userspaceFixture() dataplane.ResourceReport {
 			{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "fw-c/q0", Detail: true, Capacity: 8192, Used: u(7500),
 				Breakdown: []dataplane.Part{{Name: "free", Value: 692}, {Name: "fill", Value: 4096}, {Name: "rx", Value: 3000}, {Name: "tx", Value: 400}, {Name: "completion", Value: 4}}},
 			{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "fw-s/q0", Detail: true, Capacity: 8192, Used: u(800)},
-			{Name: "fill_ring", Kind: dataplane.KindRing, Scope: "fw-c/q0", Detail: true, Capacity: 4096, Used: u(4096), Method: dataplane.MethodRing},
+			{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: "fw-c/q0", Detail: true, Capacity: 4096, Used: u(4096), Method: dataplane.MethodRing},
 			{Name: "session_shard", Kind: dataplane.KindTable, Scope: "shard 7", Detail: true, Capacity: 1024, Used: u(30)},
 		},
 		Counters: []dataplane.Counter{{Name: "rx_fill_ring_empty_descs", Scope: "fw-c/q0", Detail: true, Value: 5}, {Name: "tx_ring_full", Scope: "global", Value: 0}},
@@ -122,7 +122,7 @@ func TestDetailSortedByUtilization(t *testing.T) {
 	if !ok {
 		t.Fatal("no detail section")
 	}
-	order := []string{"fill_ring", "fw-c/q0", "fw-s/q0", "shard 7"}
+	order := []string{"fill_ring_empty", "fw-c/q0", "fw-s/q0", "shard 7"}
 	last := -1
 	for _, s := range order {
 		i := strings.Index(detail, s)

@@ -72,7 +72,7 @@
 //
 // ResourceStats takes no lock the datapath takes. Aggregate rows:
 // umem_frames (capacity = frames of all live bindings, used = frames not
-// free, with the breakdown free/fill/rx/tx/completion), fill_rings,
+// free, with the breakdown free/fill/rx/tx/completion), fill_ring_empty (fill ring slots without a buffer: high = RX starving),
 // worker_queue (RX ring depth), pending_tx (TX ring depth), sessions,
 // flow_cache (all workers), neighbors. Detail rows: per binding
 // (scope "ifname/qN") umem_frames with the breakdown (it always sums to

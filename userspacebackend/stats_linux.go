@@ -70,7 +70,10 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 		dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: g, Capacity: frames,
 			Used: dataplane.Uint64(frames - free), Method: dataplane.MethodSnapshot,
 			Breakdown: framesParts(free, fill, rx, tx, comp)},
-		dataplane.Resource{Name: "fill_rings", Kind: dataplane.KindRing, Scope: g, Capacity: fillSz, Used: dataplane.Uint64(fillD), Method: dataplane.MethodRing},
+		// A full fill ring is healthy; what starves RX is an empty one. So
+		// the row counts the slots the kernel has no buffer for, and a
+		// high utilisation means what operators fear (seed 001).
+		dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: g, Capacity: fillSz, Used: dataplane.Uint64(fillSz - fillD), Method: dataplane.MethodRing},
 		dataplane.Resource{Name: "worker_queue", Kind: dataplane.KindRing, Scope: g, Capacity: rxSz, Used: dataplane.Uint64(rxD), Method: dataplane.MethodRing},
 		dataplane.Resource{Name: "pending_tx", Kind: dataplane.KindRing, Scope: g, Capacity: txSz, Used: dataplane.Uint64(txD), Method: dataplane.MethodRing},
 	)
@@ -103,7 +106,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 			dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true, Capacity: uint64(f.Total),
 				Used: dataplane.Uint64(uint64(f.Total - f.Free)), Method: dataplane.MethodSnapshot,
 				Breakdown: framesParts(uint64(f.Free), uint64(f.FillRing), uint64(f.RXRing+f.App), uint64(f.TXRing), uint64(f.Completion))},
-			ringRow("fill_ring", scope, x.st.Fill),
+			fillEmptyRow(scope, x.st.Fill),
 			ringRow("rx_ring", scope, x.st.RX),
 			ringRow("tx_ring", scope, x.st.TX),
 			ringRow("completion_ring", scope, x.st.Completion),
@@ -194,6 +197,12 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 func framesParts(free, fill, rx, tx, comp uint64) []dataplane.Part {
 	return []dataplane.Part{{Name: "free", Value: free}, {Name: "fill", Value: fill}, {Name: "rx", Value: rx},
 		{Name: "tx", Value: tx}, {Name: "completion", Value: comp}}
+}
+
+// fillEmptyRow reports a fill ring by its empty slots (see fill_ring_empty).
+func fillEmptyRow(scope string, r xsk.RingStats) dataplane.Resource {
+	return dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: scope, Detail: true,
+		Capacity: uint64(r.Size), Used: dataplane.Uint64(uint64(r.Size) - uint64(r.Depth())), Method: dataplane.MethodRing}
 }
 
 func ringRow(name, scope string, r xsk.RingStats) dataplane.Resource {

@@ -295,8 +295,8 @@ func TestIntegrationTXBackpressure(t *testing.T) {
 	waitDrained(t, b)
 	checkUMEM(t, b, true)
 	for _, r := range report(t, b).Resources {
-		if r.Name == "fill_ring" && r.Used != nil && *r.Used != r.Capacity {
-			t.Errorf("%s fill ring holds %d of %d after the flood: not refilled", r.Scope, *r.Used, r.Capacity)
+		if r.Name == "fill_ring_empty" && r.Used != nil && *r.Used != 0 {
+			t.Errorf("%s fill ring has %d of %d slots empty after the flood: not refilled", r.Scope, *r.Used, r.Capacity)
 		}
 	}
 }

@@ -1,0 +1,306 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwplane/fwplane/capability"
+	"github.com/fwplane/fwplane/dataplane"
+)
+
+// fakeDP is a dataplane.DataPlane that returns canned reports; the
+// protocol, not the dataplane, is under test here.
+type fakeDP struct {
+	report dataplane.ResourceReport
+	err    error
+}
+
+func (f *fakeDP) Mode() dataplane.Mode { return f.report.Mode }
+func (f *fakeDP) Apply(context.Context, *dataplane.Config) (dataplane.ApplyResult, error) {
+	return dataplane.ApplyResult{}, errors.New("not used")
+}
+func (f *fakeDP) ResourceStats(context.Context) (dataplane.ResourceReport, error) {
+	return f.report, f.err
+}
+func (f *fakeDP) Close() error { return nil }
+
+type listingDP struct {
+	fakeDP
+	sessions []dataplane.Session
+}
+
+func (l *listingDP) Sessions(_ context.Context, limit int) ([]dataplane.Session, dataplane.SessionCounts, error) {
+	n := uint64(len(l.sessions))
+	return l.sessions[:min(limit, len(l.sessions))], dataplane.SessionCounts{IPv4: n, Total: n}, nil
+}
+
+var sampleReport = dataplane.ResourceReport{
+	Mode:       dataplane.ModeEBPF,
+	Generation: 3,
+	Taken:      time.Date(2026, 5, 17, 10, 0, 0, 0, time.UTC),
+	Took:       1500 * time.Microsecond,
+	Resources: []dataplane.Resource{
+		{Name: "fw_sessions_v4", Kind: dataplane.KindLRUHash, Scope: "global", Capacity: 1024, Used: dataplane.Uint64(900), Method: dataplane.MethodKfunc, KeySize: 16, ValueSize: 48},
+		{Name: "fw_policy", Kind: dataplane.KindArray, Scope: "global", Capacity: 64},
+		{Name: "fw_broken", Kind: dataplane.KindHash, Scope: "global", Capacity: 8, Error: "count failed: EPERM"},
+	},
+	Counters: []dataplane.Counter{{Name: "dropped_policy", Scope: "global", Value: 7}},
+	Sessions: &dataplane.SessionCounts{IPv4: 900, Total: 900},
+}
+
+func serve(t *testing.T, s *Service) *Client {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "run", "fwd.sock")
+	srv, err := Serve(path, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Close(); err != nil {
+			t.Errorf("close server: %v", err)
+		}
+	})
+	c := NewClient(path, &ClientOptions{Timeout: 5 * time.Second})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestResourcesRoundTrip(t *testing.T) {
+	c := serve(t, &Service{DataPlane: &fakeDP{report: sampleReport}})
+	got, err := c.Resources(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(sampleReport, got); diff != "" {
+		t.Errorf("report (-want +got):\n%s", diff)
+	}
+}
+
+func TestErrorsKeepTheirMeaning(t *testing.T) {
+	nse := &dataplane.NotSupportedError{What: "read resources", Reasons: []string{"a", "b"}}
+	cfgErr := &dataplane.ConfigError{Problems: []dataplane.Problem{{Field: "zones", Message: "required"}, {Field: "interfaces[0].zone", Message: "unknown zone"}}}
+	tests := []struct {
+		name     string
+		svc      *Service
+		call     func(*Client) error
+		sentinel error
+		want     ErrorReply
+		status   int
+	}{
+		{
+			name:     "resources not supported",
+			svc:      &Service{DataPlane: &fakeDP{err: nse}},
+			call:     func(c *Client) error { _, err := c.Resources(context.Background()); return err },
+			sentinel: dataplane.ErrNotSupported, status: http.StatusNotImplemented,
+			want: ErrorReply{Code: CodeNotSupported, Message: "read resources: " + nse.Error(), Reasons: []string{"a", "b"}},
+		},
+		{
+			name:     "resources after close",
+			svc:      &Service{DataPlane: &fakeDP{err: dataplane.ErrClosed}},
+			call:     func(c *Client) error { _, err := c.Resources(context.Background()); return err },
+			sentinel: dataplane.ErrClosed, status: http.StatusServiceUnavailable,
+			want: ErrorReply{Code: CodeClosed, Message: "read resources: dataplane closed"},
+		},
+		{
+			name:     "sessions without a lister",
+			svc:      &Service{DataPlane: &fakeDP{report: sampleReport}},
+			call:     func(c *Client) error { _, err := c.Sessions(context.Background(), 0); return err },
+			sentinel: dataplane.ErrNotSupported, status: http.StatusNotImplemented,
+			want: ErrorReply{Code: CodeNotSupported,
+				Message: "list sessions: not supported: the ebpf backend cannot enumerate sessions (counts are in /v1/resources)",
+				Reasons: []string{"the ebpf backend cannot enumerate sessions (counts are in /v1/resources)"}},
+		},
+		{
+			name: "reload refused with every problem",
+			svc: &Service{DataPlane: &fakeDP{}, Reload: func(context.Context) (dataplane.ApplyResult, error) {
+				return dataplane.ApplyResult{}, cfgErr
+			}},
+			call:     func(c *Client) error { _, err := c.Reload(context.Background()); return err },
+			sentinel: dataplane.ErrInvalidConfig, status: http.StatusUnprocessableEntity,
+			want: ErrorReply{Code: CodeInvalidConfig, Message: "reload: " + cfgErr.Error(), Problems: cfgErr.Problems},
+		},
+		{
+			name:     "reload without a source",
+			svc:      &Service{DataPlane: &fakeDP{}},
+			call:     func(c *Client) error { _, err := c.Reload(context.Background()); return err },
+			sentinel: dataplane.ErrNotSupported, status: http.StatusNotImplemented,
+			want: ErrorReply{Code: CodeNotSupported, Message: "reload: not supported: this server has no config source to re-read",
+				Reasons: []string{"this server has no config source to re-read"}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.call(serve(t, tt.svc))
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("error %v (%T), want *Error", err, err)
+			}
+			if !errors.Is(err, tt.sentinel) {
+				t.Errorf("errors.Is(%v, %v) = false", err, tt.sentinel)
+			}
+			if e.Status != tt.status {
+				t.Errorf("status %d, want %d", e.Status, tt.status)
+			}
+			if diff := cmp.Diff(tt.want, e.ErrorReply); diff != "" {
+				t.Errorf("reply (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestSessionsListingIsBounded(t *testing.T) {
+	dp := &listingDP{fakeDP: fakeDP{report: sampleReport}}
+	for i := range 5 {
+		dp.sessions = append(dp.sessions, dataplane.Session{Protocol: "udp", Source: "10.0.0.2:" + string(rune('1'+i)), Destination: "10.0.1.2:53", Packets: 2})
+	}
+	c := serve(t, &Service{DataPlane: dp})
+	got, err := c.Sessions(context.Background(), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SessionsReply{Counts: dataplane.SessionCounts{IPv4: 5, Total: 5}, Limit: 3, Sessions: dp.sessions[:3], Truncated: true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("sessions (-want +got):\n%s", diff)
+	}
+	_, err = c.Sessions(context.Background(), MaxSessionLimit+1)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeBadRequest || e.Status != http.StatusBadRequest {
+		t.Errorf("limit over max: %v, want bad_request", err)
+	}
+}
+
+func TestCapability(t *testing.T) {
+	d := capability.Decision{Mode: dataplane.ModeEBPF, Request: capability.Request{Preference: capability.PreferAuto},
+		Features: []dataplane.Feature{dataplane.FeatureIPv4Forwarding},
+		Verdicts: []capability.Verdict{{Mode: dataplane.ModeEBPF, Supported: true, Considered: true},
+			{Mode: dataplane.ModeUserspace, Considered: true, Reasons: []string{"backend unavailable"}}}}
+	c := serve(t, &Service{DataPlane: &fakeDP{report: sampleReport}, Decision: func() capability.Decision { return d }})
+	got, err := c.Capability(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := CapabilityReply{Mode: dataplane.ModeEBPF, Explanation: d.Explain(), Decision: d}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("capability (-want +got):\n%s", diff)
+	}
+}
+
+func TestWrongMethodAndPath(t *testing.T) {
+	svc := &Service{DataPlane: &fakeDP{report: sampleReport}}
+	path := filepath.Join(t.TempDir(), "fwd.sock")
+	srv, err := Serve(path, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := NewClient(path, nil)
+	tests := []struct {
+		method, path string
+		want         int
+		code         string
+	}{
+		{http.MethodPost, PathResources, http.StatusMethodNotAllowed, CodeMethodNotAllowed},
+		{http.MethodGet, PathReload, http.StatusMethodNotAllowed, CodeMethodNotAllowed},
+		{http.MethodGet, "/v2/resources", http.StatusNotFound, CodeNotFound},
+	}
+	for _, tt := range tests {
+		err := c.do(context.Background(), tt.method, tt.path, nil, new(any))
+		var e *Error
+		if !errors.As(err, &e) || e.Status != tt.want || e.Code != tt.code {
+			t.Errorf("%s %s: %v, want %d %s", tt.method, tt.path, err, tt.want, tt.code)
+		}
+	}
+}
+
+func TestListenPermissionsStaleAndInUse(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "newdir")
+	path := filepath.Join(dir, "fwd.sock")
+
+	// A stale socket: bound by a listener that went away without
+	// removing it.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	stale.Close()
+	os.Remove(dir) // fails (not empty): keeps the stale socket in place
+
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode()&fs.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v, want a socket with 0600", fi.Mode())
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("socket directory holds %d entries, want only the socket (no temporary name left)", len(entries))
+	}
+	if _, err := Listen(path); !errors.Is(err, ErrInUse) {
+		t.Errorf("second Listen = %v, want ErrInUse", err)
+	}
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("socket left after Close: %v", err)
+	}
+	if err := ln.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+
+	// A directory Listen creates is owner-only.
+	fresh := filepath.Join(t.TempDir(), "a", "b", "fwd.sock")
+	ln2, err := Listen(fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	di, err := os.Stat(filepath.Dir(fresh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if di.Mode().Perm() != 0o700 {
+		t.Errorf("created directory mode %v, want 0700", di.Mode().Perm())
+	}
+
+	// Never delete what is not a socket.
+	file := filepath.Join(t.TempDir(), "notasocket")
+	os.WriteFile(file, []byte("x"), 0o600)
+	if _, err := Listen(file); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("Listen over a regular file = %v, want a refusal", err)
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Errorf("regular file removed: %v", err)
+	}
+}
+
+func TestClientWithoutDaemon(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fwd.sock")
+	_, err := NewClient(path, nil).Resources(context.Background())
+	if !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), path) {
+		t.Errorf("Resources without a daemon = %v, want ErrNotRunning naming %s", err, path)
+	}
+	var nilSrv *Server
+	if err := nilSrv.Close(); err != nil {
+		t.Errorf("nil Server Close = %v", err)
+	}
+}

@@ -1,0 +1,299 @@
+// Command fwd is fwplane's reference daemon: it runs a dataplane from a
+// JSON config file, serves the control API (package control) on a Unix
+// socket for fwctl, exports Prometheus metrics, reloads on SIGHUP and
+// detaches everything on SIGTERM or SIGINT.
+//
+//	fwd --config FILE [--backend auto|ebpf|userspace] [--strict]
+//	    [--netns PATH] [--socket PATH] [--metrics ADDR]
+//
+// A config with problems is refused with every problem, at start (exit
+// status 1) and on reload (the running config stays). Logs are structured
+// (log/slog, logfmt) on standard error.
+//
+// fwd uses only fwplane's exported API: it is what an embedder writes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/fwplane/fwplane"
+	"github.com/fwplane/fwplane/capability"
+	"github.com/fwplane/fwplane/control"
+	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/metrics"
+)
+
+// DefaultMetrics is where metrics are served unless --metrics says
+// otherwise.
+const DefaultMetrics = "127.0.0.1:9430"
+
+func main() {
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	err := run(context.Background(), os.Args[1:], &env{stderr: os.Stderr, signals: sig})
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+// env is what run needs from the process; tests provide their own.
+type env struct {
+	stderr  io.Writer
+	signals <-chan os.Signal
+	// ready, when set, is called once the daemon serves.
+	ready func(readyInfo)
+}
+
+type readyInfo struct {
+	dp      dataplane.DataPlane
+	socket  string
+	metrics string // listening address, "" when disabled
+}
+
+type options struct {
+	config, backend, netns, socket, metrics string
+	strict                                  bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, capability.Preference, error) {
+	var o options
+	fs := flag.NewFlagSet("fwd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", "", "JSON config file (required)")
+	fs.StringVar(&o.backend, "backend", "auto", "preferred backend: auto, ebpf or userspace")
+	fs.BoolVar(&o.strict, "strict", false, "never fall back from the preferred backend")
+	fs.StringVar(&o.netns, "netns", "", "network namespace path to run the dataplane in (default: the current one)")
+	fs.StringVar(&o.socket, "socket", control.DefaultSocket, "control socket path")
+	fs.StringVar(&o.metrics, "metrics", DefaultMetrics, `Prometheus listen address ("" disables)`)
+	if err := fs.Parse(args); err != nil {
+		return o, "", err
+	}
+	if fs.NArg() > 0 {
+		return o, "", fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if o.config == "" {
+		return o, "", errors.New("--config is required")
+	}
+	pref, err := capability.ParsePreference(o.backend)
+	return o, pref, err
+}
+
+// readConfig reads and validates the config file.
+func readConfig(path string) (*dataplane.Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return dataplane.ParseConfig(b)
+}
+
+// problems lists what is wrong with a refused config, one entry per
+// problem or reason.
+func problems(err error) []string {
+	var ce *dataplane.ConfigError
+	var nse *dataplane.NotSupportedError
+	switch {
+	case errors.As(err, &ce):
+		out := make([]string, len(ce.Problems))
+		for i, p := range ce.Problems {
+			out[i] = p.String()
+		}
+		return out
+	case errors.As(err, &nse) && len(nse.Reasons) > 0:
+		return nse.Reasons
+	}
+	return []string{err.Error()}
+}
+
+func run(ctx context.Context, args []string, e *env) error {
+	o, pref, err := parseFlags(args, e.stderr)
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(e.stderr, "fwd: %v\n", err)
+		}
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(e.stderr, nil))
+
+	cfg, err := readConfig(o.config)
+	if err != nil {
+		ps := problems(err)
+		fmt.Fprintf(e.stderr, "fwd: config %s refused (%d problem%s):\n", o.config, len(ps), plural(len(ps)))
+		for _, p := range ps {
+			fmt.Fprintf(e.stderr, "  %s\n", p)
+		}
+		return err
+	}
+
+	// Claim the socket before touching the dataplane, so a second fwd
+	// stops here instead of re-attaching over the first one's programs.
+	ln, err := control.Listen(o.socket)
+	if err != nil {
+		log.Error("cannot serve the control socket", "socket", o.socket, "err", err)
+		return err
+	}
+	defer ln.Close()
+
+	dp, d, err := fwplane.Open(ctx, cfg, &fwplane.Options{Backend: pref, Strict: o.strict, NetNS: o.netns})
+	if err != nil {
+		log.Error("cannot start the dataplane", "err", err, "reasons", strings.Join(problems(err), "; "))
+		if len(d.Verdicts) > 0 {
+			fmt.Fprint(e.stderr, d.Explain())
+		}
+		return err
+	}
+	log.Info("dataplane running", "mode", d.Mode, "fell_back", d.FellBack, "preference", d.Request.Preference,
+		"strict", d.Request.Strict, "reasons", strings.Join(reasons(d.Decision), "; "), "netns", o.netns)
+
+	for _, w := range d.Applied.Warnings {
+		log.Warn("config applied with a warning", "field", w.Field, "warning", w.Message)
+	}
+	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation}
+
+	srv := control.ServeListener(ln, &control.Service{
+		DataPlane: dp,
+		Decision:  func() capability.Decision { return d.Decision },
+		Reload:    dm.reload,
+		Logger:    log,
+	})
+	log.Info("control socket listening", "socket", ln.Addr().String())
+
+	var msrv *http.Server
+	var maddr string
+	if o.metrics != "" {
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(metrics.NewCollector(dp.ResourceStats, nil)); err != nil {
+			return dm.stop(srv, nil, fmt.Errorf("register metrics: %w", err))
+		}
+		mln, err := net.Listen("tcp", o.metrics)
+		if err != nil {
+			log.Error("cannot serve metrics", "addr", o.metrics, "err", err)
+			return dm.stop(srv, nil, fmt.Errorf("listen for metrics: %w", err))
+		}
+		maddr = mln.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(mln)
+		log.Info("metrics listening", "addr", maddr, "path", "/metrics")
+	}
+
+	if e.ready != nil {
+		e.ready(readyInfo{dp: dp, socket: ln.Addr().String(), metrics: maddr})
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down", "cause", ctx.Err())
+			return dm.stop(srv, msrv, nil)
+		case s := <-e.signals:
+			switch s {
+			case syscall.SIGHUP:
+				log.Info("SIGHUP: reloading", "config", o.config)
+				dm.reload(ctx)
+			case syscall.SIGTERM, syscall.SIGINT:
+				log.Info("shutting down", "signal", s.String())
+				return dm.stop(srv, msrv, nil)
+			}
+		}
+	}
+}
+
+// reasons lists why backends other than the chosen one were not chosen.
+func reasons(d capability.Decision) []string {
+	var out []string
+	for _, v := range d.Verdicts {
+		for _, r := range v.Reasons {
+			out = append(out, string(v.Mode)+": "+r)
+		}
+	}
+	return out
+}
+
+type daemon struct {
+	log  *slog.Logger
+	file string
+	dp   dataplane.DataPlane
+
+	mu         sync.Mutex // serialises reloads
+	generation uint64
+}
+
+// reload re-reads the config file and applies it; a refused config leaves
+// the running one in force, and every problem is logged.
+func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	refuse := func(err error) (dataplane.ApplyResult, error) {
+		ps := problems(err)
+		for _, p := range ps {
+			dm.log.Warn("reload refused", "config", dm.file, "problem", p)
+		}
+		dm.log.Warn("reload refused: the running config is unchanged", "config", dm.file,
+			"problems", len(ps), "generation", dm.generation, "err", err)
+		return dataplane.ApplyResult{}, err
+	}
+	cfg, err := readConfig(dm.file)
+	if err != nil {
+		return refuse(err)
+	}
+	res, err := dm.dp.Apply(ctx, cfg)
+	if err != nil {
+		return refuse(err)
+	}
+	dm.generation = res.Generation
+	for _, w := range res.Warnings {
+		dm.log.Warn("config applied with a warning", "generation", res.Generation, "field", w.Field, "warning", w.Message)
+	}
+	dm.log.Info("config applied", "config", dm.file, "generation", res.Generation, "warnings", len(res.Warnings))
+	return res, nil
+}
+
+// stop shuts everything down in order: no new control requests, no more
+// scrapes, then the dataplane (which detaches its programs); the socket
+// is removed by the control server.
+func (dm *daemon) stop(srv *control.Server, msrv *http.Server, cause error) error {
+	errs := []error{cause}
+	errs = append(errs, srv.Close())
+	if msrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, msrv.Shutdown(ctx))
+		cancel()
+	}
+	if err := dm.dp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close dataplane: %w", err))
+	}
+	err := errors.Join(errs...)
+	if err != nil && cause == nil {
+		dm.log.Error("stopped with errors", "err", err)
+	} else if cause == nil {
+		dm.log.Info("stopped: dataplane closed, control socket removed")
+	}
+	return err
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

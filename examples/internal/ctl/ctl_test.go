@@ -1,0 +1,115 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwplane/fwplane/control"
+	"github.com/fwplane/fwplane/dataplane"
+)
+
+// fakeDP serves a canned report and listing; the CLI, not a backend, is
+// under test.
+type fakeDP struct{ report dataplane.ResourceReport }
+
+func (f *fakeDP) Mode() dataplane.Mode { return f.report.Mode }
+func (f *fakeDP) Apply(context.Context, *dataplane.Config) (dataplane.ApplyResult, error) {
+	return dataplane.ApplyResult{}, errors.New("unused")
+}
+func (f *fakeDP) ResourceStats(context.Context) (dataplane.ResourceReport, error) {
+	return f.report, nil
+}
+func (f *fakeDP) Close() error { return nil }
+
+type listing struct{ fakeDP }
+
+func (l *listing) Sessions(context.Context, int) ([]dataplane.Session, dataplane.SessionCounts, error) {
+	return []dataplane.Session{{Protocol: "udp", Source: "10.0.0.2:5000", Destination: "10.0.1.2:53", Packets: 2, Bytes: 120, IdleSeconds: 1.25}},
+		dataplane.SessionCounts{IPv4: 3, Total: 3}, nil
+}
+
+func serve(t *testing.T, svc *control.Service) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fwd.sock")
+	srv, err := control.Serve(path, svc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return path
+}
+
+func TestCommands(t *testing.T) {
+	report := dataplane.ResourceReport{
+		Mode: dataplane.ModeUserspace, Generation: 2, Took: 250 * time.Microsecond,
+		Resources: []dataplane.Resource{
+			{Name: "sessions", Kind: dataplane.KindTable, Scope: "global", Capacity: 100, Used: dataplane.Uint64(95)},
+			{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "eth0/q0", Capacity: 4096, Used: dataplane.Uint64(3300), Detail: true},
+		},
+		Sessions: &dataplane.SessionCounts{IPv4: 95, Total: 95},
+	}
+	sock := serve(t, &control.Service{
+		DataPlane: &listing{fakeDP{report}},
+		Reload: func(context.Context) (dataplane.ApplyResult, error) {
+			return dataplane.ApplyResult{}, &dataplane.NotSupportedError{What: "apply config", Reasons: []string{"static routes", "queue selection"}}
+		},
+	})
+	plain := serve(t, &control.Service{DataPlane: &fakeDP{report}})
+
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		contains []string
+	}{
+		{"buffers", []string{"--socket", sock, "show", "system", "buffers"}, ExitOK,
+			[]string{"sessions  table  global       100    95   95.0%  CRITICAL", "1 resource at high utilisation (1 critical, 0 warning).", "Active sessions: IPv4 95, IPv6 0, total 95"}},
+		{"buffers detail", []string{"show", "system", "buffers", "detail", "--socket=" + sock}, ExitOK,
+			[]string{"eth0/q0", "80.5%  WARNING", "2 resources at high utilisation (1 critical, 1 warning)."}},
+		{"buffers json", []string{"--socket", sock, "--json", "show", "system", "buffers"}, ExitOK, []string{`"mode": "userspace"`, `"used": 95`}},
+		{"sessions", []string{"--socket", sock, "show", "sessions", "--limit", "1"}, ExitOK,
+			[]string{"udp    10.0.0.2:5000  10.0.1.2:53        2    120  1.2s", "Showing 1 of 3 sessions (limit 1)."}},
+		{"sessions not supported", []string{"--socket", plain, "show", "sessions"}, ExitError,
+			[]string{"show sessions: not supported:\n  the userspace backend cannot enumerate sessions"}},
+		{"reload refused", []string{"--socket", sock, "reload"}, ExitError,
+			[]string{"reload refused, the running config is unchanged: not supported:\n  static routes\n  queue selection"}},
+		{"no daemon", []string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "show", "capability"}, ExitError,
+			[]string{"no daemon listening on"}},
+		{"unknown command", []string{"show", "routes"}, ExitUsage, []string{`unknown command "show routes"`}},
+		{"bad limit", []string{"show", "sessions", "--limit", "0"}, ExitUsage, []string{"--limit \"0\""}},
+		{"no command", nil, ExitUsage, []string{"usage: fwctl"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := Run(context.Background(), tt.args, &out, &errOut)
+			all := out.String() + errOut.String()
+			if code != tt.code {
+				t.Errorf("exit %d, want %d\n%s", code, tt.code, all)
+			}
+			for _, c := range tt.contains {
+				if !strings.Contains(all, c) {
+					t.Errorf("output lacks %q:\n%s", c, all)
+				}
+			}
+		})
+	}
+}
+
+func TestParse(t *testing.T) {
+	got, err := parse([]string{"show", "--socket=/x.sock", "sessions", "--limit=5", "--json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := args{socket: "/x.sock", json: true, limit: 5, words: []string{"show", "sessions"}}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(args{})); diff != "" {
+		t.Errorf("parse (-want +got):\n%s", diff)
+	}
+}
