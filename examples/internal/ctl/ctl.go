@@ -29,7 +29,8 @@ const (
 const Usage = `usage: fwctl [--socket PATH] COMMAND
 
 commands:
-  show system buffers [detail] [--json]   resource utilisation (WARNING >= 80 %, CRITICAL >= 90 %)
+  show system buffers [detail] [--json]   resource utilisation (WARNING >= 80 %, CRITICAL >= 90 %;
+                                          change with --warning PCT --critical PCT)
   show capability [--json]                which backend runs, and why
   show sessions [--limit N] [--json]      active sessions (counts and a bounded listing)
   reload                                  make the daemon re-read and apply its config
@@ -38,10 +39,11 @@ commands:
 `
 
 type args struct {
-	socket string
-	json   bool
-	limit  int
-	words  []string
+	socket     string
+	thresholds dataplane.Thresholds
+	json       bool
+	limit      int
+	words      []string
 }
 
 func parse(argv []string) (args, error) {
@@ -84,11 +86,35 @@ func parse(argv []string) (args, error) {
 				return a, fmt.Errorf("--limit %q: want a number from 1 to %d", v, control.MaxSessionLimit)
 			}
 			a.limit = n
+		case "warning", "critical":
+			v, err := value()
+			if err != nil {
+				return a, err
+			}
+			pct, err := strconv.ParseFloat(v, 64)
+			if err != nil || pct <= 0 || pct > 100 {
+				return a, fmt.Errorf("--%s %q: want a percentage above 0 and at most 100", name, v)
+			}
+			if name == "warning" {
+				a.thresholds.Warning = pct
+			} else {
+				a.thresholds.Critical = pct
+			}
 		case "h", "help":
 			return a, errHelp
 		default:
 			return a, fmt.Errorf("unknown flag %s", s)
 		}
+	}
+	w, c := a.thresholds.Warning, a.thresholds.Critical
+	if w == 0 {
+		w = dataplane.DefaultWarningPercent
+	}
+	if c == 0 {
+		c = dataplane.DefaultCriticalPercent
+	}
+	if w > c {
+		return a, fmt.Errorf("--warning %g is above --critical %g", w, c)
 	}
 	return a, nil
 }
@@ -179,7 +205,7 @@ func buffers(ctx context.Context, c *control.Client, a args, w io.Writer, detail
 	if a.json {
 		return printJSON(w, r)
 	}
-	return render.Buffers(w, r, &render.Options{Detail: detail})
+	return render.Buffers(w, r, &render.Options{Detail: detail, Thresholds: a.thresholds})
 }
 
 func showCapability(ctx context.Context, c *control.Client, a args, w io.Writer) error {

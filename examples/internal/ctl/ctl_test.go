@@ -113,3 +113,18 @@ func TestParse(t *testing.T) {
 		t.Errorf("parse (-want +got):\n%s", diff)
 	}
 }
+
+func TestParseThresholds(t *testing.T) {
+	got, err := parse([]string{"show", "system", "buffers", "--warning", "50", "--critical=75"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (dataplane.Thresholds{Warning: 50, Critical: 75}); got.thresholds != want {
+		t.Errorf("thresholds = %+v, want %+v", got.thresholds, want)
+	}
+	for _, bad := range [][]string{{"--warning", "0"}, {"--critical", "101"}, {"--warning", "x"}, {"--warning", "95"}, {"--warning", "60", "--critical", "50"}} {
+		if _, err := parse(bad); err == nil {
+			t.Errorf("parse(%q) accepted", bad)
+		}
+	}
+}
