@@ -25,7 +25,13 @@
  * keep in sync and no way for the two to disagree for longer than the
  * session's FIB cache (FW_FIB_CACHE_NS). When the kernel has no neighbour
  * entry yet we pass the (already allowed) packet up so the kernel resolves it
- * and forwards this one packet itself. */
+ * and forwards this one packet itself.
+ *
+ * Port mirroring wraps all of this (mirror_begin/mirror_end): a sampled
+ * frame of a mirrored ingress keeps its first 32 bytes as XDP metadata and
+ * is forwarded through a broadcast devmap of (egress, mirror output), whose
+ * output entry runs xdp_fw_mirror to restore the frame as received; a
+ * dropped frame goes to the output alone. See ebpfbackend/doc.go. */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -121,6 +127,69 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fw_flow);
 } fw_flow_cache SEC(".maps");
+
+/* Port mirroring. fw_mirror_on holds the number of rules: a non-mirroring
+ * config costs one inlined array load per packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_mirror_on SEC(".maps");
+
+/* Keyed by ingress ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FW_MAX_MIRRORS);
+	__type(key, __u32);
+	__type(value, struct fw_mirror_cfg);
+} fw_mirror_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_MAX_MIRRORS);
+	__type(key, __u32);
+	__type(value, struct fw_mirror_stats);
+} fw_mirror_counts SEC(".maps");
+
+/* Mirror outputs by ifindex, no devmap program: frames the firewall drops
+ * are redirected here unchanged (their only copy is the mirror's). */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, FW_MAX_MIRRORS);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_mirror_out SEC(".maps");
+
+/* One broadcast devmap per (egress, mirror output): key 0 the egress
+ * (no program: the frame leaves as the firewall rewrote it), key 1 the
+ * output with xdp_fw_mirror, which restores the received bytes from the
+ * metadata. An array devmap, so egress and output may be the same device.
+ * The kernel hands the clone to the first entry and the original to the
+ * last. */
+struct fw_bcast {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, 2);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct fw_devmap_val));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, FW_MAX_IFACES * 4);
+	__type(key, struct fw_pair_key);
+	__array(values, struct fw_bcast);
+} fw_mirror_pairs SEC(".maps");
+
+/* What the mirror decided for this packet. */
+struct mstate {
+	__u32 out;     /* output ifindex; 0: not cloning this packet */
+	__u32 idx;     /* stats index */
+	__u32 len;     /* frame length as received */
+	__u8 cloned;   /* forwarded through a broadcast devmap */
+	__u8 modified; /* the frame was rewritten (TTL, MACs) */
+	__u8 pad[2];
+};
 
 /* ICMP and ICMPv6 share the echo layout; linux/icmp.h would drag in libc. */
 struct icmp_echo_ {
@@ -545,18 +614,34 @@ static __noinline void create_session(const struct pkt *p, void *key, const stru
  * them costs more spills than the loads. */
 #define RELOAD32(p) (*(volatile __u32 *)(p))
 
-static __always_inline int fast_finish(struct fw_flow *fc, struct ethhdr *eth, __u64 bytes)
+/* Redirects to egress, through the (egress, output) broadcast devmap when
+ * this packet is mirrored. */
+static __always_inline int fw_redirect(struct mstate *ms, __u32 egress)
+{
+	if (ms->out) {
+		struct fw_pair_key pk = {.egress = egress, .output = ms->out};
+		void *bm = bpf_map_lookup_elem(&fw_mirror_pairs, &pk);
+		if (bm) {
+			ms->cloned = 1;
+			return bpf_redirect_map(bm, 0, BPF_F_BROADCAST | XDP_DROP);
+		}
+	}
+	return bpf_redirect_map(&fw_tx_ports, egress, XDP_DROP);
+}
+
+static __always_inline int fast_finish(struct fw_flow *fc, struct ethhdr *eth, __u64 bytes, struct mstate *ms)
 {
 	__u32 zero = 0;
 	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
 	if (!cnt)
 		return XDP_ABORTED;
+	ms->modified = 1;
 	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
 	fc->packets += 1;
 	fc->bytes += bytes;
 	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
-	int act = bpf_redirect_map(&fw_tx_ports, fc->ifindex, XDP_DROP);
+	int act = fw_redirect(ms, fc->ifindex);
 	if (act != XDP_REDIRECT) {
 		cnt->c[FW_CNT_DROP_EGRESS_UNMANAGED] += 1;
 		return XDP_DROP;
@@ -576,7 +661,7 @@ static __always_inline int fast_valid(const struct fw_flow *fc, __u16 tot_len)
 	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && tot_len <= fc->len_ok;
 }
 
-static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes)
+static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes, struct mstate *ms)
 {
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > end)
@@ -611,7 +696,7 @@ static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes)
 	if (!fast_valid(fc, bpf_ntohs(iph->tot_len)))
 		return -1;
 	ipv4_dec_ttl(iph);
-	return fast_finish(fc, eth, bytes);
+	return fast_finish(fc, eth, bytes, ms);
 }
 
 static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
@@ -619,7 +704,7 @@ static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
 	return (__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i]) | ((__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i + 1]) << 32);
 }
 
-static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes)
+static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes, struct mstate *ms)
 {
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	if ((void *)(ip6 + 1) > end)
@@ -652,10 +737,10 @@ static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes)
 	if (!fast_valid(fc, bpf_ntohs(ip6->payload_len) + sizeof(*ip6)))
 		return -1;
 	ip6->hop_limit--;
-	return fast_finish(fc, eth, bytes);
+	return fast_finish(fc, eth, bytes, ms);
 }
 
-static __always_inline int fast_path(struct xdp_md *ctx)
+static __always_inline int fast_path(struct xdp_md *ctx, struct mstate *ms)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -664,16 +749,15 @@ static __always_inline int fast_path(struct xdp_md *ctx)
 		return -1;
 	__u64 bytes = (__u64)(end - data);
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return fast4(eth, end, bytes);
+		return fast4(eth, end, bytes, ms);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return fast6(eth, end, bytes);
+		return fast6(eth, end, bytes, ms);
 	return -1;
 }
 
-SEC("xdp")
-int xdp_fw(struct xdp_md *ctx)
+static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 {
-	int fast = fast_path(ctx);
+	int fast = fast_path(ctx, ms);
 	if (fast >= 0)
 		return fast;
 
@@ -946,6 +1030,7 @@ fill:
 forward:
 	if (p.ttl <= 1)
 		return pass(cnt, FW_CNT_PASS_TTL);
+	ms->modified = 1;
 
 	/* Re-derive header pointers: the verifier forgets packet bounds across
 	 * the helper calls above. */
@@ -979,9 +1064,129 @@ forward:
 	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
 	eth->h_proto = p.k.family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 
-	int act = bpf_redirect_map(&fw_tx_ports, hop.ifindex, XDP_DROP);
+	int act = fw_redirect(ms, hop.ifindex);
 	if (act != XDP_REDIRECT)
 		return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
 	cnt->c[FW_CNT_FORWARDED] += 1;
 	return act;
+}
+
+/* Decides whether this packet is cloned: the ingress has a rule, the
+ * per-CPU sampling countdown selects it and the output is up. A selected
+ * packet gets the first FW_MIRROR_META bytes of the frame as XDP metadata,
+ * which travels with the frame through the redirect. */
+static __always_inline void mirror_begin(struct xdp_md *ctx, struct mstate *ms)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&fw_mirror_on, &zero);
+	if (!on || !*on)
+		return;
+	__u32 in = ctx->ingress_ifindex;
+	struct fw_mirror_cfg *mc = bpf_map_lookup_elem(&fw_mirror_rules, &in);
+	if (!mc)
+		return;
+	__u32 idx = mc->index;
+	struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
+	if (!st)
+		return;
+	st->seen += 1;
+	if (mc->rate > 1) {
+		/* Sampled out is not a loss: counted nowhere. */
+		if (st->countdown > 1) {
+			st->countdown -= 1;
+			return;
+		}
+		st->countdown = mc->rate;
+	}
+	if (!mc->up) {
+		st->not_output_down += 1;
+		return;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	/* A frame may arrive with metadata already (a driver's, or stale from
+	 * a recycled page, as measured with live-frames test runs): make it
+	 * exactly FW_MIRROR_META bytes rather than adding to it. */
+	long have = (long)data - (long)ctx->data_meta;
+	if (data + FW_MIRROR_META > end || have < 0 || have > FW_MIRROR_META ||
+	    (have != FW_MIRROR_META && bpf_xdp_adjust_meta(ctx, (int)(have - FW_MIRROR_META)))) {
+		st->not_short += 1;
+		return;
+	}
+	void *meta = (void *)(long)ctx->data_meta;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (meta + FW_MIRROR_META > data || data + FW_MIRROR_META > end) {
+		st->not_short += 1;
+		return;
+	}
+	__builtin_memcpy(meta, data, FW_MIRROR_META);
+	ms->out = mc->out_ifindex;
+	ms->idx = idx;
+	ms->len = (__u32)(end - data);
+}
+
+/* Accounts for the clone of a selected packet, and sends the frame of a
+ * dropped one (unchanged: nothing rewrote it) to the output alone. Every
+ * selected packet ends in exactly one stats field. */
+static __always_inline int mirror_end(struct mstate *ms, int act)
+{
+	__u32 idx = ms->idx;
+	struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
+	if (!st)
+		return act;
+	if (act == XDP_REDIRECT && ms->cloned) {
+		st->mirrored += 1;
+		st->mirrored_bytes += ms->len;
+		return act;
+	}
+	if (act == XDP_DROP && !ms->modified) {
+		if (bpf_redirect_map(&fw_mirror_out, ms->out, XDP_DROP) == XDP_REDIRECT) {
+			st->mirrored += 1;
+			st->mirrored_bytes += ms->len;
+			return XDP_REDIRECT;
+		}
+	}
+	if (act == XDP_PASS)
+		st->not_passed += 1;
+	else
+		st->not_other += 1;
+	return act;
+}
+
+SEC("xdp")
+int xdp_fw(struct xdp_md *ctx)
+{
+	struct mstate ms = {};
+	mirror_begin(ctx, &ms);
+	int act = fw_main(ctx, &ms);
+	if (ms.out)
+		act = mirror_end(&ms, act);
+	return act;
+}
+
+/* Devmap program of a broadcast map's output entry: turns the frame back
+ * into the one received. The primary rewrite only touches the first
+ * FW_MIRROR_META bytes, after removing a VLAN tag (4 bytes) from the front
+ * when the received frame had one. */
+SEC("xdp/devmap")
+int xdp_fw_mirror(struct xdp_md *ctx)
+{
+	void *meta = (void *)(long)ctx->data_meta;
+	void *data = (void *)(long)ctx->data;
+	__u64 saved[FW_MIRROR_META / 8];
+	if (meta + FW_MIRROR_META > data)
+		return XDP_DROP;
+	__builtin_memcpy(saved, meta, FW_MIRROR_META);
+	struct ethhdr *orig = (struct ethhdr *)saved;
+	if (orig->h_proto == bpf_htons(ETH_P_8021Q_)) {
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct vlan_hdr_)))
+			return XDP_DROP;
+	}
+	data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + FW_MIRROR_META > end)
+		return XDP_DROP;
+	__builtin_memcpy(data, saved, FW_MIRROR_META);
+	return XDP_PASS;
 }

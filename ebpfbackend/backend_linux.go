@@ -60,6 +60,8 @@ type Backend struct {
 	grace      *ebpf.Map
 	graceInner *ebpf.Map
 
+	mir *mirrors // port mirroring; has its own lock
+
 	reaped   atomic.Uint64
 	reapStop chan struct{}
 	reapDone chan struct{}
@@ -99,7 +101,9 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create map counter: %w", err)
 	}
-	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}}, nil
+	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, mir: &mirrors{
+		up: map[uint32]bool{}, pairs: map[fwFwPairKey]bool{}, outs: map[uint32]bool{},
+	}}, nil
 }
 
 // Mode returns dataplane.ModeEBPF.
@@ -126,6 +130,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	reasons := unsupported(cfg)
 	p, planReasons := buildPlan(cfg)
 	reasons = append(reasons, planReasons...)
+	reasons = append(reasons, mirrorReasons(cfg, len(p.ifaces))...)
 	capacity := cfg.Tables.SessionsOrDefault()
 	if b.objs != nil && capacity != b.capacity {
 		reasons = append(reasons, fmt.Sprintf("tables.sessions: changing the session table size of a running eBPF dataplane (%d -> %d) is not supported: Close and start a new one", b.capacity, capacity))
@@ -136,6 +141,8 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 
 	// Resolve every interface before touching anything.
 	ifindex := make(map[string]int, len(p.ifaces))
+	var mrules []mirrorRule
+	var mwarns []dataplane.Warning
 	err := netnsutil.Do(b.opts.NetNS, func() error {
 		var problems []dataplane.Problem
 		for _, it := range p.ifaces {
@@ -149,6 +156,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		if len(problems) > 0 {
 			return &dataplane.ConfigError{Problems: problems}
 		}
+		mrules, mwarns = mirrorPlan(cfg, ifindex)
 		return nil
 	})
 	if err != nil {
@@ -185,6 +193,14 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		}
 		return dataplane.ApplyResult{}, err
 	}
+	egress := make([]uint32, 0, len(p.ifaces))
+	for _, it := range p.ifaces {
+		egress = append(egress, uint32(ifindex[it.name]))
+	}
+	if err := b.applyMirrors(b.objs, mrules, egress); err != nil {
+		return dataplane.ApplyResult{}, err
+	}
+	res.Warnings = append(res.Warnings, mwarns...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
 	b.mu.Unlock()
@@ -481,6 +497,9 @@ func (b *Backend) Close() error {
 		close(b.reapStop)
 		<-b.reapDone
 		b.reapStop = nil
+	}
+	if b.mir != nil {
+		b.mir.stopWatch()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -4,15 +4,16 @@ import "github.com/fwplane/fwplane/dataplane"
 
 // Supported lists the config features this backend implements. Anything a
 // config needs beyond these is refused by Apply with a
-// *dataplane.NotSupportedError (fail closed): port mirroring and static
-// routes are not implemented yet, and there are no per-queue bindings to
-// select.
+// *dataplane.NotSupportedError (fail closed): static routes are not
+// implemented, and there are no per-queue bindings to select.
 func Supported() []dataplane.Feature {
 	return []dataplane.Feature{
 		dataplane.FeatureIPv4Forwarding,
 		dataplane.FeatureIPv6Forwarding,
 		dataplane.FeatureStatefulPolicy,
 		dataplane.FeaturePortPolicy,
+		dataplane.FeaturePortMirroring,
+		dataplane.FeatureMirrorSampling,
 	}
 }
 
@@ -25,8 +26,6 @@ func unsupported(cfg *dataplane.Config) []string {
 	}
 	why := map[dataplane.Feature]string{
 		dataplane.FeatureStaticRoutes:   "forwarding.routes: static routes are not implemented by the eBPF backend (it forwards with the kernel FIB; add the routes to the host)",
-		dataplane.FeaturePortMirroring:  "port_mirroring: not implemented by the eBPF backend yet",
-		dataplane.FeatureMirrorSampling: "port_mirroring[].rate: mirror sampling is not implemented by the eBPF backend yet",
 		dataplane.FeatureQueueSelection: "userspace.queues: queue selection applies to the userspace backend only",
 	}
 	var reasons []string

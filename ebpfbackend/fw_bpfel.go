@@ -59,10 +59,36 @@ type fwFwIfKey struct {
 	Slot    uint32
 }
 
+type fwFwMirrorCfg struct {
+	_          structs.HostLayout
+	OutIfindex uint32
+	Rate       uint32
+	Index      uint32
+	Up         uint32
+}
+
+type fwFwMirrorStats struct {
+	_             structs.HostLayout
+	Countdown     uint64
+	Seen          uint64
+	Mirrored      uint64
+	MirroredBytes uint64
+	NotOutputDown uint64
+	NotPassed     uint64
+	NotShort      uint64
+	NotOther      uint64
+}
+
 type fwFwPair struct {
 	_     structs.HostLayout
 	Start uint32
 	Count uint32
+}
+
+type fwFwPairKey struct {
+	_      structs.HostLayout
+	Egress uint32
+	Output uint32
 }
 
 type fwFwRule struct {
@@ -121,17 +147,23 @@ type fwFwSettings struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fwMapFwActive      = "fw_active"
-	fwMapFwCounters    = "fw_counters"
-	fwMapFwFlowCache   = "fw_flow_cache"
-	fwMapFwIfZone      = "fw_if_zone"
-	fwMapFwPairs       = "fw_pairs"
-	fwMapFwRules       = "fw_rules"
-	fwMapFwSessionsV4  = "fw_sessions_v4"
-	fwMapFwSessionsV6  = "fw_sessions_v6"
-	fwMapFwSettingsMap = "fw_settings_map"
-	fwMapFwTxPorts     = "fw_tx_ports"
-	fwProgXdpFw        = "xdp_fw"
+	fwMapFwActive       = "fw_active"
+	fwMapFwCounters     = "fw_counters"
+	fwMapFwFlowCache    = "fw_flow_cache"
+	fwMapFwIfZone       = "fw_if_zone"
+	fwMapFwMirrorCounts = "fw_mirror_counts"
+	fwMapFwMirrorOn     = "fw_mirror_on"
+	fwMapFwMirrorOut    = "fw_mirror_out"
+	fwMapFwMirrorPairs  = "fw_mirror_pairs"
+	fwMapFwMirrorRules  = "fw_mirror_rules"
+	fwMapFwPairs        = "fw_pairs"
+	fwMapFwRules        = "fw_rules"
+	fwMapFwSessionsV4   = "fw_sessions_v4"
+	fwMapFwSessionsV6   = "fw_sessions_v6"
+	fwMapFwSettingsMap  = "fw_settings_map"
+	fwMapFwTxPorts      = "fw_tx_ports"
+	fwProgXdpFw         = "xdp_fw"
+	fwProgXdpFwMirror   = "xdp_fw_mirror"
 )
 
 // loadFw returns the embedded CollectionSpec for fw.
@@ -176,23 +208,29 @@ type fwSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwProgramSpecs struct {
-	XdpFw *ebpf.ProgramSpec `ebpf:"xdp_fw"`
+	XdpFw       *ebpf.ProgramSpec `ebpf:"xdp_fw"`
+	XdpFwMirror *ebpf.ProgramSpec `ebpf:"xdp_fw_mirror"`
 }
 
 // fwMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwMapSpecs struct {
-	FwActive      *ebpf.MapSpec `ebpf:"fw_active"`
-	FwCounters    *ebpf.MapSpec `ebpf:"fw_counters"`
-	FwFlowCache   *ebpf.MapSpec `ebpf:"fw_flow_cache"`
-	FwIfZone      *ebpf.MapSpec `ebpf:"fw_if_zone"`
-	FwPairs       *ebpf.MapSpec `ebpf:"fw_pairs"`
-	FwRules       *ebpf.MapSpec `ebpf:"fw_rules"`
-	FwSessionsV4  *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
-	FwSessionsV6  *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
-	FwSettingsMap *ebpf.MapSpec `ebpf:"fw_settings_map"`
-	FwTxPorts     *ebpf.MapSpec `ebpf:"fw_tx_ports"`
+	FwActive       *ebpf.MapSpec `ebpf:"fw_active"`
+	FwCounters     *ebpf.MapSpec `ebpf:"fw_counters"`
+	FwFlowCache    *ebpf.MapSpec `ebpf:"fw_flow_cache"`
+	FwIfZone       *ebpf.MapSpec `ebpf:"fw_if_zone"`
+	FwMirrorCounts *ebpf.MapSpec `ebpf:"fw_mirror_counts"`
+	FwMirrorOn     *ebpf.MapSpec `ebpf:"fw_mirror_on"`
+	FwMirrorOut    *ebpf.MapSpec `ebpf:"fw_mirror_out"`
+	FwMirrorPairs  *ebpf.MapSpec `ebpf:"fw_mirror_pairs"`
+	FwMirrorRules  *ebpf.MapSpec `ebpf:"fw_mirror_rules"`
+	FwPairs        *ebpf.MapSpec `ebpf:"fw_pairs"`
+	FwRules        *ebpf.MapSpec `ebpf:"fw_rules"`
+	FwSessionsV4   *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
+	FwSessionsV6   *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
+	FwSettingsMap  *ebpf.MapSpec `ebpf:"fw_settings_map"`
+	FwTxPorts      *ebpf.MapSpec `ebpf:"fw_tx_ports"`
 }
 
 // fwVariableSpecs contains global variables before they are loaded into the kernel.
@@ -221,16 +259,21 @@ func (o *fwObjects) Close() error {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwMaps struct {
-	FwActive      *ebpf.Map `ebpf:"fw_active"`
-	FwCounters    *ebpf.Map `ebpf:"fw_counters"`
-	FwFlowCache   *ebpf.Map `ebpf:"fw_flow_cache"`
-	FwIfZone      *ebpf.Map `ebpf:"fw_if_zone"`
-	FwPairs       *ebpf.Map `ebpf:"fw_pairs"`
-	FwRules       *ebpf.Map `ebpf:"fw_rules"`
-	FwSessionsV4  *ebpf.Map `ebpf:"fw_sessions_v4"`
-	FwSessionsV6  *ebpf.Map `ebpf:"fw_sessions_v6"`
-	FwSettingsMap *ebpf.Map `ebpf:"fw_settings_map"`
-	FwTxPorts     *ebpf.Map `ebpf:"fw_tx_ports"`
+	FwActive       *ebpf.Map `ebpf:"fw_active"`
+	FwCounters     *ebpf.Map `ebpf:"fw_counters"`
+	FwFlowCache    *ebpf.Map `ebpf:"fw_flow_cache"`
+	FwIfZone       *ebpf.Map `ebpf:"fw_if_zone"`
+	FwMirrorCounts *ebpf.Map `ebpf:"fw_mirror_counts"`
+	FwMirrorOn     *ebpf.Map `ebpf:"fw_mirror_on"`
+	FwMirrorOut    *ebpf.Map `ebpf:"fw_mirror_out"`
+	FwMirrorPairs  *ebpf.Map `ebpf:"fw_mirror_pairs"`
+	FwMirrorRules  *ebpf.Map `ebpf:"fw_mirror_rules"`
+	FwPairs        *ebpf.Map `ebpf:"fw_pairs"`
+	FwRules        *ebpf.Map `ebpf:"fw_rules"`
+	FwSessionsV4   *ebpf.Map `ebpf:"fw_sessions_v4"`
+	FwSessionsV6   *ebpf.Map `ebpf:"fw_sessions_v6"`
+	FwSettingsMap  *ebpf.Map `ebpf:"fw_settings_map"`
+	FwTxPorts      *ebpf.Map `ebpf:"fw_tx_ports"`
 }
 
 func (m *fwMaps) Close() error {
@@ -239,6 +282,11 @@ func (m *fwMaps) Close() error {
 		m.FwCounters,
 		m.FwFlowCache,
 		m.FwIfZone,
+		m.FwMirrorCounts,
+		m.FwMirrorOn,
+		m.FwMirrorOut,
+		m.FwMirrorPairs,
+		m.FwMirrorRules,
 		m.FwPairs,
 		m.FwRules,
 		m.FwSessionsV4,
@@ -258,12 +306,14 @@ type fwVariables struct {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwPrograms struct {
-	XdpFw *ebpf.Program `ebpf:"xdp_fw"`
+	XdpFw       *ebpf.Program `ebpf:"xdp_fw"`
+	XdpFwMirror *ebpf.Program `ebpf:"xdp_fw_mirror"`
 }
 
 func (p *fwPrograms) Close() error {
 	return _FwClose(
 		p.XdpFw,
+		p.XdpFwMirror,
 	)
 }
 

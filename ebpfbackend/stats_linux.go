@@ -15,6 +15,9 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 )
 
+// kindHashOfMaps has no dataplane constant: only this backend has one.
+const kindHashOfMaps = "hash_of_maps"
+
 // Indexes into counterNames used by the Go side.
 const (
 	cntSessionHit   = 15
@@ -65,6 +68,11 @@ func (o *fwObjects) named() []namedMap {
 		{"fw_tx_ports", o.FwTxPorts},
 		{"fw_counters", o.FwCounters},
 		{"fw_flow_cache", o.FwFlowCache},
+		{"fw_mirror_rules", o.FwMirrorRules},
+		{"fw_mirror_counts", o.FwMirrorCounts},
+		{"fw_mirror_out", o.FwMirrorOut},
+		{"fw_mirror_pairs", o.FwMirrorPairs},
+		{"fw_mirror_on", o.FwMirrorOn},
 	}
 }
 
@@ -84,6 +92,8 @@ func kindOf(t ebpf.MapType) string {
 		return dataplane.KindLPMTrie
 	case ebpf.DevMap, ebpf.DevMapHash:
 		return dataplane.KindDevMap
+	case ebpf.HashOfMaps:
+		return kindHashOfMaps
 	}
 	return t.String()
 }
@@ -183,6 +193,11 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 			rep.Counters = append(rep.Counters, dataplane.Counter{Name: "xdp_generic_mode", Scope: name, Detail: true, Value: 1})
 		}
 	}
+	mc, err := b.mirrorCounters(b.objs)
+	if err != nil {
+		return rep, err
+	}
+	rep.Counters = append(rep.Counters, mc...)
 	rep.Counters = append(rep.Counters,
 		dataplane.Counter{Name: "sessions_reaped", Scope: "global", Value: b.reaped.Load()},
 		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached))},

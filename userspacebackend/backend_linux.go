@@ -59,6 +59,14 @@ type Options struct {
 	// lazily, when a lookup finds them).
 	SessionExpireInterval time.Duration
 
+	// MirrorReserve is the mirror budget of every mirror output binding:
+	// UMEM frames added to its socket that only port-mirror clones use, so
+	// the frames clones hold at once never exceed it and never come from
+	// the frames RX and forwarding use. 0 means DefaultMirrorReserve on a
+	// managed interface and half the TX ring on a SPAN port (a mirror
+	// output that is not a managed interface).
+	MirrorReserve uint32
+
 	// testTXRing overrides the TX (and completion) ring size, so a test
 	// can make egress much slower than ingress.
 	testTXRing uint32
@@ -90,8 +98,12 @@ type Backend struct {
 	ringSize uint32
 	gen      uint64
 	watch    *linkWatch
-	hkStop   chan struct{}
-	hkDone   chan struct{}
+	// spans are the TX-only ports of mirror outputs that are not managed
+	// interfaces; mirrorCnt the rules' counters, by scope.
+	spans     map[string]*port
+	mirrorCnt map[string]*mirrorCounters
+	hkStop    chan struct{}
+	hkDone    chan struct{}
 	// flowCache is the per-worker flow cache size for workers started
 	// from now on.
 	flowCache atomic.Uint32
@@ -269,6 +281,14 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 	var plans []portPlan
 	var started []*binding // new bindings whose workers start after the commit
+	var mplans []mirrorPlan
+	var spans map[string]*port
+	outputs := map[string]bool{}
+	for _, r := range cfg.PortMirroring {
+		if _, ok := byName[r.Output]; ok {
+			outputs[r.Output] = true
+		}
+	}
 	err = netnsutil.Do(b.opts.NetNS, func() error {
 		for _, it := range ifaces {
 			p := b.ports[it.name]
@@ -300,6 +320,9 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 					continue
 				}
 				bd := newBinding(b, p, q, xo)
+				if outputs[it.name] {
+					bd.mirrorReserve.Store(b.mirrorReserve())
+				}
 				if it.up {
 					if err := bd.open(); err != nil {
 						return fmt.Errorf("bind %s queue %d: %w", it.name, q, err)
@@ -311,7 +334,9 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			}
 			plans = append(plans, pl)
 		}
-		return nil
+		var err error
+		mplans, spans, err = b.planMirrors(cfg, byName, &res, xo, &undo, &started)
+		return err
 	})
 	if err != nil {
 		return fail(err)
@@ -337,7 +362,28 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		next[pl.p.name] = pl.p
 	}
 	b.flowCache.Store(cfg.Tables.FlowCacheOrDefault())
-	b.snap.Store(newSnapshot(gen, pol, plans, nt, sessions, rt, int(u.BatchOrDefault())))
+	ns := newSnapshot(gen, pol, plans, nt, sessions, rt, int(u.BatchOrDefault()))
+	b.attachMirrors(ns, mplans, spans)
+	// A kept binding of a port that just became a mirror output has no
+	// mirror pool: its worker reopens the socket with one (clones count
+	// as no_frame meanwhile; the queue drops at the shim for the moment
+	// the socket is down, as in a link flap).
+	for i, r := range cfg.PortMirroring {
+		for _, pl := range plans {
+			if pl.p.name != r.Output {
+				continue
+			}
+			for _, bd := range pl.bindings {
+				if bd.mirrorReserve.Load() == 0 {
+					bd.mirrorReserve.Store(b.mirrorReserve())
+					bd.rebindReq.Store(true)
+					res.Warnings = append(res.Warnings, dataplane.Warning{Field: fmt.Sprintf("port_mirroring[%d].output", i),
+						Message: fmt.Sprintf("%s becomes a mirror output: its socket is reopened to carve the mirror budget", bd.name)})
+				}
+			}
+		}
+	}
+	b.snap.Store(ns)
 	b.epoch.Add(1)
 	b.gen = gen
 	for _, bd := range started {
@@ -354,6 +400,12 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			retire = append(retire, bd)
 		}
 	}
+	for name, sp := range b.spans {
+		if spans[name] != sp {
+			retire = append(retire, sp.bindings[0])
+		}
+	}
+	b.spans = spans
 	for _, bd := range retire {
 		bd.retire()
 	}
@@ -524,6 +576,10 @@ func (b *Backend) pollLinks() {
 			}
 			p.setLink(linkUsable(lk.Attrs()))
 		}
+		for _, p := range s.spans {
+			lk, err := netlink.LinkByIndex(p.ifindex)
+			p.setLink(err == nil && linkUsable(lk.Attrs()))
+		}
 		if local, err := localAddrs(); err == nil {
 			for _, p := range s.ports {
 				_ = p.shim.SetLocalAddrs(local)
@@ -600,6 +656,10 @@ func (b *Backend) Close() error {
 			bd.retire()
 		}
 	}
+	for _, sp := range b.spans {
+		sp.bindings[0].retire()
+	}
+	b.spans = nil
 	for name, p := range b.ports {
 		if err := p.shim.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach shim from %s: %w", name, err))

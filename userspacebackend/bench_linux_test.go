@@ -293,3 +293,55 @@ func BenchmarkResourceStatsPolledDuringForwarding(b *testing.B) {
 	b.ReportMetric((quiet-polled)/quiet*100, "cost-%")
 	b.ReportMetric(float64(polls.Load()), "polls")
 }
+
+// BenchmarkMirrorForwarding: primary forwarding of 64-byte UDP frames
+// client -> server, in one run on one lab, without mirroring and with every
+// frame of the client side mirrored (rate 1) to a SPAN port whose peer
+// drops them. Reports both rates at the server, their ratio, and the share
+// of frames the sink received.
+func BenchmarkMirrorForwarding(b *testing.B) {
+	const perRun = 1 << 19
+	e := newLabEnvWith(b, sinkPort, &netlab.Options{MirrorSink: true})
+	l := e.l
+	sink, err := netlab.AttachCounter(l.Sink, l.SinkIf, &netlab.CounterOptions{Proto: 17, DstPort: sinkPort, Drop: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	ctx := context.Background()
+	be := newBackend(b, e, nil, sinkConfig(l))
+	frame := floodFrame(l, 40000)
+	floodPPS(b, e, frame, 1000)
+	var plain, mirrored, sunk, sent float64
+	var drops [numMirror]float64
+	b.ResetTimer()
+	for range b.N {
+		plain += floodPPS(b, e, frame, perRun)
+		if _, err := be.Apply(ctx, mirrorConfig(l, 1)); err != nil {
+			b.Fatal(err)
+		}
+		floodPPS(b, e, frame, 1000)
+		s0 := sinkCount(b, sink)
+		before := sinkCount(b, e.serverCnt)
+		c0 := mirrorStats(b, be, l.FwClientIf, l.FwSinkIf)
+		mirrored += floodPPS(b, e, frame, perRun)
+		sunk += float64(sinkCount(b, sink) - s0)
+		sent += float64(sinkCount(b, e.serverCnt) - before)
+		c1 := mirrorStats(b, be, l.FwClientIf, l.FwSinkIf)
+		for i := range drops {
+			drops[i] += float64(c1[i] - c0[i])
+		}
+		if _, err := be.Apply(ctx, sinkConfig(l)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	n := float64(b.N)
+	b.ReportMetric(plain/n, "plain-pps")
+	b.ReportMetric(mirrored/n, "mirrored-pps")
+	b.ReportMetric(mirrored/plain, "mirrored/plain")
+	b.ReportMetric(sunk/sent, "sink/forwarded")
+	for _, i := range []int{mDropNoFrame, mDropTXFull, mDropBusy} {
+		b.ReportMetric(drops[i]/drops[mSelected], mirrorNames[i][len("mirror_dropped_"):]+"/selected")
+	}
+}

@@ -30,9 +30,11 @@ var stateNames = [...]string{"down", "up", "failed", "stopped"}
 // Every datapath call on the socket (xsk.Binding is single-producer,
 // single-consumer per ring) happens under mu: the owner takes it twice per
 // batch (receive; release and refill), and a worker forwarding into this
-// binding takes it once per batch to allocate, copy and transmit. Only the
-// owner closes or replaces the socket, so the owner may read its received
-// frames without holding mu.
+// binding takes it once per batch to allocate, copy and transmit (a worker
+// mirroring into it only tries: TryLock). Only the owner closes or
+// replaces the socket, so the owner may read its received frames without
+// holding mu; a SPAN binding's owner also kicks without it (xsk Kick is
+// safe concurrently with the producer).
 type binding struct {
 	be    *Backend
 	port  *port
@@ -48,6 +50,16 @@ type binding struct {
 	live  atomic.Pointer[xsk.Binding]
 	state atomic.Int32
 	fc    atomic.Pointer[flowcache.Cache]
+
+	// span marks a TX-only binding of a mirror output that is not a
+	// managed interface: no shim, and its worker only reaps and kicks.
+	span bool
+	wake chan struct{} // span: producers' nudge to kick (capacity 1)
+	// mirrorReserve is the mirror pool size the next socket is opened
+	// with; rebindReq asks the worker to reopen its socket (to carve a
+	// pool for a port that became a mirror output).
+	mirrorReserve atomic.Uint32
+	rebindReq     atomic.Bool
 
 	stopReq atomic.Bool
 	started bool
@@ -71,6 +83,7 @@ func (bd *binding) open() error {
 	err := netnsutil.Do(bd.be.opts.NetNS, func() error {
 		var err error
 		o := bd.xo
+		o.MirrorFrames = bd.mirrorReserve.Load()
 		xb, err = xsk.Open(bd.port.ifindex, bd.queue, &o)
 		return err
 	})
@@ -143,6 +156,7 @@ const (
 	exitStop exitReason = iota
 	exitLinkDown
 	exitPanic
+	exitRebind
 )
 
 // testHook, when set by a test, runs at the top of every worker loop
@@ -181,7 +195,7 @@ func (bd *binding) run() {
 		case exitLinkDown:
 			bd.cnt[cLinkDown].Add(1)
 			bd.closeSocket()
-		case exitPanic:
+		case exitPanic, exitRebind:
 			bd.closeSocket()
 		}
 	}

@@ -58,6 +58,59 @@
 // did, and completions are reaped on every loop by both the owner and
 // every producer.
 //
+// # Port mirroring
+//
+// A rule (dataplane.MirrorRule) clones what arrives on a managed Input to
+// Output. The ingress worker selects frames per batch (rate 0/1: all; N:
+// every Nth frame its binding receives, a plain counter in the worker) and
+// clones them before classifying the batch, so a clone is the whole L2
+// frame as received: before the TTL decrement and the MAC rewrite, an
+// 802.1Q/802.1ad tag included (the forwarded copy leaves untagged). Every
+// IP frame the shim steers to the socket is mirrored, whatever the policy
+// then decides (a denied frame is mirrored too); frames the shim passes to
+// the kernel (ARP, neighbour discovery, the firewall's own traffic) are
+// not, as they never reach the dataplane.
+//
+// Output is either a managed interface (its bindings carry the clones; the
+// ingress queue picks the egress queue as for forwarding) or any other
+// interface of the namespace, a SPAN port: it gets a TX-only binding on
+// queue 0, with no shim. The kernel still needs a fill and a completion
+// ring to bind a UMEM (xsk_validate_queues), so the binding has a 64-slot
+// fill/RX pair that nothing ever fills. An Output not found at Apply is
+// skipped with a dataplane.Warning (port_mirroring[i].output) and the rest
+// applies. A SPAN binding follows its link like any other, and is retired
+// when no rule names it.
+//
+// Budget: clones are copied into a separate pool of UMEM frames of the
+// output binding (xsk Options.MirrorFrames, added to the UMEM, never in
+// the fill ring or the free stack forwarding uses), so they can never take
+// a frame RX or forwarding needs, and each clone is counted once, in its
+// real state, in the umem_frames breakdown (which still sums to the
+// capacity). Options.MirrorReserve sizes the pool: 256 frames by default
+// on a managed output (which also bounds the TX ring slots clones can hold
+// there to an eighth of the default ring), half the TX ring on a SPAN
+// port. A managed port that becomes an output after its sockets were
+// opened has them reopened once, with a pool (a warning says so).
+//
+// Backpressure: a clone never waits. The output binding's lock is taken
+// with TryLock: its holders are the output's own worker and the workers
+// forwarding into it, and waiting for them would put the mirror port's
+// load on the mirrored ingress's primary path; a second, bounded queue
+// per (ingress, output) would need a copy or a frame-return path and a
+// second ledger. On a SPAN port the ingress worker only queues the clones
+// on the TX ring (Enqueue) and nudges the SPAN binding's own worker, which
+// makes the sendto outside the lock (xsk Kick is safe concurrently with
+// the producer), so the kernel's copy-mode TX work for clones is not done
+// on the primary path either, and the lock is held only for ring updates.
+// On a managed output the clones ride that port's Transmit and kick.
+// Every selected frame ends up in exactly one counter of its rule (scope
+// "mirror <input>-><output>"): mirrored_packets (queued on the TX ring;
+// mirrored_bytes with it) or mirror_dropped_{no_frame (pool exhausted),
+// tx_full, output_not_bound (no socket), output_down (link down),
+// output_busy (the output's lock was held)}; mirror_selected counts them
+// all. A link down on the mirror port, or a port too slow for the clones,
+// costs clones, counted, never primary frames.
+//
 // # Failures
 //
 // A panicking worker is recovered, counted (worker_panics, per binding and
@@ -107,8 +160,8 @@
 //   - A missing interface, or a queue an interface does not have: a
 //     *dataplane.ConfigError naming interfaces[i].name or
 //     userspace.queues[j].
-//   - A config needing features this backend lacks (port mirroring,
-//     mirror sampling, static routes) or an unsupported size change: a
+//   - A config needing features this backend lacks (static routes) or an
+//     unsupported size change: a
 //     *dataplane.NotSupportedError listing every reason (Supported lists
 //     the features).
 //   - After Close: dataplane.ErrClosed.

@@ -8,9 +8,9 @@ import (
 
 // Supported lists the config features this backend implements. Anything a
 // config needs beyond these is refused by Apply with a
-// *dataplane.NotSupportedError (fail closed): port mirroring and static
-// routes are not implemented yet (egress comes from the host's routing
-// table, as in the eBPF backend).
+// *dataplane.NotSupportedError (fail closed): static routes are not
+// implemented (egress comes from the host's routing table, as in the eBPF
+// backend).
 func Supported() []dataplane.Feature {
 	return []dataplane.Feature{
 		dataplane.FeatureIPv4Forwarding,
@@ -18,6 +18,8 @@ func Supported() []dataplane.Feature {
 		dataplane.FeatureStatefulPolicy,
 		dataplane.FeaturePortPolicy,
 		dataplane.FeatureQueueSelection,
+		dataplane.FeaturePortMirroring,
+		dataplane.FeatureMirrorSampling,
 	}
 }
 
@@ -29,9 +31,7 @@ func unsupported(cfg *dataplane.Config) []string {
 		have[f] = true
 	}
 	why := map[dataplane.Feature]string{
-		dataplane.FeatureStaticRoutes:   "forwarding.routes: static routes are not implemented by the userspace backend (it forwards with the host's routing table; add the routes to the host)",
-		dataplane.FeaturePortMirroring:  "port_mirroring: not implemented by the userspace backend yet",
-		dataplane.FeatureMirrorSampling: "port_mirroring[].rate: mirror sampling is not implemented by the userspace backend yet",
+		dataplane.FeatureStaticRoutes: "forwarding.routes: static routes are not implemented by the userspace backend (it forwards with the host's routing table; add the routes to the host)",
 	}
 	var reasons []string
 	for _, f := range cfg.Features() {

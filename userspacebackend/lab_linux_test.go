@@ -48,8 +48,14 @@ type labEnv struct {
 // flood never reaches the server's stack.
 func newLabEnv(t testing.TB, sinkPort uint16) *labEnv {
 	t.Helper()
+	return newLabEnvWith(t, sinkPort, nil)
+}
+
+// newLabEnvWith is newLabEnv with lab options (e.g. a mirror sink).
+func newLabEnvWith(t testing.TB, sinkPort uint16, lo *netlab.Options) *labEnv {
+	t.Helper()
 	testutil.Privileged(t, testutil.NeedBPF, testutil.NeedNetNS)
-	l := netlab.NewT(t, nil)
+	l := netlab.NewT(t, lo)
 	ctx := context.Background()
 	if err := l.ResolveNeighbors(ctx); err != nil {
 		t.Fatalf("resolve neighbours: %v", err)
@@ -364,8 +370,8 @@ func TestIntegrationBadConfigKeepsForwarding(t *testing.T) {
 	unsup.Policies = nil
 	_, err = b.Apply(ctx, unsup)
 	var nse *dataplane.NotSupportedError
-	if !errors.Is(err, dataplane.ErrNotSupported) || !errors.As(err, &nse) || len(nse.Reasons) != 4 {
-		t.Fatalf("unsupported features: want 4 reasons (mirroring, sampling, routes, table size), got %v", err)
+	if !errors.Is(err, dataplane.ErrNotSupported) || !errors.As(err, &nse) || len(nse.Reasons) != 2 {
+		t.Fatalf("unsupported features: want 2 reasons (routes, table size), got %v", err)
 	}
 
 	for _, dst := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {

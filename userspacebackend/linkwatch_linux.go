@@ -50,7 +50,7 @@ func (w *linkWatch) run(b *Backend) {
 			if s == nil || u.Link == nil {
 				continue
 			}
-			if p := s.port(int(u.Index)); p != nil {
+			if p := s.linkPort(int(u.Index)); p != nil {
 				p.setLink(u.Header.Type != 17 /* RTM_DELLINK */ && linkUsable(u.Link.Attrs()))
 			}
 		case _, ok := <-addrs:

@@ -55,6 +55,12 @@ type snapshot struct {
 	sessions  *session.Table
 	router    router
 	batch     int
+	// mirrors maps a mirrored ingress ifindex to its rule; mirrorList
+	// has the same rules in config order. spans are mirror outputs that
+	// are not managed interfaces (TX-only bindings).
+	mirrors    map[int]*mirrorView
+	mirrorList []*mirrorView
+	spans      []*portView
 }
 
 func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table, st *session.Table, rt router, batch int) *snapshot {
@@ -97,11 +103,28 @@ func (s *snapshot) port(ifindex int) *portView {
 	return nil
 }
 
-// bindings lists every binding of the generation.
+// bindings lists every binding of the generation, SPAN ones last.
 func (s *snapshot) bindings() []*binding {
 	var out []*binding
 	for _, p := range s.ports {
 		out = append(out, p.txq...)
 	}
+	for _, p := range s.spans {
+		out = append(out, p.txq...)
+	}
 	return out
+}
+
+// linkPort returns the managed or SPAN port with that ifindex, or nil:
+// the ports whose link state the workers follow.
+func (s *snapshot) linkPort(ifindex int) *portView {
+	if p := s.port(ifindex); p != nil {
+		return p
+	}
+	for _, p := range s.spans {
+		if p.ifindex == ifindex {
+			return p
+		}
+	}
+	return nil
 }

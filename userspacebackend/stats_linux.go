@@ -138,6 +138,16 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 			Capacity: uint64(s.neigh.ShardCapacity(i)), Used: dataplane.Uint64(uint64(s.neigh.ShardUsed(i))), Method: dataplane.MethodCounter})
 	}
 
+	stmap := make(map[*binding]xsk.Stats, len(bs))
+	for _, x := range bs {
+		if x.ok {
+			stmap[x.bd] = x.st
+		}
+	}
+	mres, mcnt := mirrorRows(s, stmap)
+	rep.Resources = append(rep.Resources, mres...)
+	rep.Counters = append(rep.Counters, mcnt...)
+
 	// Counters: datapath (retired bindings included), kernel, shim.
 	var sums [numCounters]uint64
 	for i := range sums {

@@ -319,6 +319,15 @@ func TestIntegrationWorkerPanic(t *testing.T) {
 	for !fired.Load() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The binding is still "up" for a moment after the panic, until the
+	// worker has torn the socket down; wait for the rebind it then makes,
+	// or the datagram below meets the shim with no socket (fail closed).
+	for time.Now().Before(deadline) {
+		if v, _ := report(t, b).Counter("rebinds", l.FwClientIf+"/q0"); v >= 1 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	waitState(t, b, l.FwClientIf, stateUp)
 	if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {
 		t.Errorf("after the panic: %v", err)

@@ -34,6 +34,11 @@ type worker struct {
 	done  []bool
 	info  pkt.Info
 	c     [numCounters]uint64
+	// Port mirroring: the 1-in-N counter, and scratch for the selected
+	// frames and their clones.
+	mseq uint64
+	msel []int
+	mtx  []xsk.Desc
 }
 
 func newWorker(bd *binding) *worker {
@@ -46,6 +51,8 @@ func newWorker(bd *binding) *worker {
 		fwds:  make([]fwd, 0, n),
 		group: make([]fwd, 0, n),
 		done:  make([]bool, n),
+		msel:  make([]int, 0, n),
+		mtx:   make([]xsk.Desc, 0, n),
 	}
 }
 
@@ -63,6 +70,9 @@ func (w *worker) loop() (reason exitReason) {
 			reason = exitPanic
 		}
 	}()
+	if w.bd.span {
+		return w.spanLoop()
+	}
 	idle := 0
 	for {
 		if w.bd.stopReq.Load() {
@@ -70,6 +80,9 @@ func (w *worker) loop() (reason exitReason) {
 		}
 		if !w.bd.port.linkUp.Load() {
 			return exitLinkDown
+		}
+		if w.bd.rebindReq.Swap(false) {
+			return exitRebind
 		}
 		if h := testHook.Load(); h != nil {
 			(*h)(w.bd)
@@ -135,6 +148,12 @@ func (w *worker) iterate() bool {
 func (w *worker) process(snap *snapshot, epoch uint64, xb *xsk.Binding, batch []xsk.Desc) {
 	now := w.bd.be.now()
 	in := w.bd.port.ifindex
+	if snap.mirrors != nil {
+		// Before classify: it decrements the TTL in place.
+		if mv := snap.mirrors[in]; mv != nil {
+			w.mirror(mv, xb, batch)
+		}
+	}
 	w.fwds = w.fwds[:0]
 	for i, d := range batch {
 		frame := xb.Frame(d)

@@ -184,4 +184,46 @@ struct fw_flow {
 	__u8 pad[2];
 };
 
+/* Port mirroring. A rule is keyed by its ingress ifindex; stats are per
+ * rule index (FW_MAX_MIRRORS) and per CPU, so the datapath takes no atomic. */
+#define FW_MAX_MIRRORS FW_MAX_IFACES
+/* The mirror clone restores this many leading bytes of the received frame
+ * from XDP metadata (the kernel's limit for metadata is 32 bytes). Every
+ * byte the primary rewrite changes (MACs, the VLAN tag it removes, TTL or
+ * hop limit, IPv4 checksum) lies within them. */
+#define FW_MIRROR_META 32
+
+struct fw_mirror_cfg {
+	__u32 out_ifindex;
+	__u32 rate;  /* 0 and 1: every packet */
+	__u32 index; /* into fw_mirror_stats */
+	__u32 up;    /* output link up (IFF_UP and carrier), kept by Go */
+};
+
+/* Per CPU and rule. Every sampled packet ends in exactly one of mirrored or
+ * a not_* reason; sampled-out packets are in none of them. */
+struct fw_mirror_stats {
+	__u64 countdown;       /* sampling: packets until the next sampled one */
+	__u64 seen;            /* packets that arrived on the input */
+	__u64 mirrored;        /* clones handed to the output's devmap */
+	__u64 mirrored_bytes;
+	__u64 not_output_down; /* output down: no clone made */
+	__u64 not_passed;      /* handed to the kernel stack (XDP_PASS): not cloned */
+	__u64 not_short;       /* shorter than FW_MIRROR_META, or no room for metadata */
+	__u64 not_other;       /* redirect failed, frame already rewritten, no pair map */
+};
+
+/* The kernel's struct bpf_devmap_val (ifindex, then a program fd on update,
+ * its id on lookup), spelled out so that its BTF is complete. */
+struct fw_devmap_val {
+	__u32 ifindex;
+	__u32 prog;
+};
+
+/* Key of fw_mirror_pairs: the broadcast devmap for one (egress, output). */
+struct fw_pair_key {
+	__u32 egress;
+	__u32 output;
+};
+
 #endif /* FW_COMMON_H */

@@ -40,8 +40,13 @@ type Binding struct {
 
 	// Datapath-only state (the worker goroutine).
 	freeStack []uint64 // frame base addresses
-	state     []uint8  // per frame, for ownership checks
-	ledger    ledger
+	// mirrorStack is the mirror pool's free frames: the last o.mirror
+	// frames of the UMEM, which only AllocMirror hands out.
+	mirrorStack []uint64
+	mirrorStart uint32 // index of the first mirror frame
+	mirrorFree  atomic.Uint32
+	state       []uint8 // per frame, for ownership checks
+	ledger      ledger
 
 	// Cumulative counters, readable concurrently.
 	received, transmitted, completed, kicks, kickErrs, badDescs atomic.Uint64
@@ -139,10 +144,16 @@ func Open(ifindex, queue int, opts *Options) (_ *Binding, err error) {
 	// Every frame starts free, then the fill ring is primed, so the shim
 	// never sees a ready socket that has nowhere to put a frame.
 	b.state = make([]uint8, o.frames)
-	b.freeStack = make([]uint64, 0, o.frames)
-	for i := int(o.frames) - 1; i >= 0; i-- {
+	b.mirrorStart = o.frames - o.mirror
+	b.freeStack = make([]uint64, 0, b.mirrorStart)
+	for i := int(b.mirrorStart) - 1; i >= 0; i-- {
 		b.freeStack = append(b.freeStack, uint64(i)*uint64(o.frameSize))
 	}
+	b.mirrorStack = make([]uint64, 0, o.mirror)
+	for i := int(o.frames) - 1; i >= int(b.mirrorStart); i-- {
+		b.mirrorStack = append(b.mirrorStack, uint64(i)*uint64(o.frameSize))
+	}
+	b.mirrorFree.Store(o.mirror)
 	b.ledger.counts[stFree].Store(o.frames)
 	b.Refill()
 
@@ -291,6 +302,14 @@ func (b *Binding) Release(descs []Desc) error {
 			break
 		}
 		base := uint64(idx) * uint64(b.o.frameSize)
+		if idx >= b.mirrorStart {
+			// A mirror clone that was not sent: back to its own pool.
+			b.mirrorStack = append(b.mirrorStack, base)
+			b.mirrorFree.Add(1)
+			b.state[idx] = stFree
+			toFree++
+			continue
+		}
 		if toFill < slots {
 			addrs[(b.fill.local+toFill)&b.fill.mask] = base
 			b.state[idx] = stKernRX
@@ -358,6 +377,22 @@ func (b *Binding) AllocTX() (Desc, bool) {
 	return Desc{Addr: a, Len: b.o.frameSize}, true
 }
 
+// AllocMirror takes a frame from the mirror pool (Options.MirrorFrames),
+// never from the frames RX and AllocTX use; false when the pool is empty.
+// The frame is then the caller's like one from AllocTX: Transmit it or
+// Release it (either way it returns to the mirror pool once done).
+func (b *Binding) AllocMirror() (Desc, bool) {
+	if b.closed.Load() || len(b.mirrorStack) == 0 {
+		return Desc{}, false
+	}
+	a := b.mirrorStack[len(b.mirrorStack)-1]
+	b.mirrorStack = b.mirrorStack[:len(b.mirrorStack)-1]
+	b.mirrorFree.Add(^uint32(0))
+	b.state[a/uint64(b.o.frameSize)] = stApp
+	b.ledger.move(stFree, stApp, 1)
+	return Desc{Addr: a, Len: b.o.frameSize}, true
+}
+
 // Transmit queues descs (frames the caller owns: received or allocated) on
 // the TX ring and kicks the kernel. It never blocks: it queues what fits and
 // returns how many it queued; the rest stay the caller's. Queued frames
@@ -368,6 +403,19 @@ func (b *Binding) AllocTX() (Desc, bool) {
 // ErrLinkDown means the interface is down; ErrFrameState a descriptor the
 // caller does not own (nothing from it on is queued).
 func (b *Binding) Transmit(descs []Desc) (queued int, err error) {
+	queued, err = b.Enqueue(descs)
+	if errors.Is(err, ErrClosed) {
+		return queued, err
+	}
+	if kerr := b.Kick(); kerr != nil {
+		err = errors.Join(err, kerr)
+	}
+	return queued, err
+}
+
+// Enqueue is Transmit without the kick: the frames wait in the TX ring for
+// a Kick, which another goroutine may make (see Kick).
+func (b *Binding) Enqueue(descs []Desc) (queued int, err error) {
 	if b.closed.Load() {
 		return 0, ErrClosed
 	}
@@ -390,10 +438,27 @@ func (b *Binding) Transmit(descs []Desc) (queued int, err error) {
 		b.ledger.move(stApp, stKernTX, q)
 		b.transmitted.Add(uint64(q))
 	}
-	if kerr := b.Kick(); kerr != nil {
-		err = errors.Join(err, kerr)
-	}
 	return int(q), err
+}
+
+// TXPending reports whether the TX ring holds frames the kernel has not
+// taken yet. It reads only the shared ring indexes, so any goroutine may
+// call it (not concurrently with Close).
+func (b *Binding) TXPending() bool {
+	if b.closed.Load() {
+		return false
+	}
+	return atomic.LoadUint32(b.tx.prod) != atomic.LoadUint32(b.tx.cons)
+}
+
+// TXConsumed is the kernel's TX consumer index: how many descriptors it
+// has taken off the TX ring since Open, modulo 2^32. Like TXPending, any
+// goroutine may read it.
+func (b *Binding) TXConsumed() uint32 {
+	if b.closed.Load() {
+		return 0
+	}
+	return atomic.LoadUint32(b.tx.cons)
 }
 
 // maxKicks bounds one Kick: copy mode sends at most 32 frames (or
@@ -408,12 +473,18 @@ const maxKicks = 256
 // frames left, and panics on every errno but EINTR/EAGAIN/EBUSY — including
 // ENETDOWN and ENOBUFS when a link goes down. Here those come back as
 // ErrLinkDown. With need_wakeup the kernel says whether it needs the kick.
+//
+// Kick is the one datapath call that may run concurrently with the
+// goroutine producing TX (Transmit, Enqueue): it reads only the shared
+// ring indexes, and the kernel serialises sendto on a socket. So a
+// binding's owner can leave the sendto to no lock its producers take. It
+// must not run concurrently with Close.
 func (b *Binding) Kick() error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
 	for i := 0; i < maxKicks; i++ {
-		pending := b.tx.local - atomic.LoadUint32(b.tx.cons)
+		pending := atomic.LoadUint32(b.tx.prod) - atomic.LoadUint32(b.tx.cons)
 		if pending == 0 || (b.needWakeup && !b.tx.needWakeup()) {
 			return nil
 		}
@@ -462,7 +533,12 @@ func (b *Binding) Complete() int {
 			continue
 		}
 		b.state[idx] = stFree
-		b.freeStack = append(b.freeStack, uint64(idx)*uint64(b.o.frameSize))
+		if idx >= b.mirrorStart {
+			b.mirrorStack = append(b.mirrorStack, uint64(idx)*uint64(b.o.frameSize))
+			b.mirrorFree.Add(1)
+		} else {
+			b.freeStack = append(b.freeStack, uint64(idx)*uint64(b.o.frameSize))
+		}
 		good++
 	}
 	b.comp.local += n
@@ -556,6 +632,11 @@ type Stats struct {
 	BadDescs uint64
 	// BindRetries is how many times Open retried an EBUSY bind.
 	BindRetries int
+	// MirrorFrames is the mirror pool's size (Options.MirrorFrames) and
+	// MirrorFree how many of its frames are free; the others are in
+	// flight and counted in Frames under their state (App, TXRing,
+	// Completion), like any frame.
+	MirrorFrames, MirrorFree uint32
 }
 
 // Stats returns a snapshot. It is safe to call from any goroutine while the
@@ -575,7 +656,8 @@ func (b *Binding) Stats() (Stats, error) {
 		Fill: b.fill.stats(), RX: b.rx.stats(), TX: b.tx.stats(), Completion: b.comp.stats(),
 		Received: b.received.Load(), Transmitted: b.transmitted.Load(), Completed: b.completed.Load(),
 		Kicks: b.kicks.Load(), KickErrors: b.kickErrs.Load(), BadDescs: b.badDescs.Load(),
-		BindRetries: b.bindRetries,
+		BindRetries:  b.bindRetries,
+		MirrorFrames: b.o.mirror, MirrorFree: b.mirrorFree.Load(),
 	}
 	c := b.ledger.snapshot()
 	// The ledger knows how many frames the kernel holds for RX and for TX;

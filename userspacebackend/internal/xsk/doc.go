@@ -30,13 +30,23 @@
 // Transmit; a worker loop is Receive, process, Release/Transmit, Complete,
 // Refill.
 //
+// [Options.MirrorFrames] adds a separate pool of frames to the UMEM that
+// only [Binding.AllocMirror] hands out (port-mirror clones): they never
+// enter the fill ring or the free stack [Binding.AllocTX] uses, return to
+// the pool after Complete or Release, and are counted in FrameStats like
+// any frame (free while in the pool). [Binding.Enqueue] is Transmit
+// without the kick.
+//
 // # Concurrency
 //
 // A Binding is used by one worker goroutine: the datapath methods must not
 // be called concurrently with each other or with Close. [Binding.Stats]
 // may be called from any goroutine at any time, including during Close: it
 // reads ring indexes atomically and frame states through a sequence counter
-// the worker bumps without ever waiting, so the worker takes no lock. A
+// the worker bumps without ever waiting, so the worker takes no lock.
+// [Binding.Kick], [Binding.TXPending] and [Binding.TXConsumed] read only
+// the shared ring indexes and may run concurrently with the producer (the
+// kernel serialises sendto), but not with Close. A
 // [Shim] is safe for concurrent use.
 //
 // # Errors

@@ -51,6 +51,11 @@ type Options struct {
 	// TXBudget raises how many frames the kernel sends per kick in copy mode
 	// (XDP_MAX_TX_SKB_BUDGET, default 32). 0 keeps the kernel default.
 	TXBudget uint32
+	// MirrorFrames adds that many frames to the UMEM as a separate pool
+	// only AllocMirror takes from (port-mirror clones). They never enter
+	// the fill ring or the free stack AllocTX uses, so clones cannot take
+	// a frame RX or forwarding needs. 0: no pool.
+	MirrorFrames uint32
 }
 
 // OptionsFrom derives Options from the backend-neutral userspace config.
@@ -61,7 +66,8 @@ func OptionsFrom(u dataplane.UserspaceOpts) *Options {
 // resolved are Options with every default applied and checked.
 type resolved struct {
 	fill, rx, tx, comp uint32
-	frames, frameSize  uint32
+	frames, frameSize  uint32 // frames includes mirror
+	mirror             uint32
 	bindTimeout        time.Duration
 	needWakeup, copy   bool
 	txBudget           uint32
@@ -90,6 +96,8 @@ func resolve(opts *Options) (resolved, error) {
 	if r.frames == 0 {
 		r.frames = r.fill + r.tx
 	}
+	r.mirror = o.MirrorFrames
+	r.frames += r.mirror
 	if r.frameSize == 0 {
 		r.frameSize = DefaultFrameSize
 	}

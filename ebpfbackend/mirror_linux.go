@@ -1,0 +1,393 @@
+package ebpfbackend
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/netnsutil"
+)
+
+// Limits of the mirroring maps (bpf/include/fw_common.h and bpf/xdp_fw.c).
+const (
+	maxMirrors     = 256       // FW_MAX_MIRRORS
+	maxMirrorPairs = 256 * 4   // fw_mirror_pairs max_entries
+	devmapValSize  = 8         // struct bpf_devmap_val: ifindex, program fd
+	bcastEgressKey = uint32(0) // broadcast devmap: egress gets the clone
+	bcastOutputKey = uint32(1) // and the output the original, restored
+)
+
+// mirrorRule is one resolved rule as the datapath runs it.
+type mirrorRule struct {
+	input, output string
+	in, out       uint32
+	rate          uint32
+	index         uint32 // into fw_mirror_counts
+}
+
+func (r mirrorRule) scope() string { return "mirror " + r.input + "->" + r.output }
+
+// identity is what keeps a rule's counters across Applies: a changed rule
+// starts from zero (and from a fresh sampling countdown).
+type mirrorIdentity struct {
+	in, out, rate uint32
+}
+
+// mirrors is the running mirroring state. Its mutex orders Apply's writes
+// against the link watcher's, so a rule's up flag is never stale.
+type mirrors struct {
+	mu    sync.Mutex
+	rules []mirrorRule
+	up    map[uint32]bool // output ifindex -> link usable
+	pairs map[fwFwPairKey]bool
+	outs  map[uint32]bool
+
+	stop chan struct{} // closes the link subscription
+	done chan struct{}
+}
+
+// mirrorPlan resolves the rules of cfg: outputs that do not exist are
+// skipped with a warning. Must run in the dataplane's namespace.
+func mirrorPlan(cfg *dataplane.Config, ifindex map[string]int) ([]mirrorRule, []dataplane.Warning) {
+	var rules []mirrorRule
+	var warns []dataplane.Warning
+	for i, r := range cfg.PortMirroring {
+		ifi, err := net.InterfaceByName(r.Output)
+		if err != nil {
+			warns = append(warns, dataplane.Warning{
+				Field:   fmt.Sprintf("port_mirroring[%d].output", i),
+				Message: fmt.Sprintf("output interface %q not found in the dataplane's network namespace: rule skipped", r.Output),
+			})
+			continue
+		}
+		rate := uint32(r.Rate)
+		if rate == 0 {
+			rate = 1
+		}
+		rules = append(rules, mirrorRule{input: r.Input, output: r.Output, in: uint32(ifindex[r.Input]), out: uint32(ifi.Index), rate: rate})
+	}
+	return rules, warns
+}
+
+// mirrorReasons says why cfg's mirroring does not fit the maps.
+func mirrorReasons(cfg *dataplane.Config, nIfaces int) []string {
+	outs := map[string]bool{}
+	for _, r := range cfg.PortMirroring {
+		outs[r.Output] = true
+	}
+	var why []string
+	if n := len(cfg.PortMirroring); n > maxMirrors {
+		why = append(why, fmt.Sprintf("port_mirroring: %d rules, the eBPF datapath holds %d", n, maxMirrors))
+	}
+	if n := nIfaces * len(outs); n > maxMirrorPairs {
+		why = append(why, fmt.Sprintf("port_mirroring: %d interfaces x %d distinct outputs = %d broadcast maps, the eBPF datapath holds %d", nIfaces, len(outs), n, maxMirrorPairs))
+	}
+	return why
+}
+
+// linkUsable is the datapath's "output up": administratively up with a
+// carrier. A veth whose peer is down has no carrier and drops what XDP
+// sends it; a device that is not up is skipped by the broadcast silently.
+func linkUsable(l netlink.Link) bool {
+	a := l.Attrs()
+	return a.Flags&net.FlagUp != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0
+}
+
+// applyMirrors makes rules the running mirroring. It is called after the
+// policy flip; on error mirroring is switched off (never left half
+// written) and the error returned.
+func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uint32) error {
+	m := b.mir
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	err := netnsutil.Do(b.opts.NetNS, func() error { return b.writeMirrors(objs, m, rules, egress) })
+	if err != nil {
+		_ = objs.FwMirrorOn.Update(uint32(0), uint32(0), ebpf.UpdateAny)
+		m.rules = nil
+		return fmt.Errorf("program port mirroring: %w", err)
+	}
+	if len(rules) > 0 && m.stop == nil {
+		if err := b.watchLinks(m); err != nil {
+			_ = objs.FwMirrorOn.Update(uint32(0), uint32(0), ebpf.UpdateAny)
+			m.rules = nil
+			return fmt.Errorf("watch mirror output links: %w", err)
+		}
+	}
+	return nil
+}
+
+// writeMirrors runs in the dataplane's namespace (devmaps resolve ifindexes
+// there) with m.mu held.
+func (b *Backend) writeMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule, egress []uint32) error {
+	// Keep the counters of unchanged rules; hand out free indexes to new ones.
+	old := map[mirrorIdentity]uint32{}
+	for _, r := range m.rules {
+		old[mirrorIdentity{r.in, r.out, r.rate}] = r.index
+	}
+	used := map[uint32]bool{}
+	for i := range rules {
+		if idx, ok := old[mirrorIdentity{rules[i].in, rules[i].out, rules[i].rate}]; ok {
+			rules[i].index = idx
+			used[idx] = true
+		} else {
+			rules[i].index = ^uint32(0)
+		}
+	}
+	next := uint32(0)
+	zero := make([]fwFwMirrorStats, ebpf.MustPossibleCPU())
+	for i := range rules {
+		if rules[i].index != ^uint32(0) {
+			continue
+		}
+		for used[next] {
+			next++
+		}
+		rules[i].index = next
+		used[next] = true
+		if err := objs.FwMirrorCounts.Update(next, zero, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("reset mirror counters: %w", err)
+		}
+	}
+
+	// Link state of every output, read now; the watcher keeps it current.
+	for _, r := range rules {
+		if _, ok := m.up[r.out]; ok {
+			continue
+		}
+		l, err := netlink.LinkByIndex(int(r.out))
+		m.up[r.out] = err == nil && linkUsable(l)
+	}
+
+	// Broadcast maps and drop-path outputs first: a rule must never name a
+	// pair that does not exist yet (the packet would then go out without
+	// its clone, counted as not_other).
+	wantPairs := map[fwFwPairKey]bool{}
+	wantOuts := map[uint32]bool{}
+	for _, r := range rules {
+		wantOuts[r.out] = true
+		for _, e := range egress {
+			wantPairs[fwFwPairKey{Egress: e, Output: r.out}] = true
+		}
+	}
+	for k := range wantPairs {
+		if m.pairs[k] {
+			continue
+		}
+		if err := b.addPair(objs, k); err != nil {
+			return err
+		}
+		m.pairs[k] = true
+	}
+	for o := range wantOuts {
+		if m.outs[o] {
+			continue
+		}
+		if err := objs.FwMirrorOut.Update(o, o, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("add mirror output %d to the devmap: %w", o, err)
+		}
+		m.outs[o] = true
+	}
+
+	wantRules := map[uint32]bool{}
+	for _, r := range rules {
+		wantRules[r.in] = true
+		v := fwFwMirrorCfg{OutIfindex: r.out, Rate: r.rate, Index: r.index}
+		if m.up[r.out] {
+			v.Up = 1
+		}
+		if err := objs.FwMirrorRules.Update(r.in, v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("write mirror rule: %w", err)
+		}
+	}
+	for _, r := range m.rules {
+		if !wantRules[r.in] {
+			if err := objs.FwMirrorRules.Delete(r.in); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete mirror rule: %w", err)
+			}
+		}
+	}
+	if err := objs.FwMirrorOn.Update(uint32(0), uint32(len(rules)), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("switch mirroring: %w", err)
+	}
+	m.rules = rules
+
+	// Retire what no rule names any more. A packet that read a deleted
+	// rule's output a moment ago finds no pair and goes out unmirrored.
+	for k := range m.pairs {
+		if !wantPairs[k] {
+			_ = objs.FwMirrorPairs.Delete(k)
+			delete(m.pairs, k)
+		}
+	}
+	for o := range m.outs {
+		if !wantOuts[o] {
+			_ = objs.FwMirrorOut.Delete(o)
+			delete(m.outs, o)
+		}
+	}
+	return nil
+}
+
+// addPair creates the broadcast devmap for one (egress, output).
+func (b *Backend) addPair(objs *fwObjects, k fwFwPairKey) error {
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fw_bcast", Type: ebpf.DevMap, KeySize: 4, ValueSize: devmapValSize, MaxEntries: 2})
+	if err != nil {
+		return fmt.Errorf("create broadcast devmap: %w", err)
+	}
+	// The outer map holds its own reference.
+	defer inner.Close()
+	type devmapVal struct {
+		Ifindex uint32
+		ProgFD  int32 // 0: no program
+	}
+	if err := inner.Update(bcastEgressKey, devmapVal{Ifindex: k.Egress}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add egress %d to broadcast devmap: %w", k.Egress, err)
+	}
+	if err := inner.Update(bcastOutputKey, devmapVal{Ifindex: k.Output, ProgFD: int32(objs.XdpFwMirror.FD())}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add mirror output %d to broadcast devmap: %w", k.Output, err)
+	}
+	if err := objs.FwMirrorPairs.Update(k, inner, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("add broadcast devmap: %w", err)
+	}
+	return nil
+}
+
+// watchLinks subscribes to link changes in the dataplane's namespace and
+// keeps every rule's up flag equal to its output's state. m.mu is held.
+func (b *Backend) watchLinks(m *mirrors) error {
+	ch := make(chan netlink.LinkUpdate, 64)
+	stop := make(chan struct{})
+	err := netnsutil.Do(b.opts.NetNS, func() error {
+		// The socket is created here, so it stays in this namespace.
+		return netlink.LinkSubscribeWithOptions(ch, stop, netlink.LinkSubscribeOptions{ListExisting: true})
+	})
+	if err != nil {
+		return err
+	}
+	m.stop, m.done = stop, make(chan struct{})
+	go func(done chan struct{}) {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case u, ok := <-ch:
+				if !ok {
+					return
+				}
+				up := u.Header.Type != unix.RTM_DELLINK && linkUsable(u.Link)
+				b.setLinkUp(m, uint32(u.Attrs().Index), up)
+			}
+		}
+	}(m.done)
+	return nil
+}
+
+func (b *Backend) setLinkUp(m *mirrors, idx uint32, up bool) {
+	b.mu.RLock()
+	objs := b.objs
+	b.mu.RUnlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if was, ok := m.up[idx]; ok && was == up {
+		return
+	}
+	m.up[idx] = up
+	if objs == nil {
+		return
+	}
+	for _, r := range m.rules {
+		if r.out != idx {
+			continue
+		}
+		v := fwFwMirrorCfg{OutIfindex: r.out, Rate: r.rate, Index: r.index}
+		if up {
+			v.Up = 1
+		}
+		// Best effort: the map is sized for every rule, so only a closed
+		// backend fails here.
+		_ = objs.FwMirrorRules.Update(r.in, v, ebpf.UpdateExist)
+	}
+}
+
+// stopWatch ends the link subscription; the caller does not hold m.mu.
+func (m *mirrors) stopWatch() {
+	m.mu.Lock()
+	stop, done := m.stop, m.done
+	m.stop, m.done = nil, nil
+	m.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
+}
+
+// mirrorCounters sums every rule's per-CPU counters.
+func (b *Backend) mirrorCounters(objs *fwObjects) ([]dataplane.Counter, error) {
+	m := b.mir
+	m.mu.Lock()
+	rules := append([]mirrorRule(nil), m.rules...)
+	up := map[uint32]bool{}
+	for k, v := range m.up {
+		up[k] = v
+	}
+	m.mu.Unlock()
+	var out []dataplane.Counter
+	for _, r := range rules {
+		var per []fwFwMirrorStats
+		if err := objs.FwMirrorCounts.Lookup(r.index, &per); err != nil {
+			return nil, fmt.Errorf("read mirror counters: %w", err)
+		}
+		var s fwFwMirrorStats
+		for _, c := range per {
+			s.Seen += c.Seen
+			s.Mirrored += c.Mirrored
+			s.MirroredBytes += c.MirroredBytes
+			s.NotOutputDown += c.NotOutputDown
+			s.NotPassed += c.NotPassed
+			s.NotShort += c.NotShort
+			s.NotOther += c.NotOther
+		}
+		var u uint64
+		if up[r.out] {
+			u = 1
+		}
+		sc := r.scope()
+		out = append(out,
+			dataplane.Counter{Name: "mirror_input_packets", Scope: sc, Value: s.Seen},
+			dataplane.Counter{Name: "mirrored_packets", Scope: sc, Value: s.Mirrored},
+			dataplane.Counter{Name: "mirrored_bytes", Scope: sc, Value: s.MirroredBytes},
+			dataplane.Counter{Name: "mirror_dropped_output_down", Scope: sc, Value: s.NotOutputDown},
+			dataplane.Counter{Name: "mirror_dropped_passed_to_kernel", Scope: sc, Value: s.NotPassed},
+			dataplane.Counter{Name: "mirror_dropped_short", Scope: sc, Value: s.NotShort},
+			dataplane.Counter{Name: "mirror_dropped_other", Scope: sc, Value: s.NotOther},
+			dataplane.Counter{Name: "mirror_output_up", Scope: sc, Value: u},
+		)
+	}
+	// Clones the output's driver refused after the program returned (TX
+	// ring full): per device, as the driver counts them.
+	seen := map[string]bool{}
+	for _, r := range rules {
+		if seen[r.output] {
+			continue
+		}
+		seen[r.output] = true
+		var n uint64
+		var ok bool
+		err := netnsutil.Do(b.opts.NetNS, func() error {
+			var err error
+			n, ok, err = xdpXmitErrors(r.output)
+			return err
+		})
+		if err == nil && ok {
+			out = append(out, dataplane.Counter{Name: "xdp_xmit_errors", Scope: "mirror_output " + r.output, Value: n})
+		}
+	}
+	return out, nil
+}
