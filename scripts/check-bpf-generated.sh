@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 : "${BPF_CLANG:=clang-14}"
-export BPF_CLANG
+# bpf2go reads the compiler from BPF2GO_CC (default "clang", which Debian's
+# clang-14 package does not provide) and derives llvm-strip-14 from it.
+export BPF_CLANG BPF2GO_CC="$BPF_CLANG"
 if ! command -v "$BPF_CLANG" >/dev/null; then
 	echo "check-bpf-generated: $BPF_CLANG not found (apt-get install clang-14)" >&2
 	exit 1
