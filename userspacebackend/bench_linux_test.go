@@ -137,7 +137,7 @@ func naivePPS(tb testing.TB, e *labEnv, frame []byte, count uint64) float64 {
 // ceiling (a bare binding transmitting), and a naive one-frame-at-a-time
 // AF_XDP forwarder. Reported in frames per second that reached the server.
 func BenchmarkForwarding(b *testing.B) {
-	const perRun = 1 << 19
+	const perRun = 1 << 22
 	e := newLabEnv(b, sinkPort)
 	l := e.l
 	frame := floodFrame(l, 40000)

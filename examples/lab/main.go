@@ -491,7 +491,7 @@ func flood(ctx context.Context, l *netlab.Lab, sc *netlab.Counter, d time.Durati
 	}
 	fctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	fr, err := netlab.Flood{NS: l.Client, Iface: l.ClientIf, Frame: frame, Count: 1 << 40, Chunk: 1 << 14}.Run(fctx)
+	fr, err := netlab.Flood{NS: l.Client, Iface: l.ClientIf, Frame: frame, Count: 1 << 40}.Run(fctx)
 	if err != nil && !(errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil) {
 		return res, fmt.Errorf("flood: %w", err)
 	}

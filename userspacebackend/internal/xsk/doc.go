@@ -46,8 +46,9 @@
 // the worker bumps without ever waiting, so the worker takes no lock.
 // [Binding.Kick], [Binding.TXPending] and [Binding.TXConsumed] read only
 // the shared ring indexes and may run concurrently with the producer (the
-// kernel serialises sendto), but not with Close. A
-// [Shim] is safe for concurrent use.
+// kernel serialises sendto) and with Close (they take the read side of
+// the lock Close holds while it unmaps). A [Shim] is safe for concurrent
+// use.
 //
 // # Errors
 //
