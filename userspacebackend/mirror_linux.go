@@ -327,7 +327,7 @@ func (w *worker) mirror(mv *mirrorView, src *xsk.Binding, batch []xsk.Desc) {
 
 // mirrorRows are the mirror budget rows (one per binding with a pool) and
 // every rule's counters. bs are the generation's binding stats.
-func mirrorRows(s *snapshot, stats map[*binding]xsk.Stats) ([]dataplane.Resource, []dataplane.Counter) {
+func mirrorRows(u *arena, s *snapshot, stats map[*binding]xsk.Stats) ([]dataplane.Resource, []dataplane.Counter) {
 	var rs []dataplane.Resource
 	var cs []dataplane.Counter
 	seen := map[*binding]bool{}
@@ -344,7 +344,7 @@ func mirrorRows(s *snapshot, stats map[*binding]xsk.Stats) ([]dataplane.Resource
 				continue
 			}
 			rs = append(rs, dataplane.Resource{Name: "mirror_budget", Kind: dataplane.KindUMEM, Scope: bd.name,
-				Capacity: uint64(st.MirrorFrames), Used: dataplane.Uint64(uint64(st.MirrorFrames - st.MirrorFree)), Method: dataplane.MethodCounter})
+				Capacity: uint64(st.MirrorFrames), Used: u.used(uint64(st.MirrorFrames - st.MirrorFree)), Method: dataplane.MethodCounter})
 		}
 		for i := range mv.cnt.c {
 			cs = append(cs, dataplane.Counter{Name: mirrorNames[i], Scope: mv.cnt.scope, Value: mv.cnt.c[i].Load()})

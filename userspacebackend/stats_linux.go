@@ -11,9 +11,9 @@ import (
 
 // ResourceStats reports every bounded resource and the counters. It takes
 // no lock the datapath takes: ring indexes, frame ledgers, table and cache
-// counts are atomics; XDP_STATISTICS and the shim's counters are one
-// syscall each per socket and per interface. See the package
-// documentation for the rows.
+// counts are atomics, the shims' counters are read from a mapping of their
+// map, and XDP_STATISTICS is the one system call, per socket. See the
+// package documentation for the rows.
 func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, error) {
 	if b == nil || b.closed.Load() {
 		return dataplane.ResourceReport{}, dataplane.ErrClosed
@@ -30,6 +30,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 	}
 	rep.Generation = s.gen
 	bindings := s.bindings()
+	u := &arena{buf: make([]uint64, 0, 8+len(bindings)*8+s.sessions.Shards()+s.neigh.Shards()+2*len(s.mirrorList))}
 	rep.Resources = make([]dataplane.Resource, 0, 8+len(bindings)*6+s.sessions.Shards()+1+s.neigh.Shards())
 	rep.Counters = make([]dataplane.Counter, 0, numCounters+4+numKernel+len(bindings)*(numKernel+6)+(len(s.ports)+1)*5)
 
@@ -68,18 +69,18 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 	const g = "global"
 	rep.Resources = append(rep.Resources,
 		dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: g, Capacity: frames,
-			Used: dataplane.Uint64(frames - free), Method: dataplane.MethodSnapshot,
+			Used: u.used(frames - free), Method: dataplane.MethodSnapshot,
 			Breakdown: framesParts(free, fill, rx, tx, comp)},
 		// A full fill ring is healthy; what starves RX is an empty one. So
 		// the row counts the slots the kernel has no buffer for, and a
 		// high utilisation means what operators fear (seed 001).
-		dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: g, Capacity: fillSz, Used: dataplane.Uint64(fillSz - fillD), Method: dataplane.MethodRing},
-		dataplane.Resource{Name: "worker_queue", Kind: dataplane.KindRing, Scope: g, Capacity: rxSz, Used: dataplane.Uint64(rxD), Method: dataplane.MethodRing},
-		dataplane.Resource{Name: "pending_tx", Kind: dataplane.KindRing, Scope: g, Capacity: txSz, Used: dataplane.Uint64(txD), Method: dataplane.MethodRing},
+		dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: g, Capacity: fillSz, Used: u.used(fillSz - fillD), Method: dataplane.MethodRing},
+		dataplane.Resource{Name: "worker_queue", Kind: dataplane.KindRing, Scope: g, Capacity: rxSz, Used: u.used(rxD), Method: dataplane.MethodRing},
+		dataplane.Resource{Name: "pending_tx", Kind: dataplane.KindRing, Scope: g, Capacity: txSz, Used: u.used(txD), Method: dataplane.MethodRing},
 	)
 	st := s.sessions
 	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: g,
-		Capacity: st.Capacity(), Used: dataplane.Uint64(st.Used()), Method: dataplane.MethodCounter})
+		Capacity: st.Capacity(), Used: u.used(st.Used()), Method: dataplane.MethodCounter})
 	var fcCap, fcUsed uint64
 	for _, bd := range bindings {
 		if fc := bd.fc.Load(); fc != nil {
@@ -88,9 +89,9 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 		}
 	}
 	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: g,
-		Capacity: fcCap, Used: dataplane.Uint64(fcUsed), Method: dataplane.MethodCounter})
+		Capacity: fcCap, Used: u.used(fcUsed), Method: dataplane.MethodCounter})
 	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: g,
-		Capacity: uint64(s.neigh.Capacity()), Used: dataplane.Uint64(uint64(s.neigh.Used())), Method: dataplane.MethodCounter})
+		Capacity: uint64(s.neigh.Capacity()), Used: u.used(uint64(s.neigh.Used())), Method: dataplane.MethodCounter})
 
 	// Detail: per binding.
 	for _, x := range bs {
@@ -104,38 +105,38 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 		f := x.st.Frames
 		rep.Resources = append(rep.Resources,
 			dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true, Capacity: uint64(f.Total),
-				Used: dataplane.Uint64(uint64(f.Total - f.Free)), Method: dataplane.MethodSnapshot,
+				Used: u.used(uint64(f.Total - f.Free)), Method: dataplane.MethodSnapshot,
 				Breakdown: framesParts(uint64(f.Free), uint64(f.FillRing), uint64(f.RXRing+f.App), uint64(f.TXRing), uint64(f.Completion))},
-			fillEmptyRow(scope, x.st.Fill),
-			ringRow("rx_ring", scope, x.st.RX),
-			ringRow("tx_ring", scope, x.st.TX),
-			ringRow("completion_ring", scope, x.st.Completion),
+			fillEmptyRow(u, scope, x.st.Fill),
+			ringRow(u, "rx_ring", scope, x.st.RX),
+			ringRow(u, "tx_ring", scope, x.st.TX),
+			ringRow(u, "completion_ring", scope, x.st.Completion),
 		)
 	}
 	for _, bd := range bindings {
 		if fc := bd.fc.Load(); fc != nil {
 			rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: bd.name, Detail: true,
-				Capacity: uint64(fc.Capacity()), Used: dataplane.Uint64(uint64(fc.Occupancy())), Method: dataplane.MethodCounter})
+				Capacity: uint64(fc.Capacity()), Used: u.used(uint64(fc.Occupancy())), Method: dataplane.MethodCounter})
 		}
 	}
 	// Detail: per session shard, and the fullest shard with the skew.
 	fullest, fullestFill := -1, -1.0
 	for i := range st.Shards() {
-		u, c := st.ShardUsed(i)
+		n, c := st.ShardUsed(i)
 		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
-			Capacity: uint64(c), Used: dataplane.Uint64(uint64(u)), Method: dataplane.MethodCounter})
-		if fl := float64(u) / float64(c); fl > fullestFill {
+			Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter})
+		if fl := float64(n) / float64(c); fl > fullestFill {
 			fullest, fullestFill = i, fl
 		}
 	}
 	if fullest >= 0 {
-		u, c := st.ShardUsed(fullest)
+		n, c := st.ShardUsed(fullest)
 		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Detail: true,
-			Scope: fmt.Sprintf("%s (max skew %.2f)", shardScope(fullest), st.MaxSkew()), Capacity: uint64(c), Used: dataplane.Uint64(uint64(u)), Method: dataplane.MethodCounter})
+			Scope: fmt.Sprintf("%s (max skew %.2f)", shardScope(fullest), st.MaxSkew()), Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter})
 	}
 	for i := range s.neigh.Shards() {
 		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
-			Capacity: uint64(s.neigh.ShardCapacity(i)), Used: dataplane.Uint64(uint64(s.neigh.ShardUsed(i))), Method: dataplane.MethodCounter})
+			Capacity: uint64(s.neigh.ShardCapacity(i)), Used: u.used(uint64(s.neigh.ShardUsed(i))), Method: dataplane.MethodCounter})
 	}
 
 	stmap := make(map[*binding]xsk.Stats, len(bs))
@@ -144,7 +145,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 			stmap[x.bd] = x.st
 		}
 	}
-	mres, mcnt := mirrorRows(s, stmap)
+	mres, mcnt := mirrorRows(u, s, stmap)
 	rep.Resources = append(rep.Resources, mres...)
 	rep.Counters = append(rep.Counters, mcnt...)
 
@@ -204,20 +205,34 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 	return rep, nil
 }
 
+// arena hands out the Used pointers of one report from one allocation: a
+// report has over a hundred rows, and a pointer each was most of its
+// allocations. A full arena starts a new chunk; earlier pointers stay
+// valid.
+type arena struct{ buf []uint64 }
+
+func (a *arena) used(v uint64) *uint64 {
+	if len(a.buf) == cap(a.buf) {
+		a.buf = make([]uint64, 0, max(16, cap(a.buf)))
+	}
+	a.buf = append(a.buf, v)
+	return &a.buf[len(a.buf)-1]
+}
+
 func framesParts(free, fill, rx, tx, comp uint64) []dataplane.Part {
 	return []dataplane.Part{{Name: "free", Value: free}, {Name: "fill", Value: fill}, {Name: "rx", Value: rx},
 		{Name: "tx", Value: tx}, {Name: "completion", Value: comp}}
 }
 
 // fillEmptyRow reports a fill ring by its empty slots (see fill_ring_empty).
-func fillEmptyRow(scope string, r xsk.RingStats) dataplane.Resource {
+func fillEmptyRow(u *arena, scope string, r xsk.RingStats) dataplane.Resource {
 	return dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: scope, Detail: true,
-		Capacity: uint64(r.Size), Used: dataplane.Uint64(uint64(r.Size) - uint64(r.Depth())), Method: dataplane.MethodRing}
+		Capacity: uint64(r.Size), Used: u.used(uint64(r.Size) - uint64(r.Depth())), Method: dataplane.MethodRing}
 }
 
-func ringRow(name, scope string, r xsk.RingStats) dataplane.Resource {
+func ringRow(u *arena, name, scope string, r xsk.RingStats) dataplane.Resource {
 	return dataplane.Resource{Name: name, Kind: dataplane.KindRing, Scope: scope, Detail: true,
-		Capacity: uint64(r.Size), Used: dataplane.Uint64(uint64(r.Depth())), Method: dataplane.MethodRing}
+		Capacity: uint64(r.Size), Used: u.used(uint64(r.Depth())), Method: dataplane.MethodRing}
 }
 
 var shardScopes [4096]string

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // AttachMode is how the kernel runs the shim on an interface.
@@ -76,11 +79,15 @@ type Shim struct {
 	queues map[uint32]bool
 	local  map[xskShimXskLocalKey]bool
 
-	// Scratch for readCounters.
-	ncpu int
-	keys []uint32
-	vals []uint64
+	// counters is a read-only mapping of the shim's counters map: one
+	// 64-byte element per possible CPU (ncpu of them).
+	counters []byte
+	ncpu     int
 }
+
+// counterStride is the size of one CPU's counters (struct
+// xsk_cpu_counters): a cache line, so CPUs never share one.
+const counterStride = 64
 
 // LoadShim loads the shim and attaches it to ifindex, in the calling
 // thread's network namespace. Native mode is tried first; the mode used is
@@ -100,12 +107,24 @@ func LoadShim(ifindex int, opts *ShimOptions) (*Shim, error) {
 	}
 	spec.Maps["xsks"].MaxEntries = o.MaxQueues
 	spec.Maps["ready"].MaxEntries = o.MaxQueues
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["counters"].MaxEntries = uint32(ncpu)
 	var objs xskShimObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		return nil, fmt.Errorf("load shim: %w", err)
 	}
-	s := &Shim{ifindex: ifindex, nq: o.MaxQueues, objs: &objs,
+	s := &Shim{ifindex: ifindex, nq: o.MaxQueues, objs: &objs, ncpu: ncpu,
 		queues: map[uint32]bool{}, local: map[xskShimXskLocalKey]bool{}}
+	// The kernel rounds the mapping of an mmapable array up to pages.
+	size := (ncpu*counterStride + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
+	s.counters, err = unix.Mmap(objs.Counters.FD(), 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		objs.Close()
+		return nil, fmt.Errorf("map shim counters: %w", err)
+	}
 
 	var nativeErr error
 	if !o.ForceGeneric {
@@ -116,6 +135,7 @@ func LoadShim(ifindex int, opts *ShimOptions) (*Shim, error) {
 		var err error
 		s.link, err = link.AttachXDP(link.XDPOptions{Program: objs.XskShim, Interface: ifindex, Flags: link.XDPGenericMode})
 		if err != nil {
+			_ = unix.Munmap(s.counters)
 			objs.Close()
 			return nil, fmt.Errorf("attach shim to ifindex %d: %w", ifindex, errors.Join(nativeErr, err))
 		}
@@ -252,38 +272,15 @@ func (s *Shim) Counters() (ShimCounters, error) {
 	}, nil
 }
 
-// readCounters sums the per-CPU counters with one BPF_MAP_LOOKUP_BATCH
-// (one syscall instead of one per counter: ResourceStats reads every
-// shim), falling back to a lookup per counter on kernels without batch
-// ops on arrays. s.mu is held.
+// readCounters sums every CPU's counters from the mapping: plain memory
+// reads, no system call. Each value is one aligned 64-bit word the program
+// increments in place, read atomically. s.mu is held.
 func (s *Shim) readCounters() ([numShimCounters]uint64, error) {
 	var sums [numShimCounters]uint64
-	if s.ncpu == 0 {
-		n, err := ebpf.PossibleCPU()
-		if err != nil {
-			return sums, fmt.Errorf("count possible CPUs: %w", err)
-		}
-		s.ncpu = n
-		s.keys = make([]uint32, numShimCounters)
-		s.vals = make([]uint64, numShimCounters*n)
-	}
-	var cursor ebpf.MapBatchCursor
-	n, err := s.objs.Counters.BatchLookup(&cursor, s.keys, s.vals, nil)
-	if err == nil || (errors.Is(err, ebpf.ErrKeyNotExist) && n == numShimCounters) {
+	for c := range s.ncpu {
+		base := unsafe.Pointer(&s.counters[c*counterStride])
 		for i := range numShimCounters {
-			for c := range s.ncpu {
-				sums[s.keys[i]] += s.vals[i*s.ncpu+c]
-			}
-		}
-		return sums, nil
-	}
-	for i := range sums {
-		var per []uint64
-		if err := s.objs.Counters.Lookup(uint32(i), &per); err != nil {
-			return sums, fmt.Errorf("read shim counter %d: %w", i, err)
-		}
-		for _, v := range per {
-			sums[i] += v
+			sums[i] += atomic.LoadUint64((*uint64)(unsafe.Add(base, i*8)))
 		}
 	}
 	return sums, nil
@@ -306,6 +303,10 @@ func (s *Shim) Close() error {
 		if lerr := s.link.Close(); lerr != nil {
 			err = fmt.Errorf("detach shim: %w", lerr)
 		}
+	}
+	if s.counters != nil {
+		err = errors.Join(err, unix.Munmap(s.counters))
+		s.counters = nil
 	}
 	err = errors.Join(err, s.objs.Close())
 	s.objs = nil

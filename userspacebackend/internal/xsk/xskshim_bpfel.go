@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xskShimXskCpuCounters struct {
+	_ structs.HostLayout
+	C [8]uint64
+}
+
 type xskShimXskLocalKey struct {
 	_    structs.HostLayout
 	Addr [16]uint8
