@@ -71,7 +71,7 @@ func floodPPS(tb testing.TB, l *netlab.Lab, sink *netlab.Counter, frame []byte, 
 // ratio.
 func BenchmarkForwarding(b *testing.B) {
 	const sinkPort = 7777
-	const perRun = 1 << 19
+	const perRun = 1 << 22
 	l, be, sink := newNetlabSink(b, nil, sinkPort)
 	cfg := netlabConfig(l)
 	cfg.Policies[1].DestinationPorts[0].First, cfg.Policies[1].DestinationPorts[0].Last = sinkPort, sinkPort

@@ -502,7 +502,7 @@ func TestResourceRows(t *testing.T) {
 		"fw_mirror_rules":  {dataplane.KindHash, maxMirrors, true},
 		"fw_mirror_counts": {dataplane.KindPerCPUArray, maxMirrors, false},
 		"fw_mirror_out":    {dataplane.KindDevMap, maxMirrors, false},
-		"fw_mirror_pairs":  {kindHashOfMaps, maxMirrorPairs, false},
+		"fw_mirror_pairs":  {kindHashOfMaps, maxMirrorPairs, true},
 		"fw_mirror_on":     {dataplane.KindArray, 1, false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

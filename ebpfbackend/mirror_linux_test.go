@@ -473,7 +473,7 @@ func TestMirrorApply(t *testing.T) {
 // the same flow with no mirroring, alternating in the same run. Reported:
 // pps at the server for each, their ratio, and the clones' pps at the sink.
 func BenchmarkMirrorForwarding(b *testing.B) {
-	const perRun = 1 << 19
+	const perRun = 1 << 22
 	m := newMirrorLab(b, true)
 	ctx := context.Background()
 	mirrored, plain := m.config(1), m.config(1)
@@ -599,7 +599,7 @@ func tcForward(dst, src net.HardwareAddr, egressIdx, mirrorIdx int) (*ebpf.Progr
 // bpf_clone_redirect. XDP-forwarded frames never reach TC ingress, so this
 // is what mirroring through TC would cost the whole ingress.
 func BenchmarkMirrorTCClone(b *testing.B) {
-	const perRun = 1 << 19
+	const perRun = 1 << 22
 	m := newMirrorLab(b, true)
 	l := m.l
 	ctx := context.Background()

@@ -99,10 +99,12 @@ func kindOf(t ebpf.MapType) string {
 }
 
 // countable says whether a map keeps a real element count; arrays and
-// devmaps have every slot (or no count), so they get no utilisation.
+// devmaps have every slot (or no count), so they get no utilisation. A
+// hash of maps is a hash table (of the mirror's broadcast maps) and is
+// counted like one (batch, or a walk).
 func countable(t ebpf.MapType) bool {
 	switch t {
-	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash:
+	case ebpf.Hash, ebpf.LRUHash, ebpf.PerCPUHash, ebpf.LRUCPUHash, ebpf.HashOfMaps:
 		return true
 	}
 	return false

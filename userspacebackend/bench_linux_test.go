@@ -300,7 +300,7 @@ func BenchmarkResourceStatsPolledDuringForwarding(b *testing.B) {
 // drops them. Reports both rates at the server, their ratio, and the share
 // of frames the sink received.
 func BenchmarkMirrorForwarding(b *testing.B) {
-	const perRun = 1 << 19
+	const perRun = 1 << 22
 	e := newLabEnvWith(b, sinkPort, &netlab.Options{MirrorSink: true})
 	l := e.l
 	sink, err := netlab.AttachCounter(l.Sink, l.SinkIf, &netlab.CounterOptions{Proto: 17, DstPort: sinkPort, Drop: true})

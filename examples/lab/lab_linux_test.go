@@ -14,6 +14,7 @@ import (
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/control"
+	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/examples/internal/ctl"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -72,8 +73,34 @@ func TestIntegrationLab(t *testing.T) {
 	if len(decoded.Report.Resources) == 0 || decoded.Report.Mode != sum.Backend {
 		t.Errorf("report missing or of the wrong mode: %+v", decoded.Report)
 	}
-	if !strings.Contains(decoded.Mirroring, "omitted") && !strings.Contains(decoded.Mirroring, "mirrored") {
-		t.Errorf("mirroring not explained: %q", decoded.Mirroring)
+	if !strings.Contains(decoded.Mirroring, "mirrored") {
+		t.Errorf("mirroring not explained or not configured: %q", decoded.Mirroring)
+	}
+	// Both backends mirror: the flood's clones reached the sink, and no
+	// more of them than the dataplane says it made.
+	if m := decoded.Mirror; m == nil || m.AtSink == 0 || m.AtSink > m.Mirrored || m.Mirrored > m.Selected {
+		t.Errorf("mirror result %+v: want clones at the sink, at most the mirrored ones, at most the selected ones", m)
+	}
+	netnsGone(t, sum.Namespaces)
+}
+
+// TestIntegrationLabUserspace runs the lab on the userspace backend,
+// mirroring included.
+func TestIntegrationLabUserspace(t *testing.T) {
+	testutil.Privileged(t, testutil.NeedBPF, testutil.NeedNetNS)
+	var out, log lockedBuffer
+	sum, err := run(context.Background(), options{backend: capability.PreferUserspace, flows: 4, duration: 300 * time.Millisecond, out: &out, log: &log})
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, log.String())
+	}
+	if !sum.Verdict.Pass || sum.Backend != dataplane.ModeUserspace {
+		t.Errorf("backend %s, verdict %+v\n%s\n%s", sum.Backend, sum.Verdict, log.String(), out.String())
+	}
+	if sum.Mirror == nil || sum.Mirror.AtSink == 0 {
+		t.Errorf("no clones of the flood at the sink: %+v", sum.Mirror)
+	}
+	if !strings.Contains(out.String(), "flood mirrored:") {
+		t.Errorf("verdict does not show mirroring:\n%s", out.String())
 	}
 	netnsGone(t, sum.Namespaces)
 }

@@ -31,10 +31,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -119,9 +121,11 @@ type Summary struct {
 	// Namespaces the lab created (all removed when run returns).
 	Namespaces []string `json:"namespaces"`
 
-	Allowed  FlowResult  `json:"allowed"`
-	Denied   FlowResult  `json:"denied"`
-	Flood    FloodResult `json:"flood"`
+	Allowed FlowResult  `json:"allowed"`
+	Denied  FlowResult  `json:"denied"`
+	Flood   FloodResult `json:"flood"`
+	// Mirror is nil when the backend does not mirror.
+	Mirror   *MirrorResult `json:"mirror,omitempty"`
 	Sessions struct {
 		Expected uint64  `json:"expected"`
 		Seen     *uint64 `json:"seen"` // nil: the backend could not count them
@@ -149,13 +153,32 @@ type FloodResult struct {
 	ReceivedPPS float64 `json:"received_pps"`
 }
 
+// MirrorResult is the flood's clones: what the dataplane's counters say it
+// made and lost (deltas over the flood, rule scope), and what the sink
+// counted.
+type MirrorResult struct {
+	Rule string `json:"rule"`
+	// Selected: frames the rule picked for cloning (rate 1: every frame
+	// that reached the dataplane); Mirrored: clones handed to the output.
+	Selected uint64 `json:"selected"`
+	Mirrored uint64 `json:"mirrored"`
+	// Dropped by reason (the counters named mirror_dropped_*), and by the
+	// output's driver after the hand-over (xdp_xmit_errors), where known.
+	Dropped map[string]uint64 `json:"dropped,omitempty"`
+	// AtSink: flood frames that arrived at the sink.
+	AtSink uint64 `json:"at_sink"`
+}
+
 // Verdict is the lab's pass/fail.
 type Verdict struct {
 	AllowedOK      bool `json:"allowed_ok"`
 	DeniedBlocked  bool `json:"denied_blocked"`
 	FloodForwarded bool `json:"flood_forwarded"`
-	SessionsMatch  bool `json:"sessions_match"`
-	Pass           bool `json:"pass"`
+	// FloodMirrored: the sink received clones of the flood, no more than
+	// the dataplane says it made (true when the backend does not mirror).
+	FloodMirrored bool `json:"flood_mirrored"`
+	SessionsMatch bool `json:"sessions_match"`
+	Pass          bool `json:"pass"`
 }
 
 // labConfig is the firewall's config: the client side is "inside", the
@@ -246,6 +269,13 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 		return sum, err
 	}
 	cleanups = append(cleanups, sc.Close)
+	// The mirror sink counts (and drops) the flood's clones; everything
+	// else mirrored there reaches its stack, which ignores it.
+	mc, err := netlab.AttachCounter(l.Sink, l.SinkIf, &netlab.CounterOptions{Proto: 17, DstPort: udpFlood, Drop: true})
+	if err != nil {
+		return sum, err
+	}
+	cleanups = append(cleanups, mc.Close)
 
 	for _, a := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {
 		for _, p := range []uint16{udpAllowed, udpDenied} {
@@ -326,6 +356,16 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 		return sum, err
 	}
 
+	var before dataplane.ResourceReport
+	var sink0 uint64
+	if len(cfg.PortMirroring) > 0 {
+		if before, err = dp.ResourceStats(ctx); err != nil {
+			return sum, fmt.Errorf("read resources: %w", err)
+		}
+		if sink0, _, err = mc.Read(); err != nil {
+			return sum, err
+		}
+	}
 	sum.Flood, err = flood(ctx, l, sc, o.duration)
 	if err != nil {
 		return sum, err
@@ -333,6 +373,21 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	logf("flood: %d frames sent in %.2fs (%.0f pps); %d counted at the server (%.0f pps, %.1f%%)",
 		sum.Flood.Sent, sum.Flood.Seconds, sum.Flood.SentPPS, sum.Flood.Received, sum.Flood.ReceivedPPS,
 		100*float64(sum.Flood.Received)/max(1, float64(sum.Flood.Sent)))
+	if len(cfg.PortMirroring) > 0 {
+		after, err := dp.ResourceStats(ctx)
+		if err != nil {
+			return sum, fmt.Errorf("read resources: %w", err)
+		}
+		sink1, _, err := mc.Read()
+		if err != nil {
+			return sum, err
+		}
+		r := cfg.PortMirroring[0]
+		sum.Mirror = mirrorResult(before, after, "mirror "+r.Input+"->"+r.Output, "mirror_output "+r.Output)
+		sum.Mirror.AtSink = sink1 - sink0
+		logf("mirror: %d clones of the flood at the sink; the dataplane selected %d, mirrored %d, dropped %v",
+			sum.Mirror.AtSink, sum.Mirror.Selected, sum.Mirror.Mirrored, sum.Mirror.Dropped)
+	}
 
 	sum.Report, err = dp.ResourceStats(ctx)
 	if err != nil {
@@ -347,8 +402,9 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	v.AllowedOK = sum.Allowed.OK == sum.Allowed.Flows
 	v.DeniedBlocked = sum.Denied.OK == sum.Denied.Flows
 	v.FloodForwarded = sum.Flood.Received > 0
+	v.FloodMirrored = sum.Mirror == nil || (sum.Mirror.AtSink > 0 && sum.Mirror.AtSink <= sum.Mirror.Mirrored)
 	v.SessionsMatch = sum.Sessions.Seen != nil && *sum.Sessions.Seen == sum.Sessions.Expected
-	v.Pass = v.AllowedOK && v.DeniedBlocked && v.FloodForwarded && v.SessionsMatch
+	v.Pass = v.AllowedOK && v.DeniedBlocked && v.FloodForwarded && v.FloodMirrored && v.SessionsMatch
 
 	if o.json {
 		enc := json.NewEncoder(o.out)
@@ -393,12 +449,54 @@ func printVerdict(w io.Writer, s *Summary) {
 		fmt.Fprintf(w, "         %s\n", f)
 	}
 	fmt.Fprintf(w, "  %s flood forwarded:         %d of %d frames\n", mark(s.Verdict.FloodForwarded), s.Flood.Received, s.Flood.Sent)
+	if m := s.Mirror; m != nil {
+		lost := ""
+		for _, k := range slices.Sorted(maps.Keys(m.Dropped)) {
+			lost += fmt.Sprintf(", %s %d", k, m.Dropped[k])
+		}
+		fmt.Fprintf(w, "  %s flood mirrored:          %d clones at the sink; %d selected, %d mirrored%s\n",
+			mark(s.Verdict.FloodMirrored), m.AtSink, m.Selected, m.Mirrored, lost)
+	}
 	fmt.Fprintf(w, "  %s sessions seen = flows:   %s, expected %d (%d flows + the flood's)\n", mark(s.Verdict.SessionsMatch), seen, s.Sessions.Expected, s.Allowed.Flows)
 	if s.Verdict.Pass {
 		fmt.Fprintf(w, "PASS (%s backend)\n", s.Backend)
 	} else {
 		fmt.Fprintf(w, "FAIL (%s backend)\n", s.Backend)
 	}
+}
+
+// mirrorResult is the rule's counter deltas between two reports. Both
+// backends count mirrored_packets; the selection counter is the backend's
+// own (mirror_selected for userspace, mirror_input_packets for eBPF at
+// rate 1) and drops are every mirror_dropped_* counter plus the output
+// driver's xdp_xmit_errors.
+func mirrorResult(before, after dataplane.ResourceReport, scope, outScope string) *MirrorResult {
+	delta := func(name, sc string) (uint64, bool) {
+		a, ok := after.Counter(name, sc)
+		if !ok {
+			return 0, false
+		}
+		b, _ := before.Counter(name, sc)
+		return a - b, true
+	}
+	m := &MirrorResult{Rule: scope, Dropped: map[string]uint64{}}
+	m.Mirrored, _ = delta("mirrored_packets", scope)
+	if v, ok := delta("mirror_selected", scope); ok {
+		m.Selected = v
+	} else if v, ok := delta("mirror_input_packets", scope); ok {
+		m.Selected = v
+	}
+	for _, c := range after.Counters {
+		if c.Scope == scope && strings.HasPrefix(c.Name, "mirror_dropped_") {
+			if v, _ := delta(c.Name, scope); v > 0 {
+				m.Dropped[strings.TrimPrefix(c.Name, "mirror_dropped_")] = v
+			}
+		}
+	}
+	if v, ok := delta("xdp_xmit_errors", outScope); ok && v > 0 {
+		m.Dropped["xdp_xmit_errors"] = v
+	}
+	return m
 }
 
 // runFlows runs one echo round trip per flow, a few at a time. For allowed
