@@ -341,7 +341,7 @@ func BenchmarkMirrorForwarding(b *testing.B) {
 	b.ReportMetric(mirrored/n, "mirrored-pps")
 	b.ReportMetric(mirrored/plain, "mirrored/plain")
 	b.ReportMetric(sunk/sent, "sink/forwarded")
-	for _, i := range []int{mDropNoFrame, mDropTXFull, mDropBusy} {
+	for _, i := range []int{mDropNoFrame, mDropTXFull, mDropBusy, mDropBacklog} {
 		b.ReportMetric(drops[i]/drops[mSelected], mirrorNames[i][len("mirror_dropped_"):]+"/selected")
 	}
 }

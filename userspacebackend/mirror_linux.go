@@ -46,6 +46,7 @@ const (
 	mDropNotBound
 	mDropDown
 	mDropBusy
+	mDropBacklog
 	numMirror
 )
 
@@ -58,7 +59,18 @@ var mirrorNames = [numMirror]string{
 	mDropNotBound: "mirror_dropped_output_not_bound",
 	mDropDown:     "mirror_dropped_output_down",
 	mDropBusy:     "mirror_dropped_output_busy",
+	mDropBacklog:  "mirror_dropped_primary_backlog",
 }
+
+// mirrorShedFraction: a worker whose RX ring still holds more than this
+// share of its slots after taking a batch is falling behind its own
+// traffic, and makes no clones for that batch (mirror_dropped_primary_
+// backlog) until it has caught up. Clones cost a copy here and a second
+// copy-mode transmit on the output, and on a core that is already short
+// that work would come out of primary forwarding. Measured on the netlab
+// lab at saturation (one flow, rate 1, BenchmarkMirrorForwarding): primary
+// at 0.61-0.69 of the unmirrored rate without shedding.
+const mirrorShedFraction = 2 // 1/2 of the ring
 
 // mirrorCounters are one rule's counters, kept by the backend across
 // Applies (keyed by scope) so they never go backwards while the rule
@@ -214,12 +226,16 @@ func (b *Backend) attachMirrors(s *snapshot, plans []mirrorPlan, spans map[strin
 //
 //   - frames come from the output binding's mirror pool (xsk
 //     Options.MirrorFrames), not from its free stack or fill ring;
+//   - a worker already behind its own traffic (more than half its RX
+//     ring waiting after this batch) makes no clones for the batch
+//     (primary_backlog): the copy and the output's transmit would come
+//     out of the primary path's CPU exactly when it has none to spare;
 //   - the output's lock is taken with TryLock. Its holders are the
 //     output's own worker and workers forwarding into it, each for a
-//     batch's worth of ring work and a sendto; waiting for them would put
-//     the mirror port's load (or a slow sendto to a saturated mirror port)
-//     on this ingress worker's primary path. A busy lock drops the batch's
-//     clones and counts them (output_busy) instead;
+//     batch's worth of ring work (the sendto is made after the lock is
+//     released); waiting for them would still put the mirror port's load
+//     on this ingress worker's primary path. A busy lock drops the
+//     batch's clones and counts them (output_busy) instead;
 //   - a full TX ring or an empty pool drops the clone (tx_full, no_frame).
 //
 // So every selected frame is either mirrored (queued on the TX ring) or
@@ -249,6 +265,10 @@ func (w *worker) mirror(mv *mirrorView, src *xsk.Binding, batch []xsk.Desc) {
 	var c [numMirror]uint64
 	c[mSelected] = n
 	defer mv.cnt.add(&c)
+	if src.RXPending() > src.RXSize()/mirrorShedFraction {
+		c[mDropBacklog] += n
+		return
+	}
 	out := mv.out
 	if !out.linkUp.Load() {
 		c[mDropDown] += n
@@ -263,11 +283,25 @@ func (w *worker) mirror(mv *mirrorView, src *xsk.Binding, batch []xsk.Desc) {
 		c[mDropBusy] += n
 		return
 	}
+	// A managed output is kicked here, after its lock is released (as
+	// primary transmit does); a SPAN output by its own worker.
+	if kick := w.mirrorLocked(eb, src, batch, sel, &c); kick != nil {
+		if err := kick.Kick(); err != nil && !errors.Is(err, xsk.ErrClosed) {
+			w.c[cKickErrors]++
+		}
+	}
+}
+
+// mirrorLocked copies the selected frames into eb's mirror pool and queues
+// them, with eb.mu held (and released on return). It returns the socket to
+// kick, or nil.
+func (w *worker) mirrorLocked(eb *binding, src *xsk.Binding, batch []xsk.Desc, sel []int, c *[numMirror]uint64) *xsk.Binding {
 	defer eb.mu.Unlock()
+	n := uint64(len(sel))
 	exb := eb.xb
 	if exb == nil {
 		c[mDropNotBound] += n
-		return
+		return nil
 	}
 	exb.Complete()
 	descs := w.mtx[:0]
@@ -294,21 +328,9 @@ func (w *worker) mirror(mv *mirrorView, src *xsk.Binding, batch []xsk.Desc) {
 		descs = append(descs, td)
 	}
 	if len(descs) == 0 {
-		return
+		return nil
 	}
-	var q int
-	var err error
-	if eb.span {
-		// The SPAN port's own worker makes the sendto, so the kernel's
-		// copy-mode TX work for clones is not done on this primary path.
-		q, err = exb.Enqueue(descs)
-		select {
-		case eb.wake <- struct{}{}:
-		default:
-		}
-	} else {
-		q, err = exb.Transmit(descs)
-	}
+	q, _ := exb.Enqueue(descs)
 	handed = q
 	if q < len(descs) {
 		c[mDropTXFull] += uint64(len(descs) - q)
@@ -319,10 +341,17 @@ func (w *worker) mirror(mv *mirrorView, src *xsk.Binding, batch []xsk.Desc) {
 	for _, d := range descs[:q] {
 		c[mBytes] += uint64(d.Len)
 	}
-	if err != nil && !errors.Is(err, xsk.ErrClosed) {
-		w.c[cKickErrors]++
-	}
 	w.mtx = descs[:0]
+	if eb.span {
+		// The SPAN port's own worker makes the sendto, so the kernel's
+		// copy-mode TX work for clones is not done on this primary path.
+		select {
+		case eb.wake <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	return exb
 }
 
 // mirrorRows are the mirror budget rows (one per binding with a pool) and

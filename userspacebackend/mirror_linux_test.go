@@ -58,7 +58,7 @@ func mirrorStats(t testing.TB, b *Backend, in, out string) [numMirror]uint64 {
 // exactly one drop reason.
 func checkMirrorAccounting(t testing.TB, c [numMirror]uint64) {
 	t.Helper()
-	drops := c[mDropNoFrame] + c[mDropTXFull] + c[mDropNotBound] + c[mDropDown] + c[mDropBusy]
+	drops := c[mDropNoFrame] + c[mDropTXFull] + c[mDropNotBound] + c[mDropDown] + c[mDropBusy] + c[mDropBacklog]
 	if c[mMirrored]+drops != c[mSelected] {
 		t.Errorf("mirrored %d + drops %d != selected %d (%v)", c[mMirrored], drops, c[mSelected], c)
 	}

@@ -284,6 +284,18 @@ func (b *Binding) Receive(batch []Desc) (int, error) {
 	return int(n), nil
 }
 
+// RXPending is how many received descriptors wait in the RX ring, not yet
+// taken by Receive: a worker's backlog. Datapath call (the RX consumer).
+func (b *Binding) RXPending() uint32 {
+	if b.closed.Load() {
+		return 0
+	}
+	return b.rx.available()
+}
+
+// RXSize is the RX ring's number of slots.
+func (b *Binding) RXSize() uint32 { return b.o.rx }
+
 // Release gives frames the caller owns back: to the fill ring while it has
 // room, else to the free stack. It never depends on TX progress, so RX keeps
 // its frames however backed up TX is. A descriptor the caller does not own
