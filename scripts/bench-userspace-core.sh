@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of the userspace backend's pure-Go core (policy
-# matcher, frame parser, session table, flow cache, UMEM accounting) and
+# matcher, frame parser, session table, flow cache) and
 # prints measured values next to their targets.
 #
 #   scripts/bench-userspace-core.sh            # benchtime 1s, count 1
@@ -21,7 +21,6 @@ pkgs=(
 	./userspacebackend/internal/pkt/
 	./userspacebackend/internal/session/
 	./userspacebackend/internal/flowcache/
-	./userspacebackend/internal/umem/
 )
 echo "go test -run '^\$' -bench . -benchtime $benchtime -count $count ${pkgs[*]}" >&2
 echo "cpus: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -86,6 +85,4 @@ metric "session memory, full 1 Mi table"              '^BenchmarkMemory-'       
 metric "flowcache hit"                                '^BenchmarkLookup/hit-'                      ns/op        le 50
 metric "flowcache miss"                               '^BenchmarkLookup/miss-'                     ns/op        le 50
 metric "flowcache allocations"                        '^BenchmarkLookup/'                          allocs/op    eq 0
-metric "umem accounting, 7 transitions per frame"     '^BenchmarkForwardCycle/fast-'               ns/frame     le 50
-metric "umem allocations"                             '^BenchmarkForwardCycle/'                    allocs/op    eq 0
 exit $fail
