@@ -21,11 +21,21 @@ import (
 // ifindex, nothing else. Hand-assembled so the comparison needs no second C
 // program.
 func bareRedirect(dst, src net.HardwareAddr, ifindex int) (*ebpf.Program, error) {
-	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
-	le16 := func(b []byte) int16 { return int16(binary.LittleEndian.Uint16(b)) }
 	insns := asm.Instructions{
 		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
 		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+	}
+	insns = append(insns, rewriteAndRedirect(dst, src, ifindex, 1 /* XDP_DROP */)...)
+	return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+}
+
+// rewriteAndRedirect is the tail both hand-assembled forwarders share:
+// with R2 = data and R3 = data_end, check the Ethernet header fits, write
+// the MACs, bpf_redirect to ifindex; a short frame returns drop.
+func rewriteAndRedirect(dst, src net.HardwareAddr, ifindex int, drop int32) asm.Instructions {
+	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
+	le16 := func(b []byte) int16 { return int16(binary.LittleEndian.Uint16(b)) }
+	return asm.Instructions{
 		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, 14),
 		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
@@ -37,10 +47,9 @@ func bareRedirect(dst, src net.HardwareAddr, ifindex int) (*ebpf.Program, error)
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRedirect.Call(),
 		asm.Return(),
-		asm.Mov.Imm(asm.R0, 1).WithSymbol("drop"), // XDP_DROP
+		asm.Mov.Imm(asm.R0, drop).WithSymbol("drop"),
 		asm.Return(),
 	}
-	return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
 }
 
 // floodPPS sends count 64-byte frames of one established UDP flow into the

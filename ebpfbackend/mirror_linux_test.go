@@ -16,7 +16,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
-	"github.com/vishvananda/netlink"
 
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/netlab"
@@ -322,23 +321,6 @@ func TestMirrorSampling(t *testing.T) {
 	}
 }
 
-func setLink(t testing.TB, ns *netlab.NS, iface string, up bool) {
-	t.Helper()
-	err := ns.Do(func() error {
-		lk, err := netlink.LinkByName(iface)
-		if err != nil {
-			return err
-		}
-		if up {
-			return netlink.LinkSetUp(lk)
-		}
-		return netlink.LinkSetDown(lk)
-	})
-	if err != nil {
-		t.Fatalf("set %s up=%v: %v", iface, up, err)
-	}
-}
-
 func (m *mirrorLab) waitUp(t testing.TB, up uint64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -564,8 +546,6 @@ func BenchmarkMirrorForwarding(b *testing.B) {
 // mirrorIdx (bpf_clone_redirect), then rewrites the MACs and redirects to
 // egressIdx. Hand-assembled, like bareRedirect: no TTL, no policy.
 func tcForward(dst, src net.HardwareAddr, egressIdx, mirrorIdx int) (*ebpf.Program, error) {
-	le32 := func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) }
-	le16 := func(b []byte) int16 { return int16(binary.LittleEndian.Uint16(b)) }
 	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1)}
 	if mirrorIdx != 0 {
 		insns = append(insns,
@@ -577,20 +557,8 @@ func tcForward(dst, src net.HardwareAddr, egressIdx, mirrorIdx int) (*ebpf.Progr
 	insns = append(insns,
 		asm.LoadMem(asm.R2, asm.R6, 76, asm.Word), // __sk_buff.data
 		asm.LoadMem(asm.R3, asm.R6, 80, asm.Word), // __sk_buff.data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 14),
-		asm.JGT.Reg(asm.R4, asm.R3, "drop"),
-		asm.StoreImm(asm.R2, 0, int64(le32(dst[0:4])), asm.Word),
-		asm.StoreImm(asm.R2, 4, int64(le16(dst[4:6])), asm.Half),
-		asm.StoreImm(asm.R2, 6, int64(le16(src[0:2])), asm.Half),
-		asm.StoreImm(asm.R2, 8, int64(le32(src[2:6])), asm.Word),
-		asm.Mov.Imm(asm.R1, int32(egressIdx)),
-		asm.Mov.Imm(asm.R2, 0),
-		asm.FnRedirect.Call(),
-		asm.Return(),
-		asm.Mov.Imm(asm.R0, 2).WithSymbol("drop"), // TC_ACT_SHOT
-		asm.Return(),
 	)
+	insns = append(insns, rewriteAndRedirect(dst, src, egressIdx, 2 /* TC_ACT_SHOT */)...)
 	return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: insns})
 }
 
@@ -800,5 +768,12 @@ func TestMirrorSinkSaturated(t *testing.T) {
 	}
 	if sink >= made {
 		t.Errorf("sink kept up (%d of %d): the test did not saturate it", sink, made)
+	}
+}
+
+func setLink(tb testing.TB, ns *netlab.NS, name string, up bool) {
+	tb.Helper()
+	if err := ns.SetLinkUp(name, up); err != nil {
+		tb.Fatalf("set %s up=%v: %v", name, up, err)
 	}
 }

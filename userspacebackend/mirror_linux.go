@@ -306,16 +306,7 @@ func (w *worker) mirrorLocked(eb *binding, src *xsk.Binding, batch []xsk.Desc, s
 	exb.Complete()
 	descs := w.mtx[:0]
 	handed := 0
-	defer func() {
-		// A panic between AllocMirror and Transmit must not strand
-		// frames in a socket that is not this worker's to reset.
-		if r := recover(); r != nil {
-			if handed < len(descs) {
-				_ = exb.Release(descs[handed:])
-			}
-			panic(r)
-		}
-	}()
+	defer releaseOnPanic(exb, &descs, &handed)
 	for k, i := range sel {
 		td, ok := exb.AllocMirror()
 		if !ok {

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/netlab"
 	"github.com/fwplane/fwplane/internal/packet"
@@ -270,23 +268,6 @@ func checkUMEMExcept(t testing.TB, b *Backend, scope string) {
 	}
 }
 
-func setLinkUp(t testing.TB, ns *netlab.NS, name string, up bool) {
-	t.Helper()
-	err := ns.Do(func() error {
-		lk, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		if up {
-			return netlink.LinkSetUp(lk)
-		}
-		return netlink.LinkSetDown(lk)
-	})
-	if err != nil {
-		t.Fatalf("set %s up=%v: %v", name, up, err)
-	}
-}
-
 // primaryRun sends n frames paced and checks forwarding lost none: the
 // server counted exactly what the forwarded counter rose by, and that is
 // every frame sent. It returns the mirror counters' deltas.
@@ -349,7 +330,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 		ns   *netlab.NS
 		name string
 	}{{l.Sink, l.SinkIf}, {l.Firewall, l.FwSinkIf}} {
-		setLinkUp(t, side.ns, side.name, false)
+		setLink(t, side.ns, side.name, false)
 		time.Sleep(200 * time.Millisecond)
 		mc, sink, _ := primaryRun(t, e, b, n)
 		t.Logf("%s down: %v, sink %d", side.name, mc, sink)
@@ -360,7 +341,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 			t.Errorf("%s down: no output_down drops: %v", side.name, mc)
 		}
 		checkUMEMExcept(t, b, l.FwSinkIf+"/q0")
-		setLinkUp(t, side.ns, side.name, true)
+		setLink(t, side.ns, side.name, true)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			if r, ok := report(t, b).Find("mirror_budget", l.FwSinkIf+"/q0"); ok && r.Used != nil {

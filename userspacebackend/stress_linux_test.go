@@ -94,23 +94,6 @@ func TestIntegrationMillionFrameFlood(t *testing.T) {
 	}
 }
 
-func setLink(tb testing.TB, ns *netlab.NS, name string, up bool) {
-	tb.Helper()
-	err := ns.Do(func() error {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			return err
-		}
-		if up {
-			return netlink.LinkSetUp(l)
-		}
-		return netlink.LinkSetDown(l)
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-}
-
 // TestIntegrationLinkFlaps: while a flood runs, the client-side link goes
 // down and up three times. Each time the firewall-side bindings are torn
 // down and rebound; forwarding resumes, nothing leaks, nothing crashes.
@@ -418,5 +401,12 @@ func TestIntegrationCloseLeavesNothing(t *testing.T) {
 	// With the shim gone the kernel forwards again, unfiltered.
 	if err := udpRT(l, 0, l.ServerAddr4, portDenied, 3*time.Second); err != nil {
 		t.Errorf("kernel forwarding after Close: %v", err)
+	}
+}
+
+func setLink(tb testing.TB, ns *netlab.NS, name string, up bool) {
+	tb.Helper()
+	if err := ns.SetLinkUp(name, up); err != nil {
+		tb.Fatalf("set %s up=%v: %v", name, up, err)
 	}
 }

@@ -3,7 +3,6 @@ package userspacebackend
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"runtime"
 	"time"
 
@@ -352,16 +351,7 @@ func (w *worker) enqueue(eb *binding, src *xsk.Binding, items []fwd) *xsk.Bindin
 	exb.Complete()
 	descs := w.tx[:0]
 	handed := 0
-	defer func() {
-		// A panic between AllocTX and Transmit must not strand frames in
-		// the egress socket, which is not the panicking worker's to reset.
-		if r := recover(); r != nil {
-			if handed < len(descs) {
-				_ = exb.Release(descs[handed:])
-			}
-			panic(r)
-		}
-	}()
+	defer releaseOnPanic(exb, &descs, &handed)
 	for k, it := range items {
 		td, ok := exb.AllocTX()
 		if !ok {
@@ -400,4 +390,15 @@ func (w *worker) enqueue(eb *binding, src *xsk.Binding, items []fwd) *xsk.Bindin
 	return exb
 }
 
-var _ = netip.Addr{}
+// releaseOnPanic, deferred by code that allocates frames of another
+// binding's socket and queues them, gives back the ones not yet handed to
+// the TX ring when a panic unwinds: that socket is not the panicking
+// worker's to reset, so nothing may be stranded in it. The panic goes on.
+func releaseOnPanic(exb *xsk.Binding, descs *[]xsk.Desc, handed *int) {
+	if r := recover(); r != nil {
+		if *handed < len(*descs) {
+			_ = exb.Release((*descs)[*handed:])
+		}
+		panic(r)
+	}
+}

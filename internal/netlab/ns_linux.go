@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/fwplane/fwplane/internal/netnsutil"
@@ -92,6 +93,21 @@ func (n *NS) Do(fn func() error) error {
 		return errors.New("run in netns: nil namespace")
 	}
 	return netnsutil.Do(n.Path, fn)
+}
+
+// SetLinkUp sets the link named name in the namespace administratively up
+// or down (tests flap links with it).
+func (n *NS) SetLinkUp(name string, up bool) error {
+	return n.Do(func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if up {
+			return netlink.LinkSetUp(l)
+		}
+		return netlink.LinkSetDown(l)
+	})
 }
 
 // String returns the namespace name.

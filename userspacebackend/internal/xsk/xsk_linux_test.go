@@ -546,23 +546,6 @@ func TestIntegrationMillionFrames(t *testing.T) {
 	}
 }
 
-func setLink(tb testing.TB, ns *netlab.NS, index int, up bool) {
-	tb.Helper()
-	err := ns.Do(func() error {
-		l, err := netlink.LinkByIndex(index)
-		if err != nil {
-			return err
-		}
-		if up {
-			return netlink.LinkSetUp(l)
-		}
-		return netlink.LinkSetDown(l)
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-}
-
 func TestIntegrationLinkDownUp(t *testing.T) {
 	f := newFixture(t)
 	const port = 7100
@@ -576,7 +559,7 @@ func TestIntegrationLinkDownUp(t *testing.T) {
 		Src: netip.AddrPortFrom(f.l.FwClientAddr4, 1), Dst: netip.AddrPortFrom(f.l.ClientAddr4, port), PayloadLen: 18})
 	sendAll(t, b, frame, 1000)
 
-	setLink(t, f.l.Firewall, f.l.FwClientIndex, false)
+	setLink(t, f.l.Firewall, f.l.FwClientIf, false)
 	var batch []Desc
 	for range 100 {
 		d, ok := b.AllocTX()
@@ -597,7 +580,7 @@ func TestIntegrationLinkDownUp(t *testing.T) {
 	s := checkLedger(t, b)
 	t.Logf("while down: frames %+v", s.Frames)
 
-	setLink(t, f.l.Firewall, f.l.FwClientIndex, true)
+	setLink(t, f.l.Firewall, f.l.FwClientIf, true)
 	// The queued frames leave once the link is back and the ring is kicked.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -795,5 +778,12 @@ func TestIntegrationMirrorPool(t *testing.T) {
 	after := checkLedger(t, b)
 	if after.MirrorFree != pool || after.Frames.FillRing != before.Frames.FillRing || after.Frames.Free != before.Frames.Free {
 		t.Errorf("after transmit+release: %+v mirror free %d, want the state before: %+v", after.Frames, after.MirrorFree, before.Frames)
+	}
+}
+
+func setLink(tb testing.TB, ns *netlab.NS, name string, up bool) {
+	tb.Helper()
+	if err := ns.SetLinkUp(name, up); err != nil {
+		tb.Fatalf("set %s up=%v: %v", name, up, err)
 	}
 }
