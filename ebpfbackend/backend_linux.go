@@ -180,7 +180,12 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		b.mu.Unlock()
 		fresh = true
 	}
-	res, err := b.commit(p, ifindex)
+	egress := make([]uint32, 0, len(p.ifaces))
+	for _, it := range p.ifaces {
+		egress = append(egress, uint32(ifindex[it.name]))
+	}
+	mirror := func() (func(), error) { return b.applyMirrors(b.objs, mrules, egress) }
+	res, err := b.commit(p, ifindex, mirror)
 	if err != nil {
 		if fresh {
 			// Nothing was ever running: drop the collection so the next
@@ -191,13 +196,6 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			b.closeGrace()
 			b.mu.Unlock()
 		}
-		return dataplane.ApplyResult{}, err
-	}
-	egress := make([]uint32, 0, len(p.ifaces))
-	for _, it := range p.ifaces {
-		egress = append(egress, uint32(ifindex[it.name]))
-	}
-	if err := b.applyMirrors(b.objs, mrules, egress); err != nil {
 		return dataplane.ApplyResult{}, err
 	}
 	res.Warnings = append(res.Warnings, mwarns...)
@@ -233,10 +231,12 @@ func load(capacity uint32) (*fwObjects, error) {
 	return &objs, nil
 }
 
-// commit programs the inactive slot, attaches new interfaces, flips the
-// active slot and only then detaches interfaces the config dropped. Every
-// step before the flip is undone on failure; the flip is the commit point.
-func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult, error) {
+// commit programs the inactive slot, attaches new interfaces, programs
+// port mirroring (beforeFlip, which undoes itself when it fails and returns
+// its undo), flips the active slot and only then detaches interfaces the
+// config dropped. Every step before the flip is undone on failure; the flip
+// is the commit point.
+func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (func(), error)) (dataplane.ApplyResult, error) {
 	objs := b.objs
 	// fw_active counts flips (the low bit is the slot): the flow cache
 	// tags its entries with it, so a flip invalidates them all.
@@ -296,8 +296,14 @@ func (b *Backend) commit(p *plan, ifindex map[string]int) (dataplane.ApplyResult
 		undo()
 		return dataplane.ApplyResult{}, err
 	}
+	undoMirror, err := beforeFlip()
+	if err != nil {
+		undo()
+		return dataplane.ApplyResult{}, err
+	}
 
 	if err := objs.FwActive.Update(uint32(0), flip, ebpf.UpdateAny); err != nil {
+		undoMirror()
 		undo()
 		return dataplane.ApplyResult{}, fmt.Errorf("activate config slot: %w", err)
 	}

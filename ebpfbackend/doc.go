@@ -180,10 +180,13 @@
 // without NAPI without counting them).
 //
 // Mirroring is not part of the two-slot policy switch: Apply writes it
-// after the policy flip (broadcast maps first, then the rules, then stale
-// maps are removed). Should one of those map writes fail, mirroring is
-// switched off and Apply returns the error with the new policy already
-// running.
+// after everything else of the new config and just before the policy flip
+// (broadcast maps first, then the rules, then stale maps are removed). New
+// rules then run for a moment under the old policy, which is harmless:
+// mirroring does not depend on the verdict. Should one of those writes, or
+// the flip, fail, the previous rules are written back, with their counters
+// (a new rule never takes a running rule's counter index while any other
+// is free), and Apply returns the error.
 //
 // # Policy replacement
 //
@@ -217,8 +220,7 @@
 //   - Kernel failures are wrapped with %w so the errno stays matchable.
 //
 // Whatever the error, the running generation is unchanged: programs stay
-// attached and the active slot is untouched (the one exception is a failed
-// mirroring map write, see Port mirroring).
+// attached, the active slot is untouched and the previous mirroring runs.
 //
 // # Concurrency
 //

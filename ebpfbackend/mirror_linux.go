@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -42,11 +43,12 @@ type mirrorIdentity struct {
 // mirrors is the running mirroring state. Its mutex orders Apply's writes
 // against the link watcher's, so a rule's up flag is never stale.
 type mirrors struct {
-	mu    sync.Mutex
-	rules []mirrorRule
-	up    map[uint32]bool // output ifindex -> link usable
-	pairs map[fwFwPairKey]bool
-	outs  map[uint32]bool
+	mu     sync.Mutex
+	rules  []mirrorRule
+	egress []uint32        // the interfaces the broadcast maps pair with outputs
+	up     map[uint32]bool // output ifindex -> link usable
+	pairs  map[fwFwPairKey]bool
+	outs   map[uint32]bool
 
 	stop chan struct{} // closes the link subscription
 	done chan struct{}
@@ -99,62 +101,104 @@ func linkUsable(l netlink.Link) bool {
 	return a.Flags&net.FlagUp != 0 && a.RawFlags&unix.IFF_LOWER_UP != 0
 }
 
-// applyMirrors makes rules the running mirroring. It is called after the
-// policy flip; on error mirroring is switched off (never left half
-// written) and the error returned.
-func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uint32) error {
+// applyMirrors makes rules the running mirroring. Apply calls it after
+// everything else of the new config is written and before the policy
+// flip, so a failure here leaves the running dataplane as it was: the
+// previous rules are written back (their counters untouched: new rules
+// never take the counter index of a running one while indexes remain).
+// The returned undo does the same if the flip itself fails.
+func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uint32) (undo func(), err error) {
 	m := b.mir
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	err := netnsutil.Do(b.opts.NetNS, func() error { return b.writeMirrors(objs, m, rules, egress) })
-	if err != nil {
-		_ = objs.FwMirrorOn.Update(uint32(0), uint32(0), ebpf.UpdateAny)
-		m.rules = nil
-		return fmt.Errorf("program port mirroring: %w", err)
+	prevRules, prevEgress := m.rules, m.egress
+	restore := func() {
+		// Best effort: the maps already held these entries a moment ago.
+		_ = netnsutil.Do(b.opts.NetNS, func() error { return b.programMirrors(objs, m, prevRules, prevEgress) })
 	}
-	if len(rules) > 0 && m.stop == nil {
-		if err := b.watchLinks(m); err != nil {
-			_ = objs.FwMirrorOn.Update(uint32(0), uint32(0), ebpf.UpdateAny)
-			m.rules = nil
-			return fmt.Errorf("watch mirror output links: %w", err)
+	assignIndexes(m.rules, rules)
+	err = netnsutil.Do(b.opts.NetNS, func() error {
+		zero := make([]fwFwMirrorStats, ebpf.MustPossibleCPU())
+		for _, r := range rules {
+			if !hasIndex(prevRules, r.index) {
+				if err := objs.FwMirrorCounts.Update(r.index, zero, ebpf.UpdateAny); err != nil {
+					return fmt.Errorf("reset mirror counters: %w", err)
+				}
+			}
+		}
+		return b.programMirrors(objs, m, rules, egress)
+	})
+	if err == nil && len(rules) > 0 && m.stop == nil {
+		if werr := b.watchLinks(m); werr != nil {
+			err = fmt.Errorf("watch mirror output links: %w", werr)
 		}
 	}
-	return nil
+	if err != nil {
+		restore()
+		return nil, fmt.Errorf("program port mirroring: %w", err)
+	}
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		restore()
+	}, nil
 }
 
-// writeMirrors runs in the dataplane's namespace (devmaps resolve ifindexes
-// there) with m.mu held.
-func (b *Backend) writeMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule, egress []uint32) error {
-	// Keep the counters of unchanged rules; hand out free indexes to new ones.
+// mirrorFault, set by tests, fails programMirrors before the rules are
+// written (a kernel refusing a map update).
+var mirrorFault atomic.Pointer[func() error]
+
+// assignIndexes gives every rule its counter index: an unchanged rule
+// (same input, output and rate) keeps its own, so its counters go on; a new
+// one takes a free index, preferring those no running rule holds, so a
+// failed Apply never zeroes a running rule's counters.
+func assignIndexes(running, rules []mirrorRule) {
 	old := map[mirrorIdentity]uint32{}
-	for _, r := range m.rules {
+	held := map[uint32]bool{}
+	for _, r := range running {
 		old[mirrorIdentity{r.in, r.out, r.rate}] = r.index
+		held[r.index] = true
 	}
 	used := map[uint32]bool{}
+	pending := []int{}
 	for i := range rules {
 		if idx, ok := old[mirrorIdentity{rules[i].in, rules[i].out, rules[i].rate}]; ok {
 			rules[i].index = idx
 			used[idx] = true
 		} else {
-			rules[i].index = ^uint32(0)
+			pending = append(pending, i)
 		}
 	}
-	next := uint32(0)
-	zero := make([]fwFwMirrorStats, ebpf.MustPossibleCPU())
-	for i := range rules {
-		if rules[i].index != ^uint32(0) {
-			continue
-		}
-		for used[next] {
-			next++
-		}
-		rules[i].index = next
-		used[next] = true
-		if err := objs.FwMirrorCounts.Update(next, zero, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("reset mirror counters: %w", err)
+	for _, avoidHeld := range []bool{true, false} {
+		next := uint32(0)
+		for k := 0; k < len(pending); {
+			i := pending[k]
+			for next < maxMirrors && (used[next] || (avoidHeld && held[next])) {
+				next++
+			}
+			if next >= maxMirrors {
+				break
+			}
+			rules[i].index = next
+			used[next] = true
+			pending = append(pending[:k], pending[k+1:]...)
 		}
 	}
+}
 
+func hasIndex(rules []mirrorRule, idx uint32) bool {
+	for _, r := range rules {
+		if r.index == idx {
+			return true
+		}
+	}
+	return false
+}
+
+// programMirrors writes rules (indexes assigned) into the maps. It runs in
+// the dataplane's namespace (devmaps resolve ifindexes there) with m.mu
+// held.
+func (b *Backend) programMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule, egress []uint32) error {
 	// Link state of every output, read now; the watcher keeps it current.
 	for _, r := range rules {
 		if _, ok := m.up[r.out]; ok {
@@ -194,6 +238,11 @@ func (b *Backend) writeMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule, 
 		m.outs[o] = true
 	}
 
+	if f := mirrorFault.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return err
+		}
+	}
 	wantRules := map[uint32]bool{}
 	for _, r := range rules {
 		wantRules[r.in] = true
@@ -215,7 +264,7 @@ func (b *Backend) writeMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule, 
 	if err := objs.FwMirrorOn.Update(uint32(0), uint32(len(rules)), ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("switch mirroring: %w", err)
 	}
-	m.rules = rules
+	m.rules, m.egress = rules, egress
 
 	// Retire what no rule names any more. A packet that read a deleted
 	// rule's output a moment ago finds no pair and goes out unmirrored.

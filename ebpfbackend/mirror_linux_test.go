@@ -397,6 +397,82 @@ func TestMirrorOutputDown(t *testing.T) {
 // TestMirrorApply: an unresolved output is a warning and the other rules
 // apply; a duplicate ingress is refused naming both rules; a config without
 // mirroring removes it.
+// TestMirrorApplyFailureKeepsRunning: when programming the new rules
+// fails, Apply returns the error and the dataplane runs as before: the
+// old rule with its counters, the old generation, forwarding and cloning.
+func TestMirrorApplyFailureKeepsRunning(t *testing.T) {
+	m := newMirrorLab(t, true)
+	ctx := context.Background()
+	if _, err := m.b.Apply(ctx, m.config(1)); err != nil {
+		t.Fatal(err)
+	}
+	frame := m.udp4(40000, mirrorPort, 18)
+	m.flood(t, frame, 100)
+	before, ok := m.counts(t)
+	if !ok || before.Mirrored < 100 {
+		t.Fatalf("mirror counters before: %+v", before)
+	}
+	gen := m.b.gen
+	fault := func() error { return errors.New("injected map update failure") }
+	mirrorFault.Store(&fault)
+	_, err := m.b.Apply(ctx, m.config(10))
+	mirrorFault.Store(nil)
+	if err == nil || !strings.Contains(err.Error(), "injected") {
+		t.Fatalf("Apply with a failing mirror write = %v, want the injected error", err)
+	}
+	if m.b.gen != gen {
+		t.Errorf("generation %d after the failed Apply, want %d", m.b.gen, gen)
+	}
+	var v fwFwMirrorCfg
+	if err := m.b.objs.FwMirrorRules.Lookup(uint32(m.l.FwClientIndex), &v); err != nil || v.Rate != 1 || v.Up != 1 {
+		t.Errorf("rule after the failed Apply: %+v, %v; want the running rate-1 rule", v, err)
+	}
+	after, ok := m.counts(t)
+	if !ok || after.Mirrored != before.Mirrored {
+		t.Errorf("mirrored_packets %d after the failed Apply, want %d (counters kept)", after.Mirrored, before.Mirrored)
+	}
+	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	m.flood(t, frame, 1000)
+	if n := settle(t, m.server) - v0; n != 1000 {
+		t.Errorf("server received %d of 1000 after the failed Apply", n)
+	}
+	if n := settle(t, m.sink) - s0; n != 1000 {
+		t.Errorf("sink received %d of 1000 clones after the failed Apply (rate 1 still running)", n)
+	}
+	// And the next good Apply goes through.
+	if _, err := m.b.Apply(ctx, m.config(10)); err != nil {
+		t.Fatalf("Apply after the failure: %v", err)
+	}
+}
+
+func TestAssignIndexes(t *testing.T) {
+	running := []mirrorRule{{in: 1, out: 9, rate: 1, index: 0}, {in: 2, out: 9, rate: 1, index: 1}}
+	next := []mirrorRule{{in: 2, out: 9, rate: 1}, {in: 3, out: 9, rate: 1}, {in: 1, out: 9, rate: 5}}
+	assignIndexes(running, next)
+	got := []uint32{next[0].index, next[1].index, next[2].index}
+	// The unchanged rule keeps 1; the new ones avoid 0, which a running
+	// rule still holds until the Apply commits.
+	if diff := cmp.Diff([]uint32{1, 2, 3}, got); diff != "" {
+		t.Errorf("indexes (-want +got):\n%s", diff)
+	}
+	full := make([]mirrorRule, maxMirrors)
+	for i := range full {
+		full[i] = mirrorRule{in: uint32(i + 1), out: 9, rate: 2, index: uint32(i)}
+	}
+	repl := make([]mirrorRule, maxMirrors)
+	for i := range repl {
+		repl[i] = mirrorRule{in: uint32(i + 1), out: 9, rate: 3}
+	}
+	assignIndexes(full, repl)
+	seen := map[uint32]bool{}
+	for _, r := range repl {
+		if r.index >= maxMirrors || seen[r.index] {
+			t.Fatalf("index %d reused or out of range when every index is held", r.index)
+		}
+		seen[r.index] = true
+	}
+}
+
 func TestMirrorApply(t *testing.T) {
 	m := newMirrorLab(t, true)
 	l := m.l
