@@ -85,6 +85,20 @@ func BenchmarkCount1M(b *testing.B) {
 		}
 		check(b, r.Count)
 		report(b, r.Count, 1)
+		b.ReportMetric(float64(r.Workers), "workers")
+	})
+	// Batch1 is one sequential pass (Workers: 1), for the per-core rate;
+	// Batch above is the default, which splits the buckets over GOMAXPROCS.
+	b.Run("Batch1", func(b *testing.B) {
+		var r Result
+		for b.Loop() {
+			var err error
+			if r, err = Batch(ctx, m, &BatchOptions{Workers: 1}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		check(b, r.Count)
+		report(b, r.Count, 1)
 	})
 	b.Run("Kfunc", func(b *testing.B) {
 		k, err := NewKfunc()

@@ -126,6 +126,7 @@ func TestIntegrationChurn(t *testing.T) {
 		s.maxOps = max(s.maxOps, ops)
 	}
 	var walks, naive, batches, kfuncs stat
+	splits := 0 // split batches that kept their split (not the sequential fallback)
 	deadline := time.Now().Add(3 * time.Second)
 	for i := 0; i < 30 && time.Now().Before(deadline); i++ {
 		d0, i0 := ch.deletes.Load(), ch.inserts.Load()
@@ -177,6 +178,20 @@ func TestIntegrationChurn(t *testing.T) {
 		}
 		record(&batches, b.Count, d1-d0+i1-i0)
 
+		// The same with the bucket range split between two workers and
+		// small chunks, so the boundary overlap is exercised under churn.
+		d0, i0 = ch.deletes.Load(), ch.inserts.Load()
+		sb, err := Batch(ctx, m, &BatchOptions{ChunkSize: 256, Workers: 2})
+		d1, i1 = ch.deletes.Load(), ch.inserts.Load()
+		if err != nil {
+			t.Fatalf("split batch %d: %v", i, err)
+		}
+		lo, hi = bounds(size, d0, i0, d1, i1)
+		if !sb.Complete || sb.Count < lo || sb.Count > hi || sb.Count < size*99/100 || sb.Count > size*101/100 {
+			t.Errorf("split batch %d: count %d (complete %v, workers %d) outside [%d, %d] or ±1 %% of %d", i, sb.Count, sb.Complete, sb.Workers, lo, hi, size)
+		}
+		splits += int(sb.Workers / 2)
+
 		if k != nil {
 			id := testMapID(t, m)
 			d0, i0 = ch.deletes.Load(), ch.inserts.Load()
@@ -203,6 +218,10 @@ func TestIntegrationChurn(t *testing.T) {
 	t.Logf("walk:        %d walks, error %+.2f%% .. %+.2f%%, %d restarts (%d began a new pass), %d incomplete, up to %d ops during one walk", walks.n, walks.minErr, walks.maxErr, walks.restarts, walks.passes, walks.incomplete, walks.maxOps)
 	t.Logf("naive walk:  %d walks, error %+.2f%% .. %+.2f%%, %d over the honest bound", naive.n, naive.minErr, naive.maxErr, naive.incomplete)
 	t.Logf("batch:       %d reads, error %+.3f%% .. %+.3f%%, up to %d ops during one read", batches.n, batches.minErr, batches.maxErr, batches.maxOps)
+	t.Logf("split batch: %d of %d reads split between 2 workers (the rest: sequential fallback)", splits, batches.n)
+	if splits == 0 {
+		t.Error("no split batch kept its split: the boundary overlap was never tested under churn")
+	}
 	if kfuncs.n > 0 {
 		t.Logf("kfunc:       %d reads, error %+.4f%% .. %+.4f%%, up to %d ops during one read", kfuncs.n, kfuncs.minErr, kfuncs.maxErr, kfuncs.maxOps)
 	}

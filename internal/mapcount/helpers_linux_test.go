@@ -5,7 +5,9 @@ package mapcount
 import (
 	"encoding/binary"
 	"errors"
+	"reflect"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -102,3 +104,14 @@ func testMapID(tb testing.TB, m *ebpf.Map) ebpf.MapID {
 }
 
 func errorsIsNotSupported(err error) bool { return errors.Is(err, ebpf.ErrNotSupported) }
+
+// elemSlices views buf as a slice of [size]byte elements, the shape
+// cilium/ebpf's batch calls count by and pass to the kernel without copying.
+func elemSlices(buf []byte, size int) any {
+	n := len(buf) / size
+	arr := reflect.ArrayOf(size, reflect.TypeFor[byte]())
+	if n == 0 {
+		return reflect.MakeSlice(reflect.SliceOf(arr), 0, 0).Interface()
+	}
+	return reflect.SliceAt(arr, unsafe.Pointer(unsafe.SliceData(buf)), n).Interface()
+}

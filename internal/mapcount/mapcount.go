@@ -34,6 +34,7 @@ type Result struct {
 	Restarts uint32        // walk restarts
 	Steps    uint64        // kernel calls made: next-key calls of a walk, lookup calls of a batch
 	Passes   uint32        // walk passes begun from the first key: 1, plus restarts that could not resume
+	Workers  uint32        // batch: goroutines that split the bucket range (1: one sequential pass)
 	Complete bool          // false if stopped by the cap or ctx (Count is then a lower bound)
 	Cost     time.Duration // time spent counting this map (for kfunc: the share of the one read)
 	// Err is set by Counter.Count when this map could not be counted:
@@ -65,6 +66,11 @@ type BatchOptions struct {
 	// ChunkSize is the number of entries fetched per BPF_MAP_LOOKUP_BATCH
 	// call; 0 means 4096.
 	ChunkSize int
+	// Workers splits the map's bucket range among this many goroutines,
+	// each with its own cursor (see Batch); 0 means GOMAXPROCS, at most 4;
+	// 1 is one sequential pass. The CPU time of a count is about the same
+	// either way; more workers return it sooner.
+	Workers int
 }
 
 // Options tune a Counter. A nil *Options means the defaults.

@@ -398,3 +398,43 @@ func TestIntegrationWalkRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationBatchSplitCountsExactly checks the split batch on static
+// maps: every worker count and chunk size gives the exact count, and the
+// split is taken where the first chunk shows the map dense enough.
+func TestIntegrationBatchSplitCountsExactly(t *testing.T) {
+	testutil.Privileged(t, testutil.NeedBPF)
+	const maxEntries = 1 << 16
+	for _, typ := range []ebpf.MapType{ebpf.Hash, ebpf.PerCPUHash, ebpf.LRUHash} {
+		for _, n := range []uint64{0, 1, 100, maxEntries / 4, maxEntries / 2} {
+			t.Run(fmt.Sprintf("%s/%d", typ, n), func(t *testing.T) {
+				m := newMap(t, &ebpf.MapSpec{Type: typ, KeySize: 12, ValueSize: 8, MaxEntries: maxEntries})
+				fill(t, m, 1, n)
+				want := iterateCount(t, m)
+				if typ != ebpf.LRUHash && want != n {
+					t.Fatalf("iterate counted %d of %d entries", want, n)
+				}
+				for _, workers := range []int{1, 2, 3, 4} {
+					for _, chunk := range []int{16, 97, 4096} {
+						r, err := Batch(context.Background(), m, &BatchOptions{ChunkSize: chunk, Workers: workers})
+						if err != nil {
+							t.Fatalf("workers %d chunk %d: %v", workers, chunk, err)
+						}
+						if r.Count != want || !r.Complete {
+							t.Errorf("workers %d chunk %d: counted %d (complete %v, %d workers used), want %d", workers, chunk, r.Count, r.Complete, r.Workers, want)
+						}
+						// The split needs a first chunk spanning at most
+						// 1/8 of a worker's range.
+						dense := n >= uint64(chunk)*uint64(workers)*8*2
+						if workers > 1 && dense && r.Workers != uint32(workers) {
+							t.Errorf("workers %d chunk %d, %d entries: split not taken (%d workers)", workers, chunk, n, r.Workers)
+						}
+						if workers == 1 && r.Workers != 1 {
+							t.Errorf("workers 1: %d workers used", r.Workers)
+						}
+					}
+				}
+			})
+		}
+	}
+}
