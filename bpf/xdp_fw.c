@@ -181,6 +181,45 @@ struct {
 	__array(values, struct fw_bcast);
 } fw_mirror_pairs SEC(".maps");
 
+/* The mirror stage (see fw_common.h). Values as the kernel's struct
+ * bpf_cpumap_val: queue size, then a program fd on update, its id on
+ * lookup. */
+struct fw_cpumap_val {
+	__u32 qsize;
+	__u32 prog;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CPUMAP);
+	__uint(max_entries, FW_MAX_CPUS);
+	__type(key, __u32);
+	__type(value, struct fw_cpumap_val);
+} fw_cpus SEC(".maps");
+
+/* Receiving CPU -> its stage CPU + 1; 0: clones are made where the frame
+ * arrived. Written by Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_MAX_CPUS);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_stage_cpu SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_stage_prod);
+} fw_stage_prod_map SEC(".maps");
+
+/* Indexed by receiving CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_MAX_CPUS);
+	__type(key, __u32);
+	__type(value, struct fw_stage_done);
+} fw_stage_done_map SEC(".maps");
+
 /* What the mirror decided for this packet. */
 struct mstate {
 	__u32 out;     /* output ifindex; 0: not cloning this packet */
@@ -1071,42 +1110,16 @@ forward:
 	return act;
 }
 
-/* Decides whether this packet is cloned: the ingress has a rule, the
- * per-CPU sampling countdown selects it and the output is up. A selected
- * packet gets the first FW_MIRROR_META bytes of the frame as XDP metadata,
- * which travels with the frame through the redirect. */
-static __always_inline void mirror_begin(struct xdp_md *ctx, struct mstate *ms)
+/* Makes a selected frame carry its first FW_MIRROR_META bytes as XDP
+ * metadata, which travels with the frame through the redirect, and records
+ * the clone in ms. */
+static __always_inline void mirror_prepare(struct xdp_md *ctx, struct mstate *ms, struct fw_mirror_stats *st, __u32 out, __u32 idx)
 {
-	__u32 zero = 0;
-	__u32 *on = bpf_map_lookup_elem(&fw_mirror_on, &zero);
-	if (!on || !*on)
-		return;
-	__u32 in = ctx->ingress_ifindex;
-	struct fw_mirror_cfg *mc = bpf_map_lookup_elem(&fw_mirror_rules, &in);
-	if (!mc)
-		return;
-	__u32 idx = mc->index;
-	struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
-	if (!st)
-		return;
-	st->seen += 1;
-	if (mc->rate > 1) {
-		/* Sampled out is not a loss: counted nowhere. */
-		if (st->countdown > 1) {
-			st->countdown -= 1;
-			return;
-		}
-		st->countdown = mc->rate;
-	}
-	if (!mc->up) {
-		st->not_output_down += 1;
-		return;
-	}
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	/* A frame may arrive with metadata already (a driver's, or stale from
-	 * a recycled page, as measured with live-frames test runs): make it
-	 * exactly FW_MIRROR_META bytes rather than adding to it. */
+	/* A frame may arrive with metadata already (a driver's, stale from a
+	 * recycled page as measured with live-frames test runs, or the stage's):
+	 * make it exactly FW_MIRROR_META bytes rather than adding to it. */
 	long have = (long)data - (long)ctx->data_meta;
 	if (data + FW_MIRROR_META > end || have < 0 || have > FW_MIRROR_META ||
 	    (have != FW_MIRROR_META && bpf_xdp_adjust_meta(ctx, (int)(have - FW_MIRROR_META)))) {
@@ -1121,9 +1134,140 @@ static __always_inline void mirror_begin(struct xdp_md *ctx, struct mstate *ms)
 		return;
 	}
 	__builtin_memcpy(meta, data, FW_MIRROR_META);
-	ms->out = mc->out_ifindex;
+	ms->out = out;
 	ms->idx = idx;
 	ms->len = (__u32)(end - data);
+}
+
+/* Looks at how far the stage is behind and sets the mode and credit of the
+ * next frames. The stage's counter is read only here, once per credit, so
+ * the cache line it writes is not pulled over for every frame. */
+static __always_inline void stage_credit(struct fw_stage_prod *p, __u32 cpu)
+{
+	struct fw_stage_done *d = bpf_map_lookup_elem(&fw_stage_done_map, &cpu);
+	if (!d) {
+		p->mode = FW_STAGE_INLINE;
+		p->credit = 64;
+		return;
+	}
+	__u64 done = *(volatile __u64 *)&d->done;
+	if (p->sent - p->lost < done) /* frames written off arrived after all */
+		p->lost = p->sent - done;
+	__u64 inflight = p->sent - p->lost - done;
+	if (inflight >= FW_STAGE_CLONE_LIMIT && done == p->last_done) {
+		/* No progress: a stage that took nothing for FW_STAGE_STALL_NS
+		 * lost what it was given (its queue was replaced or overflowed). */
+		__u64 now = bpf_ktime_get_ns();
+		if (!p->stall_ns) {
+			p->stall_ns = now;
+		} else if (now - p->stall_ns > FW_STAGE_STALL_NS) {
+			p->lost += inflight;
+			inflight = 0;
+			p->stall_ns = 0;
+		}
+	} else {
+		p->stall_ns = 0;
+	}
+	p->last_done = done;
+	if (inflight < FW_STAGE_CLONE_LIMIT) {
+		p->mode = FW_STAGE_CLONE;
+		p->credit = (__u32)(FW_STAGE_CLONE_LIMIT - inflight);
+	} else if (inflight < FW_STAGE_LIMIT) {
+		p->mode = FW_STAGE_FWD;
+		p->credit = (__u32)(FW_STAGE_LIMIT - inflight);
+	} else {
+		p->mode = FW_STAGE_INLINE;
+		p->credit = 16;
+	}
+}
+
+#define STAGE_NONE -1   /* no stage: forward and clone here */
+#define STAGE_INLINE -2 /* stage behind: forward here, no clone */
+
+/* Hands a frame of a mirrored ingress to this CPU's stage, which forwards
+ * it (and clones it when selected). Returns XDP_REDIRECT when handed over. */
+static __always_inline int stage_handoff(struct xdp_md *ctx, int selected, __u32 idx, struct fw_mirror_stats *st)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u32 *tgt = bpf_map_lookup_elem(&fw_stage_cpu, &cpu);
+	if (!tgt || !*tgt)
+		return STAGE_NONE;
+	__u32 zero = 0;
+	struct fw_stage_prod *p = bpf_map_lookup_elem(&fw_stage_prod_map, &zero);
+	if (!p)
+		return STAGE_NONE;
+	if (!p->credit)
+		stage_credit(p, cpu);
+	if (p->credit)
+		p->credit -= 1;
+	__u32 mode = p->mode;
+	if (mode == FW_STAGE_INLINE) {
+		p->inline_ += 1;
+		if (selected)
+			st->not_backlog += 1;
+		return STAGE_INLINE;
+	}
+	if (bpf_redirect_map(&fw_cpus, *tgt - 1, 0) != XDP_REDIRECT)
+		return STAGE_NONE; /* no queue on that CPU (being reprogrammed) */
+	void *data = (void *)(long)ctx->data;
+	long have = (long)data - (long)ctx->data_meta;
+	const long want = sizeof(struct fw_stage_meta);
+	if (have < 0 || have > FW_MIRROR_META || (have != want && bpf_xdp_adjust_meta(ctx, (int)(have - want))))
+		return STAGE_NONE;
+	struct fw_stage_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return STAGE_NONE;
+	int clone = selected && mode == FW_STAGE_CLONE;
+	m->src_cpu = (__u16)cpu;
+	m->clone = (__u16)clone;
+	m->index = idx;
+	if (selected && !clone)
+		st->not_backlog += 1;
+	p->sent += 1;
+	return XDP_REDIRECT;
+}
+
+/* Decides whether this packet is cloned: the ingress has a rule, the
+ * per-CPU sampling countdown selects it and the output is up. With a stage,
+ * the frame goes there (XDP_REDIRECT is returned); otherwise a selected
+ * frame is prepared for the clone here and -1 is returned. */
+static __always_inline int mirror_begin(struct xdp_md *ctx, struct mstate *ms)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&fw_mirror_on, &zero);
+	if (!on || !*on)
+		return -1;
+	__u32 in = ctx->ingress_ifindex;
+	struct fw_mirror_cfg *mc = bpf_map_lookup_elem(&fw_mirror_rules, &in);
+	if (!mc)
+		return -1;
+	__u32 idx = mc->index;
+	struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
+	if (!st)
+		return -1;
+	st->seen += 1;
+	int selected = 1;
+	if (mc->rate > 1) {
+		/* Sampled out is not a loss: counted nowhere. */
+		if (st->countdown > 1) {
+			st->countdown -= 1;
+			selected = 0;
+		} else {
+			st->countdown = mc->rate;
+		}
+	}
+	if (selected && !mc->up) {
+		st->not_output_down += 1;
+		selected = 0;
+	}
+	int r = STAGE_NONE;
+	if (mc->staged)
+		r = stage_handoff(ctx, selected, idx, st);
+	if (r == XDP_REDIRECT)
+		return r;
+	if (selected && r == STAGE_NONE)
+		mirror_prepare(ctx, ms, st, mc->out_ifindex, idx);
+	return -1;
 }
 
 /* Accounts for the clone of a selected packet, and sends the frame of a
@@ -1158,7 +1302,42 @@ SEC("xdp")
 int xdp_fw(struct xdp_md *ctx)
 {
 	struct mstate ms = {};
-	mirror_begin(ctx, &ms);
+	int r = mirror_begin(ctx, &ms);
+	if (r == XDP_REDIRECT)
+		return r;
+	int act = fw_main(ctx, &ms);
+	if (ms.out)
+		act = mirror_end(&ms, act);
+	return act;
+}
+
+/* The mirror stage: runs in the cpumap kthread of the stage CPU on frames
+ * a mirrored ingress handed over, and does there what xdp_fw does inline,
+ * including the clone when the receiving CPU selected one. */
+SEC("xdp/cpumap")
+int xdp_fw_stage(struct xdp_md *ctx)
+{
+	struct mstate ms = {};
+	struct fw_stage_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) <= (void *)(long)ctx->data) {
+		__u32 src = m->src_cpu;
+		__u32 idx = m->index;
+		int clone = m->clone;
+		struct fw_stage_done *d = bpf_map_lookup_elem(&fw_stage_done_map, &src);
+		if (d)
+			d->done += 1; /* this CPU is the only writer */
+		if (clone) {
+			struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
+			__u32 in = ctx->ingress_ifindex;
+			struct fw_mirror_cfg *mc = bpf_map_lookup_elem(&fw_mirror_rules, &in);
+			if (st) {
+				if (mc && mc->index == idx)
+					mirror_prepare(ctx, &ms, st, mc->out_ifindex, idx);
+				else
+					st->not_other += 1; /* the rule changed meanwhile */
+			}
+		}
+	}
 	int act = fw_main(ctx, &ms);
 	if (ms.out)
 		act = mirror_end(&ms, act);

@@ -36,6 +36,12 @@ type Options struct {
 	// DefaultReapInterval, negative disables reaping (idle entries then
 	// leave only when reused or evicted).
 	SessionReapInterval time.Duration
+	// MirrorInline makes port-mirroring clones on the CPU that received
+	// the frame, as the kernel's broadcast redirect does by itself, instead
+	// of handing a mirrored ingress to a stage on the next CPU (see
+	// "Port mirroring" in the package doc). For measurements, and for
+	// hosts where every CPU is busy receiving anyway.
+	MirrorInline bool
 }
 
 // Backend is a running eBPF dataplane. It implements dataplane.DataPlane and
@@ -199,6 +205,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, err
 	}
 	res.Warnings = append(res.Warnings, mwarns...)
+	res.Warnings = append(res.Warnings, b.mir.stageWarning()...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
 	b.mu.Unlock()

@@ -18,6 +18,12 @@ type fwFwCpuCounters struct {
 	C [23]uint64
 }
 
+type fwFwCpumapVal struct {
+	_     structs.HostLayout
+	Qsize uint32
+	Prog  uint32
+}
+
 type fwFwFlow struct {
 	_       structs.HostLayout
 	Key     fwFwFlowKey
@@ -65,6 +71,7 @@ type fwFwMirrorCfg struct {
 	Rate       uint32
 	Index      uint32
 	Up         uint32
+	Staged     uint32
 }
 
 type fwFwMirrorStats struct {
@@ -77,6 +84,7 @@ type fwFwMirrorStats struct {
 	NotPassed     uint64
 	NotShort      uint64
 	NotOther      uint64
+	NotBacklog    uint64
 }
 
 type fwFwPair struct {
@@ -143,12 +151,30 @@ type fwFwSettings struct {
 	TickNs    uint64
 }
 
+type fwFwStageDone struct {
+	_    structs.HostLayout
+	Done uint64
+	Pad  [7]uint64
+}
+
+type fwFwStageProd struct {
+	_        structs.HostLayout
+	Sent     uint64
+	Lost     uint64
+	LastDone uint64
+	StallNs  uint64
+	Inline   uint64
+	Credit   uint32
+	Mode     uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fwMapFwActive       = "fw_active"
 	fwMapFwCounters     = "fw_counters"
+	fwMapFwCpus         = "fw_cpus"
 	fwMapFwFlowCache    = "fw_flow_cache"
 	fwMapFwIfZone       = "fw_if_zone"
 	fwMapFwMirrorCounts = "fw_mirror_counts"
@@ -161,9 +187,13 @@ const (
 	fwMapFwSessionsV4   = "fw_sessions_v4"
 	fwMapFwSessionsV6   = "fw_sessions_v6"
 	fwMapFwSettingsMap  = "fw_settings_map"
+	fwMapFwStageCpu     = "fw_stage_cpu"
+	fwMapFwStageDoneMap = "fw_stage_done_map"
+	fwMapFwStageProdMap = "fw_stage_prod_map"
 	fwMapFwTxPorts      = "fw_tx_ports"
 	fwProgXdpFw         = "xdp_fw"
 	fwProgXdpFwMirror   = "xdp_fw_mirror"
+	fwProgXdpFwStage    = "xdp_fw_stage"
 )
 
 // loadFw returns the embedded CollectionSpec for fw.
@@ -210,6 +240,7 @@ type fwSpecs struct {
 type fwProgramSpecs struct {
 	XdpFw       *ebpf.ProgramSpec `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.ProgramSpec `ebpf:"xdp_fw_mirror"`
+	XdpFwStage  *ebpf.ProgramSpec `ebpf:"xdp_fw_stage"`
 }
 
 // fwMapSpecs contains maps before they are loaded into the kernel.
@@ -218,6 +249,7 @@ type fwProgramSpecs struct {
 type fwMapSpecs struct {
 	FwActive       *ebpf.MapSpec `ebpf:"fw_active"`
 	FwCounters     *ebpf.MapSpec `ebpf:"fw_counters"`
+	FwCpus         *ebpf.MapSpec `ebpf:"fw_cpus"`
 	FwFlowCache    *ebpf.MapSpec `ebpf:"fw_flow_cache"`
 	FwIfZone       *ebpf.MapSpec `ebpf:"fw_if_zone"`
 	FwMirrorCounts *ebpf.MapSpec `ebpf:"fw_mirror_counts"`
@@ -230,6 +262,9 @@ type fwMapSpecs struct {
 	FwSessionsV4   *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
 	FwSessionsV6   *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
 	FwSettingsMap  *ebpf.MapSpec `ebpf:"fw_settings_map"`
+	FwStageCpu     *ebpf.MapSpec `ebpf:"fw_stage_cpu"`
+	FwStageDoneMap *ebpf.MapSpec `ebpf:"fw_stage_done_map"`
+	FwStageProdMap *ebpf.MapSpec `ebpf:"fw_stage_prod_map"`
 	FwTxPorts      *ebpf.MapSpec `ebpf:"fw_tx_ports"`
 }
 
@@ -261,6 +296,7 @@ func (o *fwObjects) Close() error {
 type fwMaps struct {
 	FwActive       *ebpf.Map `ebpf:"fw_active"`
 	FwCounters     *ebpf.Map `ebpf:"fw_counters"`
+	FwCpus         *ebpf.Map `ebpf:"fw_cpus"`
 	FwFlowCache    *ebpf.Map `ebpf:"fw_flow_cache"`
 	FwIfZone       *ebpf.Map `ebpf:"fw_if_zone"`
 	FwMirrorCounts *ebpf.Map `ebpf:"fw_mirror_counts"`
@@ -273,6 +309,9 @@ type fwMaps struct {
 	FwSessionsV4   *ebpf.Map `ebpf:"fw_sessions_v4"`
 	FwSessionsV6   *ebpf.Map `ebpf:"fw_sessions_v6"`
 	FwSettingsMap  *ebpf.Map `ebpf:"fw_settings_map"`
+	FwStageCpu     *ebpf.Map `ebpf:"fw_stage_cpu"`
+	FwStageDoneMap *ebpf.Map `ebpf:"fw_stage_done_map"`
+	FwStageProdMap *ebpf.Map `ebpf:"fw_stage_prod_map"`
 	FwTxPorts      *ebpf.Map `ebpf:"fw_tx_ports"`
 }
 
@@ -280,6 +319,7 @@ func (m *fwMaps) Close() error {
 	return _FwClose(
 		m.FwActive,
 		m.FwCounters,
+		m.FwCpus,
 		m.FwFlowCache,
 		m.FwIfZone,
 		m.FwMirrorCounts,
@@ -292,6 +332,9 @@ func (m *fwMaps) Close() error {
 		m.FwSessionsV4,
 		m.FwSessionsV6,
 		m.FwSettingsMap,
+		m.FwStageCpu,
+		m.FwStageDoneMap,
+		m.FwStageProdMap,
 		m.FwTxPorts,
 	)
 }
@@ -308,12 +351,14 @@ type fwVariables struct {
 type fwPrograms struct {
 	XdpFw       *ebpf.Program `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.Program `ebpf:"xdp_fw_mirror"`
+	XdpFwStage  *ebpf.Program `ebpf:"xdp_fw_stage"`
 }
 
 func (p *fwPrograms) Close() error {
 	return _FwClose(
 		p.XdpFw,
 		p.XdpFwMirror,
+		p.XdpFwStage,
 	)
 }
 

@@ -50,6 +50,9 @@ type mirrors struct {
 	pairs  map[fwFwPairKey]bool
 	outs   map[uint32]bool
 
+	stage    []uint32 // CPUs handing mirrored ingress to a stage (stage_linux.go)
+	stageErr error    // why mirroring runs without a stage, while it runs
+
 	stop chan struct{} // closes the link subscription
 	done chan struct{}
 }
@@ -208,6 +211,18 @@ func (b *Backend) programMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule
 		m.up[r.out] = err == nil && linkUsable(l)
 	}
 
+	// The stage exists while rules do. A stage that cannot be made (a
+	// kernel without cpumap programs) leaves clones to the receiving CPU,
+	// as before the stage existed; Apply reports why.
+	if len(rules) > 0 && !b.opts.MirrorInline {
+		if m.stage == nil && m.stageErr == nil {
+			m.stage, m.stageErr = setupStage(objs)
+		}
+	} else {
+		teardownStage(objs, m.stage)
+		m.stage, m.stageErr = nil, nil
+	}
+
 	// Broadcast maps and drop-path outputs first: a rule must never name a
 	// pair that does not exist yet (the packet would then go out without
 	// its clone, counted as not_other).
@@ -246,11 +261,7 @@ func (b *Backend) programMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule
 	wantRules := map[uint32]bool{}
 	for _, r := range rules {
 		wantRules[r.in] = true
-		v := fwFwMirrorCfg{OutIfindex: r.out, Rate: r.rate, Index: r.index}
-		if m.up[r.out] {
-			v.Up = 1
-		}
-		if err := objs.FwMirrorRules.Update(r.in, v, ebpf.UpdateAny); err != nil {
+		if err := objs.FwMirrorRules.Update(r.in, m.cfgOf(r, m.up[r.out]), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("write mirror rule: %w", err)
 		}
 	}
@@ -355,14 +366,32 @@ func (b *Backend) setLinkUp(m *mirrors, idx uint32, up bool) {
 		if r.out != idx {
 			continue
 		}
-		v := fwFwMirrorCfg{OutIfindex: r.out, Rate: r.rate, Index: r.index}
-		if up {
-			v.Up = 1
-		}
 		// Best effort: the map is sized for every rule, so only a closed
 		// backend fails here.
-		_ = objs.FwMirrorRules.Update(r.in, v, ebpf.UpdateExist)
+		_ = objs.FwMirrorRules.Update(r.in, m.cfgOf(r, up), ebpf.UpdateExist)
 	}
+}
+
+// cfgOf is rule r as the datapath reads it. m.mu is held.
+func (m *mirrors) cfgOf(r mirrorRule, up bool) fwFwMirrorCfg {
+	v := fwFwMirrorCfg{OutIfindex: r.out, Rate: r.rate, Index: r.index}
+	if up {
+		v.Up = 1
+	}
+	if len(m.stage) > 0 && r.rate <= stageMaxRate {
+		v.Staged = 1
+	}
+	return v
+}
+
+// stageWarning says why mirroring runs without a stage, if it does.
+func (m *mirrors) stageWarning() []dataplane.Warning {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stageErr == nil {
+		return nil
+	}
+	return []dataplane.Warning{{Field: "port_mirroring", Message: fmt.Sprintf("clones are made on the receiving CPU (no mirror stage: %v)", m.stageErr)}}
 }
 
 // stopWatch ends the link subscription; the caller does not hold m.mu.
@@ -402,6 +431,7 @@ func (b *Backend) mirrorCounters(objs *fwObjects) ([]dataplane.Counter, error) {
 			s.NotPassed += c.NotPassed
 			s.NotShort += c.NotShort
 			s.NotOther += c.NotOther
+			s.NotBacklog += c.NotBacklog
 		}
 		var u uint64
 		if up[r.out] {
@@ -416,8 +446,16 @@ func (b *Backend) mirrorCounters(objs *fwObjects) ([]dataplane.Counter, error) {
 			dataplane.Counter{Name: "mirror_dropped_passed_to_kernel", Scope: sc, Value: s.NotPassed},
 			dataplane.Counter{Name: "mirror_dropped_short", Scope: sc, Value: s.NotShort},
 			dataplane.Counter{Name: "mirror_dropped_other", Scope: sc, Value: s.NotOther},
+			dataplane.Counter{Name: "mirror_dropped_primary_backlog", Scope: sc, Value: s.NotBacklog},
 			dataplane.Counter{Name: "mirror_output_up", Scope: sc, Value: u},
 		)
+	}
+	if len(rules) > 0 {
+		sc, err := b.stageCounters(objs)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sc...)
 	}
 	// Clones the output's driver refused after the program returned (TX
 	// ring full): per device, as the driver counts them.

@@ -198,6 +198,7 @@ struct fw_mirror_cfg {
 	__u32 rate;  /* 0 and 1: every packet */
 	__u32 index; /* into fw_mirror_stats */
 	__u32 up;    /* output link up (IFF_UP and carrier), kept by Go */
+	__u32 staged; /* hand the ingress to the mirror stage (below) */
 };
 
 /* Per CPU and rule. Every sampled packet ends in exactly one of mirrored or
@@ -211,6 +212,47 @@ struct fw_mirror_stats {
 	__u64 not_passed;      /* handed to the kernel stack (XDP_PASS): not cloned */
 	__u64 not_short;       /* shorter than FW_MIRROR_META, or no room for metadata */
 	__u64 not_other;       /* redirect failed, frame already rewritten, no pair map */
+	__u64 not_backlog;     /* the mirror stage CPU was behind: forwarded without a clone */
+};
+
+/* The mirror stage: a mirrored ingress is forwarded, and cloned, on another
+ * CPU through a cpumap (xdp_fw_stage), so the clone's cost leaves the CPU
+ * that received the frame. Flow control is by credit: the receiving CPU
+ * counts what it handed over (fw_stage_prod, per CPU), the stage counts what
+ * it took (fw_stage_done[receiving CPU], one writer), and the difference is
+ * the frames in flight. */
+#define FW_MAX_CPUS 256
+#define FW_STAGE_QSIZE 4096 /* cpumap queue of each stage CPU */
+#define FW_STAGE_CLONE_LIMIT (FW_STAGE_QSIZE / 2) /* in flight above: no clones */
+#define FW_STAGE_LIMIT (FW_STAGE_QSIZE * 3 / 4) /* in flight above: forward here */
+#define FW_STAGE_STALL_NS 10000000ULL           /* no progress for this long: in-flight frames are lost */
+
+/* Per receiving CPU. */
+struct fw_stage_prod {
+	__u64 sent;      /* frames handed to the stage */
+	__u64 lost;      /* frames the stage never took (written off after a stall) */
+	__u64 last_done; /* fw_stage_done when the credit was last computed */
+	__u64 stall_ns;  /* since when no progress was seen, 0: progressing */
+	__u64 inline_;   /* frames forwarded here because the stage was behind */
+	__u32 credit;    /* frames that may go before the next look at the stage */
+	__u32 mode;      /* FW_STAGE_* for those frames */
+};
+
+/* Per receiving CPU, written by its stage CPU only; one cache line each. */
+struct fw_stage_done {
+	__u64 done;
+	__u64 pad[7];
+};
+
+#define FW_STAGE_CLONE 1 /* hand over, cloning selected frames */
+#define FW_STAGE_FWD 2   /* hand over, no clones */
+#define FW_STAGE_INLINE 3
+
+/* XDP metadata of a frame handed to the stage. */
+struct fw_stage_meta {
+	__u16 src_cpu;
+	__u16 clone;   /* selected for a clone */
+	__u32 index;   /* the rule's stats index */
 };
 
 /* The kernel's struct bpf_devmap_val (ifindex, then a program fd on update,

@@ -26,6 +26,13 @@ type Options struct {
 	// MirrorSink adds a Sink namespace linked to the firewall, the output
 	// of port-mirroring tests.
 	MirrorSink bool
+	// Queues gives every veth end this many RX and TX queues; 0 means 1.
+	// veth picks the receiving end's queue by the sending CPU, so with a
+	// queue per CPU, frames sent from two CPUs land in two rings, each
+	// drained by the NAPI of its own CPU, as on a multi-queue NIC; with
+	// one queue, a CPU sending into a ring that the other CPU's NAPI
+	// drains can overflow it while that CPU is busy.
+	Queues int
 }
 
 // Lab is a client, firewall and server namespace (and optionally a sink),
@@ -69,6 +76,7 @@ type Lab struct {
 	// Suffix is the random part of every name in this lab.
 	Suffix string
 
+	opts   Options
 	mu     sync.Mutex
 	closed bool
 	nss    []*NS
@@ -113,7 +121,7 @@ func New(ctx context.Context, opts *Options) (_ *Lab, err error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("generate lab suffix: %w", err)
 	}
-	l := &Lab{Suffix: hex.EncodeToString(rnd[:3])}
+	l := &Lab{Suffix: hex.EncodeToString(rnd[:3]), opts: *opts}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Close())
@@ -294,6 +302,10 @@ func (l *Lab) addLink(fwNL *netlink.Handle, ll *labLink) error {
 		LinkAttrs:     netlink.LinkAttrs{Name: ll.fwIf, Index: 100 + len(l.links)},
 		PeerName:      ll.peerIf,
 		PeerNamespace: netlink.NsFd(int(peerH)),
+	}
+	if q := l.opts.Queues; q > 1 {
+		veth.NumTxQueues, veth.NumRxQueues = q, q
+		veth.PeerNumTxQueues, veth.PeerNumRxQueues = uint32(q), uint32(q)
 	}
 	if err := fwNL.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s/%s: %w", ll.fwIf, ll.peerIf, err)

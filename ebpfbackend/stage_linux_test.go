@@ -1,0 +1,165 @@
+package ebpfbackend
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseCPUList(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []uint32
+		bad  bool
+	}{
+		{in: "0", want: []uint32{0}},
+		{in: "0-3", want: []uint32{0, 1, 2, 3}},
+		{in: "0-1,4,6-7", want: []uint32{0, 1, 4, 6, 7}},
+		{in: "254-300", want: []uint32{254, 255}}, // FW_MAX_CPUS caps the list
+		{in: "", bad: true},
+		{in: "3-1", bad: true},
+		{in: "x", bad: true},
+		{in: "1-", bad: true},
+	} {
+		got, err := parseCPUList(tc.in)
+		if (err != nil) != tc.bad {
+			t.Errorf("%q: error %v, want error %v", tc.in, err, tc.bad)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, got); !tc.bad && diff != "" {
+			t.Errorf("%q (-want +got):\n%s", tc.in, diff)
+		}
+	}
+}
+
+// stageState reads the stage counters and, for every online CPU, whether
+// it has a cpumap queue and which stage CPU it hands to.
+func (m *mirrorLab) stageState(t *testing.T) (cpus, handed, inline uint64, queues int, targets map[uint32]uint32) {
+	t.Helper()
+	rep, err := m.b.ResourceStats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpus, _ = rep.Counter("mirror_stage_cpus", "mirror")
+	handed, _ = rep.Counter("mirror_stage_handed_packets", "mirror")
+	inline, _ = rep.Counter("mirror_stage_forwarded_inline_packets", "mirror")
+	online, err := onlineCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets = map[uint32]uint32{}
+	m.b.mu.RLock()
+	objs := m.b.objs
+	m.b.mu.RUnlock()
+	for _, c := range online {
+		var v cpumapVal
+		switch err := objs.FwCpus.Lookup(c, &v); {
+		case err == nil:
+			queues++
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
+			t.Fatalf("cpumap lookup CPU %d: %v", c, err)
+		}
+		var tgt uint32
+		if err := objs.FwStageCpu.Lookup(c, &tgt); err != nil {
+			t.Fatal(err)
+		}
+		if tgt != 0 {
+			targets[c] = tgt - 1
+		}
+	}
+	return cpus, handed, inline, queues, targets
+}
+
+// TestMirrorStage: a rate-1 rule hands its ingress to the stage on the
+// next CPU, which forwards and clones every frame; sparse sampling, the
+// MirrorInline option and a config without mirroring leave no stage.
+func TestMirrorStage(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("the mirror stage needs two online CPUs; this machine has one")
+	}
+	m := newMirrorLab(t, true)
+	ctx := context.Background()
+	if _, err := m.b.Apply(ctx, m.config(1)); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	cpus, _, _, queues, targets := m.stageState(t)
+	online, _ := onlineCPUs()
+	if int(cpus) != len(online) || queues != len(online) || len(targets) != len(online) {
+		t.Fatalf("stage: %d CPUs reported, %d queues, %d targets; want %d each", cpus, queues, len(targets), len(online))
+	}
+	for src, dst := range targets {
+		if src == dst {
+			t.Errorf("CPU %d is its own stage", src)
+		}
+	}
+
+	// A burst the stage takes in full: every frame forwarded and cloned
+	// through it, none shed.
+	frame := m.udp4(40000, mirrorPort, 18)
+	m.flood(t, frame, 100)
+	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	c0, _ := m.counts(t)
+	_, h0, i0, _, _ := m.stageState(t)
+	const n = 1000
+	m.flood(t, frame, n)
+	sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0
+	c1, _ := m.counts(t)
+	_, h1, i1, _, _ := m.stageState(t)
+	t.Logf("burst of %d: server %d, sink %d, handed to the stage %d, forwarded inline %d, shed %d", n, server, sink, h1-h0, i1-i0, c1.Backlog-c0.Backlog)
+	if server != n || sink != n || c1.Mirrored-c0.Mirrored != n {
+		t.Errorf("server %d, sink %d, mirrored %d; want %d each", server, sink, c1.Mirrored-c0.Mirrored, n)
+	}
+	if h1-h0 < n || i1 != i0 || c1.Backlog != c0.Backlog {
+		t.Errorf("handed %d (want >= %d), inline %d, shed %d (want 0 each)", h1-h0, n, i1-i0, c1.Backlog-c0.Backlog)
+	}
+
+	// 1 in 10 is cloned where the frame arrives: no stage.
+	if _, err := m.b.Apply(ctx, m.config(10)); err != nil {
+		t.Fatalf("Apply rate 10: %v", err)
+	}
+	_, h0, _, _, _ = m.stageState(t)
+	m.flood(t, frame, n)
+	settle(t, m.server)
+	if _, h1, _, _, _ = m.stageState(t); h1 != h0 {
+		t.Errorf("rate 10: %d frames handed to the stage, want 0", h1-h0)
+	}
+
+	// Without mirroring the stage goes away.
+	plain := m.config(1)
+	plain.PortMirroring = nil
+	if _, err := m.b.Apply(ctx, plain); err != nil {
+		t.Fatalf("Apply without mirroring: %v", err)
+	}
+	if _, _, _, queues, targets := m.stageState(t); queues != 0 || len(targets) != 0 {
+		t.Errorf("after mirroring was removed: %d cpumap queues, %d stage targets left", queues, len(targets))
+	}
+}
+
+// TestMirrorInlineOption: MirrorInline clones on the receiving CPU.
+func TestMirrorInlineOption(t *testing.T) {
+	m := newMirrorLab(t, true)
+	m.b.Close()
+	var err error
+	if m.b, err = New(context.Background(), &Options{NetNS: m.l.Firewall.Path, MirrorInline: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.b.Close() })
+	if _, err := m.b.Apply(context.Background(), m.config(1)); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	frame := m.udp4(40000, mirrorPort, 18)
+	m.flood(t, frame, 100)
+	s0 := settle(t, m.sink)
+	m.flood(t, frame, 1000)
+	if n := settle(t, m.sink) - s0; n != 1000 {
+		t.Errorf("sink received %d of 1000 clones", n)
+	}
+	cpus, handed, _, queues, targets := m.stageState(t)
+	if cpus != 0 || handed != 0 || queues != 0 || len(targets) != 0 {
+		t.Errorf("MirrorInline: stage CPUs %d, handed %d, queues %d, targets %d; want none", cpus, handed, queues, len(targets))
+	}
+}
