@@ -35,7 +35,6 @@ const (
 	// would reorder every flow.
 	stageMaxRate = 4
 	stageQsize   = 4096 // FW_STAGE_QSIZE
-	stageLimit   = stageQsize * 3 / 4
 	maxCPUs      = 256 // FW_MAX_CPUS
 )
 

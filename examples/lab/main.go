@@ -35,6 +35,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -227,7 +228,9 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(o.log, format+"\n", args...) }
 
-	l, err := netlab.New(ctx, &netlab.Options{MirrorSink: true})
+	// A queue per CPU on every veth, like a multi-queue NIC (see
+	// netlab.Options.Queues): the eBPF mirror stage sends from another CPU.
+	l, err := netlab.New(ctx, &netlab.Options{MirrorSink: true, Queues: runtime.NumCPU()})
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) {
 			err = fmt.Errorf("%w (the lab creates network namespaces and loads BPF: run it as root, e.g. sudo go run ./examples/lab)", err)
