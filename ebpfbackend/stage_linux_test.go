@@ -5,9 +5,12 @@ import (
 	"errors"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwplane/fwplane/internal/netlab"
 )
 
 func TestParseCPUList(t *testing.T) {
@@ -161,5 +164,85 @@ func TestMirrorInlineOption(t *testing.T) {
 	cpus, handed, _, queues, targets := m.stageState(t)
 	if cpus != 0 || handed != 0 || queues != 0 || len(targets) != 0 {
 		t.Errorf("MirrorInline: stage CPUs %d, handed %d, queues %d, targets %d; want none", cpus, handed, queues, len(targets))
+	}
+}
+
+// TestMirrorStageStall: frames given to a stage that never takes them (as
+// when its queue is replaced) are written off after FW_STAGE_STALL_NS, and
+// hand-over resumes; meanwhile the receiving CPU forwards everything itself
+// and loses no primary frame.
+func TestMirrorStageStall(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("the mirror stage needs two online CPUs; this machine has one")
+	}
+	m := newMirrorLab(t, true)
+	ctx := context.Background()
+	if _, err := m.b.Apply(ctx, m.config(1)); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	frame := m.udp4(40000, mirrorPort, 18)
+	m.flood(t, frame, 100)
+	settle(t, m.server)
+
+	// Pretend every CPU handed over 3500 frames the stage never saw: more
+	// than FW_STAGE_LIMIT in flight, with no progress.
+	const phantom = 3500
+	objs := m.b.objs
+	var per []fwFwStageProd
+	if err := objs.FwStageProdMap.Lookup(uint32(0), &per); err != nil {
+		t.Fatal(err)
+	}
+	for i := range per {
+		per[i].Sent += phantom
+		per[i].Credit = 0 // look at the stage on the next frame
+	}
+	if err := objs.FwStageProdMap.Update(uint32(0), per, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	rep0, _ := m.b.ResourceStats(ctx)
+	lost0, _ := rep0.Counter("mirror_stage_lost_packets", "mirror")
+
+	v0 := settle(t, m.server)
+	_, _, i0, _, _ := m.stageState(t)
+	m.flood(t, frame, 100) // inline: the stage looks 3500 behind
+	if got := settle(t, m.server) - v0; got != 100 {
+		t.Errorf("server received %d of 100 while the stage looked stalled", got)
+	}
+	if _, _, i1, _, _ := m.stageState(t); i1-i0 < 100 {
+		t.Errorf("%d frames forwarded inline while the stage looked stalled, want 100", i1-i0)
+	}
+	// Every CPU looks at its stage, waits past FW_STAGE_STALL_NS and
+	// looks again, which writes its phantoms off.
+	online, err := onlineCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range online {
+		cpu := int(c)
+		for range 2 {
+			if _, err := (netlab.Flood{NS: m.l.Client, Iface: m.l.ClientIf, Frame: frame, Count: 50, CPU: &cpu}).Run(ctx); err != nil {
+				t.Fatalf("flood on CPU %d: %v", cpu, err)
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+	}
+	settle(t, m.server)
+
+	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	_, h0, _, _, _ := m.stageState(t)
+	m.flood(t, frame, 1000)
+	sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0
+	_, h1, _, _, _ := m.stageState(t)
+	rep1, _ := m.b.ResourceStats(ctx)
+	lost1, _ := rep1.Counter("mirror_stage_lost_packets", "mirror")
+	t.Logf("after the stall: lost %d, handed %d, server %d, sink %d", lost1-lost0, h1-h0, server, sink)
+	if lost1-lost0 < phantom {
+		t.Errorf("mirror_stage_lost_packets +%d, want >= %d", lost1-lost0, phantom)
+	}
+	if lost1-lost0 != phantom*uint64(len(online)) {
+		t.Errorf("mirror_stage_lost_packets +%d, want %d (every CPU's phantoms)", lost1-lost0, phantom*len(online))
+	}
+	if h1-h0 < 1000 || server != 1000 || sink != 1000 {
+		t.Errorf("after the write-off: handed %d, server %d, sink %d; want 1000 each", h1-h0, server, sink)
 	}
 }
