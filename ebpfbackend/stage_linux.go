@@ -35,7 +35,7 @@ const (
 	// would reorder every flow.
 	stageMaxRate = 4
 	stageQsize   = 4096 // FW_STAGE_QSIZE
-	maxCPUs      = 256 // FW_MAX_CPUS
+	maxCPUs      = 256  // FW_MAX_CPUS
 )
 
 // cpumapVal is the kernel's struct bpf_cpumap_val on update.
