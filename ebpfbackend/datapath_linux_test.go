@@ -489,21 +489,25 @@ func TestResourceRows(t *testing.T) {
 		}
 	}
 	want := map[string]row{
-		"fw_sessions_v4":   {dataplane.KindLRUHash, 4096, true},
-		"fw_sessions_v6":   {dataplane.KindLRUHash, 4096, true},
-		"fw_rules":         {dataplane.KindArray, numSlots * maxRules, false},
-		"fw_pairs":         {dataplane.KindArray, numSlots * maxZones * maxZones, false},
-		"fw_if_zone":       {dataplane.KindHash, numSlots * maxIfaces, true},
-		"fw_settings_map":  {dataplane.KindArray, numSlots, false},
-		"fw_active":        {dataplane.KindArray, 1, false},
-		"fw_tx_ports":      {dataplane.KindDevMap, maxIfaces, false},
-		"fw_counters":      {dataplane.KindPerCPUArray, 1, false},
-		"fw_flow_cache":    {dataplane.KindPerCPUArray, flowCacheSlots, false},
-		"fw_mirror_rules":  {dataplane.KindHash, maxMirrors, true},
-		"fw_mirror_counts": {dataplane.KindPerCPUArray, maxMirrors, false},
-		"fw_mirror_out":    {dataplane.KindDevMap, maxMirrors, false},
-		"fw_mirror_pairs":  {kindHashOfMaps, maxMirrorPairs, true},
-		"fw_mirror_on":     {dataplane.KindArray, 1, false},
+		"fw_sessions_v4":    {dataplane.KindLRUHash, 4096, true},
+		"fw_sessions_v6":    {dataplane.KindLRUHash, 4096, true},
+		"fw_rules":          {dataplane.KindArray, numSlots * maxRules, false},
+		"fw_pairs":          {dataplane.KindArray, numSlots * maxZones * maxZones, false},
+		"fw_if_zone":        {dataplane.KindHash, numSlots * maxIfaces, true},
+		"fw_settings_map":   {dataplane.KindArray, numSlots, false},
+		"fw_active":         {dataplane.KindArray, 1, false},
+		"fw_tx_ports":       {dataplane.KindDevMap, maxIfaces, false},
+		"fw_counters":       {dataplane.KindPerCPUArray, 1, false},
+		"fw_flow_cache":     {dataplane.KindPerCPUArray, flowCacheSlots, false},
+		"fw_mirror_rules":   {dataplane.KindHash, maxMirrors, true},
+		"fw_mirror_counts":  {dataplane.KindPerCPUArray, maxMirrors, false},
+		"fw_mirror_out":     {dataplane.KindDevMap, maxMirrors, false},
+		"fw_mirror_pairs":   {kindHashOfMaps, maxMirrorPairs, true},
+		"fw_mirror_on":      {dataplane.KindArray, 1, false},
+		"fw_cpus":           {kindCPUMap, uint64(min(maxCPUs, ebpf.MustPossibleCPU())), false}, // cilium/ebpf sizes it to the possible CPUs
+		"fw_stage_cpu":      {dataplane.KindArray, maxCPUs, false},
+		"fw_stage_prod_map": {dataplane.KindPerCPUArray, 1, false},
+		"fw_stage_done_map": {dataplane.KindArray, maxCPUs, false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("resources (-want +got):\n%s", diff)

@@ -3,6 +3,7 @@ package ebpfbackend
 import (
 	"context"
 	"errors"
+	"reflect"
 	"runtime"
 	"testing"
 	"time"
@@ -244,5 +245,29 @@ func TestMirrorStageStall(t *testing.T) {
 	}
 	if h1-h0 < 1000 || server != 1000 || sink != 1000 {
 		t.Errorf("after the write-off: handed %d, server %d, sink %d; want 1000 each", h1-h0, server, sink)
+	}
+}
+
+// TestNamedMapsComplete: ResourceStats reports every map of the program
+// (bpf2go's fwMaps), each once.
+func TestNamedMapsComplete(t *testing.T) {
+	var o fwObjects
+	seen := map[string]bool{}
+	for _, nm := range o.named() {
+		if seen[nm.name] {
+			t.Errorf("%s listed twice", nm.name)
+		}
+		seen[nm.name] = true
+	}
+	typ := reflect.TypeOf(o.fwMaps)
+	for i := range typ.NumField() {
+		name := typ.Field(i).Tag.Get("ebpf")
+		if !seen[name] {
+			t.Errorf("map %s is missing from ResourceStats (fwObjects.named)", name)
+		}
+		delete(seen, name)
+	}
+	for name := range seen {
+		t.Errorf("named() lists %s, which the program does not have", name)
 	}
 }

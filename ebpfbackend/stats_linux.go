@@ -15,8 +15,11 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 )
 
-// kindHashOfMaps has no dataplane constant: only this backend has one.
-const kindHashOfMaps = "hash_of_maps"
+// Map kinds without a dataplane constant: only this backend has them.
+const (
+	kindHashOfMaps = "hash_of_maps"
+	kindCPUMap     = "cpumap"
+)
 
 // Indexes into counterNames used by the Go side.
 const (
@@ -73,6 +76,10 @@ func (o *fwObjects) named() []namedMap {
 		{"fw_mirror_out", o.FwMirrorOut},
 		{"fw_mirror_pairs", o.FwMirrorPairs},
 		{"fw_mirror_on", o.FwMirrorOn},
+		{"fw_cpus", o.FwCpus},
+		{"fw_stage_cpu", o.FwStageCpu},
+		{"fw_stage_prod_map", o.FwStageProdMap},
+		{"fw_stage_done_map", o.FwStageDoneMap},
 	}
 }
 
@@ -94,6 +101,8 @@ func kindOf(t ebpf.MapType) string {
 		return dataplane.KindDevMap
 	case ebpf.HashOfMaps:
 		return kindHashOfMaps
+	case ebpf.CPUMap:
+		return kindCPUMap
 	}
 	return t.String()
 }
