@@ -1154,21 +1154,6 @@ static __always_inline void stage_credit(struct fw_stage_prod *p, __u32 cpu)
 	if (p->sent - p->lost < done) /* frames written off arrived after all */
 		p->lost = p->sent - done;
 	__u64 inflight = p->sent - p->lost - done;
-	if (inflight >= FW_STAGE_CLONE_LIMIT && done == p->last_done) {
-		/* No progress: a stage that took nothing for FW_STAGE_STALL_NS
-		 * lost what it was given (its queue was replaced or overflowed). */
-		__u64 now = bpf_ktime_get_ns();
-		if (!p->stall_ns) {
-			p->stall_ns = now;
-		} else if (now - p->stall_ns > FW_STAGE_STALL_NS) {
-			p->lost += inflight;
-			inflight = 0;
-			p->stall_ns = 0;
-		}
-	} else {
-		p->stall_ns = 0;
-	}
-	p->last_done = done;
 	if (inflight < FW_STAGE_CLONE_LIMIT) {
 		p->mode = FW_STAGE_CLONE;
 		p->credit = (__u32)(FW_STAGE_CLONE_LIMIT - inflight);

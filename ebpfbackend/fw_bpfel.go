@@ -158,14 +158,12 @@ type fwFwStageDone struct {
 }
 
 type fwFwStageProd struct {
-	_        structs.HostLayout
-	Sent     uint64
-	Lost     uint64
-	LastDone uint64
-	StallNs  uint64
-	Inline   uint64
-	Credit   uint32
-	Mode     uint32
+	_      structs.HostLayout
+	Sent   uint64
+	Lost   uint64
+	Inline uint64
+	Credit uint32
+	Mode   uint32
 }
 
 // Names of all BPF objects in the ELF.

@@ -19,11 +19,14 @@ import (
 // by the kernel's broadcast, a devmap program, a second transmit); inline,
 // all of it lands on the CPU that received the frame, measured at 0.40 of
 // the unmirrored rate. The receiving CPU keeps only the hand-over, and a
-// credit scheme bounds what is in flight: past a quarter of the stage's
-// queue the receiving CPU stops asking for clones (counted as
-// mirror_dropped_primary_backlog), past half it forwards frames itself, so
-// the queue never overflows and primary traffic is never dropped for the
-// mirror's sake. The cost: frames of a mirrored ingress take a queue hop
+// credit scheme bounds what is in flight: past half of the stage's queue
+// the receiving CPU stops asking for clones (counted as
+// mirror_dropped_primary_backlog), past three quarters it forwards frames
+// itself, so the queue never overflows and primary traffic is never dropped
+// for the mirror's sake. The datapath never forgets a frame it handed
+// over, however long the stage takes (a starved kthread must not make room
+// that is not there); only setupStage, making the queues afresh, writes
+// off what was never taken. The cost: frames of a mirrored ingress take a queue hop
 // (a wakeup of the stage kthread when idle), and while the stage is more
 // than half behind, frames forwarded here can overtake frames still in its
 // queue.
@@ -67,6 +70,13 @@ func setupStage(objs *fwObjects) ([]uint32, error) {
 		}
 		done = append(done, c)
 	}
+	// The queues are new: whatever the datapath still counts in flight
+	// from earlier queues was drained or freed with them. No CPU hands
+	// over yet (fw_stage_cpu is 0 for all), so the per-CPU state is Go's
+	// to write.
+	if err := resyncStage(objs); err != nil {
+		return fail(err)
+	}
 	for i, c := range cpus {
 		next := cpus[(i+1)%len(cpus)]
 		if err := objs.FwStageCpu.Update(c, next+1, ebpf.UpdateAny); err != nil {
@@ -74,6 +84,32 @@ func setupStage(objs *fwObjects) ([]uint32, error) {
 		}
 	}
 	return cpus, nil
+}
+
+// resyncStage writes off, on every CPU, the frames handed over and never
+// taken (counted as lost), and makes each CPU look at its stage on its next
+// hand-over. Only while no CPU hands over.
+func resyncStage(objs *fwObjects) error {
+	var per []fwFwStageProd
+	if err := objs.FwStageProdMap.Lookup(uint32(0), &per); err != nil {
+		return fmt.Errorf("read mirror stage state: %w", err)
+	}
+	for cpu := range per {
+		var d fwFwStageDone
+		if cpu < maxCPUs {
+			if err := objs.FwStageDoneMap.Lookup(uint32(cpu), &d); err != nil {
+				return fmt.Errorf("read mirror stage progress: %w", err)
+			}
+		}
+		if p := &per[cpu]; p.Sent >= d.Done {
+			p.Lost = p.Sent - d.Done
+		}
+		per[cpu].Credit, per[cpu].Mode = 0, 0
+	}
+	if err := objs.FwStageProdMap.Update(uint32(0), per, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("reset mirror stage state: %w", err)
+	}
+	return nil
 }
 
 // teardownStage sends every CPU back to inline clones, then removes the
@@ -123,7 +159,7 @@ func parseCPUList(s string) ([]uint32, error) {
 
 // stageCounters reports the stage: CPUs with one, frames handed over,
 // forwarded on the receiving CPU because the stage was behind, written off
-// as lost, and in flight now. m.mu is not held.
+// when the queues were made again, and in flight now. m.mu is not held.
 func (b *Backend) stageCounters(objs *fwObjects) ([]dataplane.Counter, error) {
 	m := b.mir
 	m.mu.Lock()

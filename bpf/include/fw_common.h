@@ -225,17 +225,17 @@ struct fw_mirror_stats {
 #define FW_STAGE_QSIZE 4096 /* cpumap queue of each stage CPU */
 #define FW_STAGE_CLONE_LIMIT (FW_STAGE_QSIZE / 2) /* in flight above: no clones */
 #define FW_STAGE_LIMIT (FW_STAGE_QSIZE * 3 / 4) /* in flight above: forward here */
-#define FW_STAGE_STALL_NS 10000000ULL           /* no progress for this long: in-flight frames are lost */
 
-/* Per receiving CPU. */
+/* Per receiving CPU. Frames handed over are never forgotten by the
+ * datapath: a stage that is slow (or starved of CPU) keeps them counted in
+ * flight, so the queue cannot overflow. Only Go writes frames off, when it
+ * creates the queues afresh (setupStage). */
 struct fw_stage_prod {
-	__u64 sent;      /* frames handed to the stage */
-	__u64 lost;      /* frames the stage never took (written off after a stall) */
-	__u64 last_done; /* fw_stage_done when the credit was last computed */
-	__u64 stall_ns;  /* since when no progress was seen, 0: progressing */
-	__u64 inline_;   /* frames forwarded here because the stage was behind */
-	__u32 credit;    /* frames that may go before the next look at the stage */
-	__u32 mode;      /* FW_STAGE_* for those frames */
+	__u64 sent;    /* frames handed to the stage */
+	__u64 lost;    /* frames written off by Go when the queues were made again */
+	__u64 inline_; /* frames forwarded here because the stage was behind */
+	__u32 credit;  /* frames that may go before the next look at the stage */
+	__u32 mode;    /* FW_STAGE_* for those frames */
 };
 
 /* Per receiving CPU, written by its stage CPU only; one cache line each. */

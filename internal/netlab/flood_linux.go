@@ -51,10 +51,6 @@ type Flood struct {
 	// BatchSize is the kernel's live-frames batch size; 0 means the
 	// kernel default (64).
 	BatchSize uint32
-	// CPU, when set, runs the generator on that CPU (its thread's
-	// affinity is restored afterwards). The receiving end's XDP program
-	// then runs on that CPU too: veth delivers on the sending CPU.
-	CPU *int
 	// Chunk is the number of frames per BPF_PROG_RUN call, between which
 	// ctx is checked; 0 sizes each call to about FloodChunkTime.
 	Chunk uint32
@@ -117,18 +113,6 @@ func (f Flood) Run(ctx context.Context) (FloodResult, error) {
 		ifc, err := net.InterfaceByName(f.Iface)
 		if err != nil {
 			return fmt.Errorf("find %s in %s: %w", f.Iface, f.NS, err)
-		}
-		if f.CPU != nil {
-			// The thread is locked to this goroutine for the call.
-			var old, set unix.CPUSet
-			if err := unix.SchedGetaffinity(0, &old); err != nil {
-				return fmt.Errorf("flood: read CPU affinity: %w", err)
-			}
-			set.Set(*f.CPU)
-			if err := unix.SchedSetaffinity(0, &set); err != nil {
-				return fmt.Errorf("flood: run on CPU %d: %w", *f.CPU, err)
-			}
-			defer unix.SchedSetaffinity(0, &old)
 		}
 		opts := &ebpf.RunOptions{
 			Data:      f.Frame,
