@@ -181,7 +181,7 @@
 // programs (an Apply warning) mean inline clones. Measured with
 // BenchmarkMirrorForwarding at saturation (a flood faster than either CPU
 // forwards): primary forwarding at 0.83-1.06 of the unmirrored rate, with
-// the stage behind and shedding most clones (6 % delivered); inline, every
+// the stage behind and shedding most clones (6-8 % delivered); inline, every
 // clone is delivered and primary forwarding falls to 0.43. Below
 // saturation both deliver every clone (TestMirrorStage: a 1000-frame burst,
 // all handed over, none shed). Counters, scope "mirror": mirror_stage_cpus,
