@@ -218,8 +218,11 @@ func TestMirrorStageStarved(t *testing.T) {
 		c1, _ := m.counts(t)
 		_, h1, i1, _, _ := m.stageState(t)
 		t.Logf("round %d, stage looking stalled: server %d, sink %d, handed %d, inline %d, shed %d", round, server, sink, h1-h0, i1-i0, c1.Backlog-c0.Backlog)
-		if server != 500 || sink != 0 || h1 != h0 || i1-i0 != 500 || c1.Backlog-c0.Backlog != 500 {
-			t.Errorf("round %d: server %d (want 500), sink %d, handed %d (want 0 each), inline %d, shed %d (want 500 each)", round, server, sink, h1-h0, i1-i0, c1.Backlog-c0.Backlog)
+		// The client's stack may add the odd ND or MLD frame to the
+		// ingress: inline and shed may exceed the flood by that noise.
+		inl, shed := i1-i0, c1.Backlog-c0.Backlog
+		if server != 500 || sink != 0 || h1 != h0 || inl < 500 || inl > 500+noise || shed != inl {
+			t.Errorf("round %d: server %d (want 500), sink %d, handed %d (want 0 each), inline %d, shed %d (want 500, up to %d more, equal)", round, server, sink, h1-h0, inl, shed, noise)
 		}
 		time.Sleep(50 * time.Millisecond) // long past any time-based write-off
 	}
