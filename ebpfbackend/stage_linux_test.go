@@ -112,8 +112,10 @@ func TestMirrorStage(t *testing.T) {
 	c1, _ := m.counts(t)
 	_, h1, i1, _, _ := m.stageState(t)
 	t.Logf("burst of %d: server %d, sink %d, handed to the stage %d, forwarded inline %d, shed %d", n, server, sink, h1-h0, i1-i0, c1.Backlog-c0.Backlog)
-	if server != n || sink != n || c1.Mirrored-c0.Mirrored != n {
-		t.Errorf("server %d, sink %d, mirrored %d; want %d each", server, sink, c1.Mirrored-c0.Mirrored, n)
+	// Server and sink count the flow; mirrored_packets also counts the
+	// client stack's odd ND or MLD frame.
+	if mirrored := c1.Mirrored - c0.Mirrored; server != n || sink != n || mirrored < n || mirrored > n+noise {
+		t.Errorf("server %d, sink %d, mirrored %d; want %d each (mirrored: up to %d more)", server, sink, mirrored, n, noise)
 	}
 	if h1-h0 < n || i1 != i0 || c1.Backlog != c0.Backlog {
 		t.Errorf("handed %d (want >= %d), inline %d, shed %d (want 0 each)", h1-h0, n, i1-i0, c1.Backlog-c0.Backlog)
