@@ -212,9 +212,11 @@ struct {
 	__type(value, struct fw_stage_prod);
 } fw_stage_prod_map SEC(".maps");
 
-/* Indexed by receiving CPU. */
+/* Indexed by receiving CPU. Mmapable, so the values are page-aligned and
+ * each 64-byte entry is a cache line of its own. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, FW_MAX_CPUS);
 	__type(key, __u32);
 	__type(value, struct fw_stage_done);
@@ -1151,9 +1153,14 @@ static __always_inline void stage_credit(struct fw_stage_prod *p, __u32 cpu)
 		return;
 	}
 	__u64 done = *(volatile __u64 *)&d->done;
-	if (p->sent - p->lost < done) /* frames written off arrived after all */
-		p->lost = p->sent - done;
-	__u64 inflight = p->sent - p->lost - done;
+	__u64 base = p->sent - p->lost; /* handed over and not written off */
+	if (done > base) {
+		/* Frames Go wrote off were taken after all. */
+		if (done <= p->sent)
+			p->lost = p->sent - done;
+		base = done;
+	}
+	__u64 inflight = base - done;
 	if (inflight < FW_STAGE_CLONE_LIMIT) {
 		p->mode = FW_STAGE_CLONE;
 		p->credit = (__u32)(FW_STAGE_CLONE_LIMIT - inflight);
@@ -1183,17 +1190,18 @@ static __always_inline int stage_handoff(struct xdp_md *ctx, int selected, __u32
 		return STAGE_NONE;
 	if (!p->credit)
 		stage_credit(p, cpu);
-	if (p->credit)
-		p->credit -= 1;
 	__u32 mode = p->mode;
 	if (mode == FW_STAGE_INLINE) {
+		if (p->credit)
+			p->credit -= 1;
 		p->inline_ += 1;
 		if (selected)
 			st->not_backlog += 1;
 		return STAGE_INLINE;
 	}
-	if (bpf_redirect_map(&fw_cpus, *tgt - 1, 0) != XDP_REDIRECT)
-		return STAGE_NONE; /* no queue on that CPU (being reprogrammed) */
+	/* Metadata first, the redirect last: a frame that cannot carry the
+	 * metadata (a driver without support) is forwarded here, credit
+	 * untouched. */
 	void *data = (void *)(long)ctx->data;
 	long have = (long)data - (long)ctx->data_meta;
 	const long want = sizeof(struct fw_stage_meta);
@@ -1206,6 +1214,10 @@ static __always_inline int stage_handoff(struct xdp_md *ctx, int selected, __u32
 	m->src_cpu = (__u16)cpu;
 	m->clone = (__u16)clone;
 	m->index = idx;
+	if (bpf_redirect_map(&fw_cpus, *tgt - 1, 0) != XDP_REDIRECT)
+		return STAGE_NONE; /* no queue on that CPU (being reprogrammed) */
+	if (p->credit)
+		p->credit -= 1;
 	if (selected && !clone)
 		st->not_backlog += 1;
 	p->sent += 1;

@@ -177,8 +177,14 @@
 // without progress, and a starved kthread then overflowed its queue: 8 200
 // primary frames lost in a loaded test run). Go writes off what was never
 // taken when it makes the queues afresh (mirror_stage_lost_packets).
-// One online CPU, Options.MirrorInline, or a kernel that refuses cpumap
-// programs (an Apply warning) mean inline clones. Measured with
+// Queues exist only while a rule uses the stage. Inline clones instead: on
+// one online CPU, with Options.MirrorInline, and when the kernel refuses a
+// cpumap queue (an Apply warning; the next Apply tries again). An input
+// attached in generic (skb) mode cannot be mirrored at all: a generic
+// redirect hands the devmap program an skb without the XDP metadata, so no
+// clone could be restored (measured: none arrived), and Apply fails with
+// dataplane.ErrNotSupported naming the input. The stage program loads with the rest of the collection:
+// cpumap programs need kernel 5.9, which bpf_link XDP attachment needs too. Measured with
 // BenchmarkMirrorForwarding at saturation (a flood faster than either CPU
 // forwards): primary forwarding at 0.83-1.06 of the unmirrored rate, with
 // the stage behind and shedding most clones (6-8 % delivered); inline, every
@@ -251,6 +257,9 @@
 //     dataplane.ErrNotSupported) listing every reason.
 //   - A mirror output that does not exist: a warning in the ApplyResult,
 //     the rule is skipped.
+//   - A mirror input attached in generic (skb) XDP mode (the driver has no
+//     native XDP, or Options.ForceGenericXDP): an error matching
+//     dataplane.ErrNotSupported that names the input.
 //   - An interface that does not exist: a *dataplane.ConfigError whose
 //     problems name the field (interfaces[i].name).
 //   - After Close: dataplane.ErrClosed.

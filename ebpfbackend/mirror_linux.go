@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
@@ -30,6 +31,7 @@ type mirrorRule struct {
 	in, out       uint32
 	rate          uint32
 	index         uint32 // into fw_mirror_counts
+	native        bool   // the input runs xdp_fw in driver mode (checked by programMirrors)
 }
 
 func (r mirrorRule) scope() string { return "mirror " + r.input + "->" + r.output }
@@ -94,6 +96,17 @@ func mirrorReasons(cfg *dataplane.Config, nIfaces int) []string {
 		why = append(why, fmt.Sprintf("port_mirroring: %d interfaces x %d distinct outputs = %d broadcast maps, the eBPF datapath holds %d", nIfaces, len(outs), n, maxMirrorPairs))
 	}
 	return why
+}
+
+// xdpNative reports whether ifindex has an XDP program attached in driver
+// mode. Runs in the dataplane's namespace.
+func xdpNative(ifindex uint32) bool {
+	l, err := netlink.LinkByIndex(int(ifindex))
+	if err != nil {
+		return false
+	}
+	x := l.Attrs().Xdp
+	return x != nil && x.Attached && x.AttachMode == nl.XDP_ATTACHED_DRV
 }
 
 // linkUsable is the datapath's "output up": administratively up with a
@@ -211,12 +224,24 @@ func (b *Backend) programMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule
 		m.up[r.out] = err == nil && linkUsable(l)
 	}
 
-	// The stage exists while rules do. A stage that cannot be made (a
-	// kernel without cpumap programs) leaves clones to the receiving CPU,
-	// as before the stage existed; Apply reports why.
-	if len(rules) > 0 && !b.opts.MirrorInline {
-		if m.stage == nil && m.stageErr == nil {
-			m.stage, m.stageErr = setupStage(objs)
+	// Mirroring needs the input in driver mode, and the stage exists while
+	// a rule uses it: one sampling densely (stageMaxRate). A stage
+	// that cannot be made (the kernel refuses a cpumap queue) leaves clones
+	// to the receiving CPU, as before the stage existed; Apply says why,
+	// and the next Apply tries again.
+	wantStage := false
+	for i := range rules {
+		if rules[i].native = xdpNative(rules[i].in); !rules[i].native {
+			// Measured: the clone never arrives. A generic redirect
+			// hands the devmap program an skb without its metadata, so
+			// xdp_fw_mirror cannot restore the frame and drops it.
+			return fmt.Errorf("mirror input %s runs XDP in generic (skb) mode, where a clone cannot be restored to the frame as received (generic redirects carry no XDP metadata): %w", rules[i].input, dataplane.ErrNotSupported)
+		}
+		wantStage = wantStage || rules[i].rate <= stageMaxRate
+	}
+	if wantStage && !b.opts.MirrorInline {
+		if m.stage == nil {
+			m.stage, m.stageErr = setupStage(objs, b.waitReaders)
 		}
 	} else {
 		teardownStage(objs, m.stage)

@@ -51,7 +51,7 @@ type cpumapVal struct {
 // makes each CPU's stage the next online CPU. It returns the CPUs with a
 // stage; none (and no error) on a machine with one online CPU. On error
 // nothing is left programmed.
-func setupStage(objs *fwObjects) ([]uint32, error) {
+func setupStage(objs *fwObjects, waitReaders func()) ([]uint32, error) {
 	cpus, err := onlineCPUs()
 	if err != nil {
 		return nil, err
@@ -71,9 +71,13 @@ func setupStage(objs *fwObjects) ([]uint32, error) {
 		done = append(done, c)
 	}
 	// The queues are new: whatever the datapath still counts in flight
-	// from earlier queues was drained or freed with them. No CPU hands
-	// over yet (fw_stage_cpu is 0 for all), so the per-CPU state is Go's
+	// from earlier ones is being drained or freed with them (the kernel
+	// frees a removed queue after an RCU grace period; frames it still
+	// takes then count as taken, which the datapath reconciles). No CPU
+	// hands over (fw_stage_cpu is 0 for all) once program runs that read
+	// it earlier are done, so after waitReaders the per-CPU state is Go's
 	// to write.
+	waitReaders()
 	if err := resyncStage(objs); err != nil {
 		return fail(err)
 	}
@@ -179,8 +183,10 @@ func (b *Backend) stageCounters(objs *fwObjects) ([]dataplane.Counter, error) {
 			if err := objs.FwStageDoneMap.Lookup(uint32(cpu), &d); err != nil {
 				return nil, fmt.Errorf("read mirror stage progress: %w", err)
 			}
-			if n := p.Sent - p.Lost; n > d.Done {
-				inflight += n - d.Done
+			// Modular, as the datapath computes it: frames written off
+			// and taken after all give 0, not a wrapped count.
+			if n := p.Sent - p.Lost - d.Done; n < 1<<63 {
+				inflight += n
 			}
 		}
 	}

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwplane/fwplane/dataplane"
 )
 
 func TestParseCPUList(t *testing.T) {
@@ -189,7 +192,9 @@ func TestMirrorStageStarved(t *testing.T) {
 	// Pretend every CPU handed over 3500 frames the stage never took:
 	// more than FW_STAGE_LIMIT in flight.
 	const phantom = 3500
+	m.b.mu.RLock()
 	objs := m.b.objs
+	m.b.mu.RUnlock()
 	var per []fwFwStageProd
 	if err := objs.FwStageProdMap.Lookup(uint32(0), &per); err != nil {
 		t.Fatal(err)
@@ -247,8 +252,11 @@ func TestMirrorStageStarved(t *testing.T) {
 	sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0
 	_, h1, _, _, _ := m.stageState(t)
 	t.Logf("after new queues: written off %d, handed %d, server %d, sink %d", lost()-lost0, h1-h0, server, sink)
-	if got, want := lost()-lost0, uint64(phantom*len(per)); got != want {
-		t.Errorf("mirror_stage_lost_packets +%d, want %d (every CPU's phantoms)", got, want)
+	// The phantoms were written into live per-CPU state: a stray ND or
+	// MLD frame handed over between that read and write is lost to the
+	// count (and written off with them).
+	if got, want := lost()-lost0, uint64(phantom*len(per)); got+noise < want || got > want+noise {
+		t.Errorf("mirror_stage_lost_packets +%d, want %d ± %d (every CPU's phantoms)", got, want, noise)
 	}
 	if h1-h0 < 1000 || server != 1000 || sink != 1000 {
 		t.Errorf("after new queues: handed %d, server %d, sink %d; want 1000 each", h1-h0, server, sink)
@@ -276,5 +284,42 @@ func TestNamedMapsComplete(t *testing.T) {
 	}
 	for name := range seen {
 		t.Errorf("named() lists %s, which the program does not have", name)
+	}
+}
+
+// TestMirrorRefusedOnGenericXDP: mirroring an input attached in generic
+// (skb) mode fails closed: a generic redirect gives the devmap program no
+// metadata, so no clone could be restored (measured: none arrived). Apply
+// fails with ErrNotSupported and the dataplane runs as before.
+func TestMirrorRefusedOnGenericXDP(t *testing.T) {
+	m := newMirrorLab(t, true)
+	m.b.Close()
+	var err error
+	if m.b, err = New(context.Background(), &Options{NetNS: m.l.Firewall.Path, ForceGenericXDP: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.b.Close() })
+	plain := m.config(1)
+	plain.PortMirroring = nil
+	if _, err := m.b.Apply(context.Background(), plain); err != nil {
+		t.Fatalf("Apply without mirroring: %v", err)
+	}
+	gen := m.b.gen
+	_, err = m.b.Apply(context.Background(), m.config(1))
+	if !errors.Is(err, dataplane.ErrNotSupported) || !strings.Contains(err.Error(), m.l.FwClientIf) || !strings.Contains(err.Error(), "generic") {
+		t.Fatalf("Apply with mirroring on generic XDP: %v, want ErrNotSupported naming %s and generic mode", err, m.l.FwClientIf)
+	}
+	if m.b.gen != gen {
+		t.Errorf("generation %d -> %d: the refused Apply changed the dataplane", gen, m.b.gen)
+	}
+	frame := m.udp4(40000, mirrorPort, 18)
+	m.flood(t, frame, 100)
+	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	m.flood(t, frame, 1000)
+	if sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0; server != 1000 || sink != 0 {
+		t.Errorf("after the refused Apply: server %d (want 1000), sink %d (want 0)", server, sink)
+	}
+	if _, _, _, queues, targets := m.stageState(t); queues != 0 || len(targets) != 0 {
+		t.Errorf("after the refused Apply: %d stage queues, %d targets", queues, len(targets))
 	}
 }
