@@ -50,6 +50,32 @@ type Warning struct {
 
 func (w Warning) String() string { return w.Field + ": " + w.Message }
 
+// ResourceStatsReuser is implemented by backends that can write a report
+// into the caller's ResourceReport, reusing its arrays: a poller reading
+// reports many times a second and keeping none then allocates nothing
+// large per read. Use it through [ReadResourceStats].
+type ResourceStatsReuser interface {
+	// ResourceStatsInto overwrites *rep with a fresh report, reusing
+	// rep's Resources and Counters arrays when large enough. The rows of
+	// the previous contents are overwritten; on error *rep is unchanged.
+	ResourceStatsInto(ctx context.Context, rep *ResourceReport) error
+}
+
+// ReadResourceStats reads dp's report into *rep: in place when dp is a
+// [ResourceStatsReuser], else by assigning dp.ResourceStats' report. On
+// error *rep is unchanged.
+func ReadResourceStats(ctx context.Context, dp DataPlane, rep *ResourceReport) error {
+	if r, ok := dp.(ResourceStatsReuser); ok {
+		return r.ResourceStatsInto(ctx, rep)
+	}
+	fresh, err := dp.ResourceStats(ctx)
+	if err != nil {
+		return err
+	}
+	*rep = fresh
+	return nil
+}
+
 // SessionLister is implemented by backends that can enumerate sessions.
 type SessionLister interface {
 	// Sessions returns at most limit sessions (limit <= 0: a backend

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -105,5 +106,27 @@ func TestErrors(t *testing.T) {
 	}
 	if got := (&ConfigError{Problems: []Problem{{"a", "b"}}}).Error(); got != "invalid config: 1 problem; a: b" {
 		t.Errorf("got %q", got)
+	}
+}
+
+type freshOnly struct {
+	DataPlane
+	rep ResourceReport
+	err error
+}
+
+func (f freshOnly) ResourceStats(context.Context) (ResourceReport, error) { return f.rep, f.err }
+
+// ReadResourceStats falls back to ResourceStats for a backend that cannot
+// reuse a report, and leaves the report alone on error.
+func TestReadResourceStatsFallback(t *testing.T) {
+	var rep ResourceReport
+	dp := freshOnly{rep: ResourceReport{Mode: ModeEBPF, Resources: []Resource{{Name: "m"}}}}
+	if err := ReadResourceStats(context.Background(), dp, &rep); err != nil || rep.Mode != ModeEBPF || len(rep.Resources) != 1 {
+		t.Fatalf("fallback: %+v, %v", rep, err)
+	}
+	dp.err = ErrClosed
+	if err := ReadResourceStats(context.Background(), dp, &rep); !errors.Is(err, ErrClosed) || len(rep.Resources) != 1 {
+		t.Errorf("on error: %+v, %v", rep, err)
 	}
 }

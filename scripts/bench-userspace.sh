@@ -23,9 +23,13 @@ echo "$out" | awk '
 	printf "%-34s %12.0f %8.2f\n", "naive AF_XDP forwarder", m["naive-pps"], m["naive-pps"] / m["userspace-pps"]
 	printf "userspace/txonly %.2f (target >= 0.85), userspace/naive %.2f (target >= 1.2)\n", m["userspace/txonly"], m["userspace/naive"]
 }
-/^BenchmarkResourceStats-/ {
+/^BenchmarkResourceStats\/fresh-/ {
 	for (i = 3; i < NF; i += 2) m[$(i+1)] = $i
 	printf "ResourceStats, 4 bindings x 64 shards: %.1f us/report (target <= 20)\n", m["µs/report"]
+}
+/^BenchmarkResourceStats\/reused-/ {
+	for (i = 3; i < NF; i += 2) m[$(i+1)] = $i
+	printf "ResourceStatsInto (report reused), same: %.1f us/report\n", m["µs/report"]
 }
 /^BenchmarkResourceStatsPolled/ {
 	for (i = 3; i < NF; i += 2) m[$(i+1)] = $i

@@ -116,8 +116,9 @@ type Backend struct {
 }
 
 var (
-	_ dataplane.DataPlane     = (*Backend)(nil)
-	_ dataplane.SessionLister = (*Backend)(nil)
+	_ dataplane.DataPlane           = (*Backend)(nil)
+	_ dataplane.SessionLister       = (*Backend)(nil)
+	_ dataplane.ResourceStatsReuser = (*Backend)(nil)
 )
 
 // New prepares a backend. Nothing is attached or bound until the first

@@ -232,23 +232,36 @@ func statsLab(b *testing.B) (*labEnv, *Backend) {
 }
 
 // BenchmarkResourceStats: one full report (aggregate and detail rows,
-// every counter) for 4 bindings and 64 session shards.
+// every counter) for 4 bindings and 64 session shards, fresh
+// (ResourceStats) and written into one reused report (ResourceStatsInto,
+// as a poller keeping no report does it).
 func BenchmarkResourceStats(b *testing.B) {
 	_, be := statsLab(b)
 	ctx := context.Background()
-	var rep dataplane.ResourceReport
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		var err error
-		if rep, err = be.ResourceStats(ctx); err != nil {
-			b.Fatal(err)
+	for _, reuse := range []bool{false, true} {
+		name := "fresh"
+		if reuse {
+			name = "reused"
 		}
+		b.Run(name, func(b *testing.B) {
+			var rep dataplane.ResourceReport
+			b.ReportAllocs()
+			for b.Loop() {
+				var err error
+				if reuse {
+					err = be.ResourceStatsInto(ctx, &rep)
+				} else {
+					rep, err = be.ResourceStats(ctx)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "µs/report")
+			b.ReportMetric(float64(len(rep.Resources)), "rows")
+			b.ReportMetric(float64(len(rep.Counters)), "counters")
+		})
 	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/report")
-	b.ReportMetric(float64(len(rep.Resources)), "rows")
-	b.ReportMetric(float64(len(rep.Counters)), "counters")
 }
 
 // BenchmarkResourceStatsPolledDuringForwarding: forwarding pps with and

@@ -345,20 +345,29 @@ func (w *worker) mirrorLocked(eb *binding, src *xsk.Binding, batch []xsk.Desc, s
 	return exb
 }
 
-// mirrorRows are the mirror budget rows (one per binding with a pool) and
-// every rule's counters. bs are the generation's binding stats.
-func mirrorRows(u *arena, s *snapshot, stats map[*binding]xsk.Stats) ([]dataplane.Resource, []dataplane.Counter) {
-	var rs []dataplane.Resource
-	var cs []dataplane.Counter
-	seen := map[*binding]bool{}
+// mirrorRows appends to rs the mirror budget rows (one per binding with a
+// pool) and to cs every rule's counters; stats are the report's binding
+// statistics.
+func mirrorRows(rs []dataplane.Resource, cs []dataplane.Counter, u *arena, s *snapshot, stats []bindingStat) ([]dataplane.Resource, []dataplane.Counter) {
+	// Egress bindings of the mirror rules, each reported once: a handful,
+	// so a linear search beats a map (which would be the report's
+	// largest allocation after its rows).
+	first := len(rs)
 	for _, mv := range s.mirrorList {
+	next:
 		for _, bd := range mv.out.txq {
-			if seen[bd] {
-				continue
+			for _, r := range rs[first:] {
+				if r.Scope == bd.name {
+					continue next
+				}
 			}
-			seen[bd] = true
-			st, ok := stats[bd]
-			if !ok {
+			var st *xsk.Stats
+			for i := range stats {
+				if stats[i].bd == bd && stats[i].ok {
+					st = &stats[i].st
+				}
+			}
+			if st == nil {
 				rs = append(rs, dataplane.Resource{Name: "mirror_budget", Kind: dataplane.KindUMEM, Scope: bd.name,
 					Error: "binding " + stateNames[bd.state.Load()] + errSuffix(bd)})
 				continue
