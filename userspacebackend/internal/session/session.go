@@ -427,6 +427,7 @@ const BatchSize = 64
 type Batch struct {
 	keys   [BatchSize]key
 	hashes [BatchSize]uint64
+	index  [BatchSize]uint64 // first index word of each key
 	rev    [BatchSize]bool
 	// Results, one per tuple.
 	Hits [BatchSize]Hit
@@ -435,26 +436,31 @@ type Batch struct {
 }
 
 // LookupBatch is Lookup for up to BatchSize tuples (more are ignored), with
-// the same effects, in order. It first computes every hash and touches
-// every index word and then every candidate slot, so the cache misses of
-// the whole batch overlap instead of being paid one after another; on a
-// table larger than the CPU caches this is where the time goes. It returns
-// the number of hits. sizes[i] is the size of packet i (missing: 0).
+// the same effects, in order. On a table larger than the CPU caches the
+// time of a lookup is its two dependent cache misses (index word, slot),
+// so the batch is done in passes that overlap the misses of all its
+// lookups: every hash first, then every first index word in a loop that
+// does nothing else (so the core has as many loads in flight as it can
+// track, not the few that fit between hash computations), then every
+// candidate slot likewise, and only then the lookups, which find both in
+// cache. It returns the number of hits. sizes[i] is the size of packet i
+// (missing: 0).
 func (t *Table) LookupBatch(b *Batch, tps []Tuple, now int64, sizes []uint32) int {
 	n := min(len(tps), BatchSize)
-	var sink uint64
 	for i := range n {
 		b.keys[i], b.rev[i] = canonical(&tps[i])
-		h := t.hash(&b.keys[i])
-		b.hashes[i] = h
-		s, _ := t.shardOf(h)
-		sink += atomic.LoadUint64(&s.index[uint32(h)&s.mask])
+		b.hashes[i] = t.hash(&b.keys[i])
 	}
 	for i := range n {
 		s, _ := t.shardOf(b.hashes[i])
-		e := atomic.LoadUint64(&s.index[uint32(b.hashes[i])&s.mask])
-		if sl := uint32(e) - 1; e != 0 && sl < uint32(len(s.slots)) {
-			sink += atomic.LoadUint64(&s.slots[sl].key[4])
+		b.index[i] = atomic.LoadUint64(&s.index[uint32(b.hashes[i])&s.mask])
+	}
+	var sink uint64
+	for i := range n {
+		s, _ := t.shardOf(b.hashes[i])
+		if sl := uint32(b.index[i]) - 1; b.index[i] != 0 && sl < uint32(len(s.slots)) {
+			// A 72-byte slot spans two cache lines: touch both ends.
+			sink += atomic.LoadUint64(&s.slots[sl].key[0]) + atomic.LoadUint64(&s.slots[sl].bytes)
 		}
 	}
 	batchSink.Store(sink) // keeps the touching loads from being optimised away
