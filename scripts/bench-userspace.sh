@@ -18,10 +18,12 @@ echo "$out" | awk '
 	printf "%-34s %12s %8s\n", "forwarder (64-byte UDP, 1 flow)", "pps", "ratio"
 	printf "%-34s %12.0f %8.2f\n", "userspace backend", m["userspace-pps"], 1
 	printf "%-34s %12.0f %8.2f\n", "AF_XDP TX-only ceiling", m["txonly-pps"], m["txonly-pps"] / m["userspace-pps"]
+	printf "%-34s %12.0f %8.2f\n", "  same, generator flooding too", m["txonly-loaded-pps"], m["txonly-loaded-pps"] / m["userspace-pps"]
 	printf "%-34s %12.0f %8.2f\n", "kernel forwarding (no XDP)", m["kernel-pps"], m["kernel-pps"] / m["userspace-pps"]
 	printf "%-34s %12.0f %8.2f\n", "eBPF backend", m["ebpf-pps"], m["ebpf-pps"] / m["userspace-pps"]
 	printf "%-34s %12.0f %8.2f\n", "naive AF_XDP forwarder", m["naive-pps"], m["naive-pps"] / m["userspace-pps"]
 	printf "userspace/txonly %.2f (target >= 0.85), userspace/naive %.2f (target >= 1.2)\n", m["userspace/txonly"], m["userspace/naive"]
+	printf "userspace/txonly with the generator flooding the other port: %.2f\n", m["userspace/txonly-loaded"]
 }
 /^BenchmarkResourceStats\/fresh-/ {
 	for (i = 3; i < NF; i += 2) m[$(i+1)] = $i
