@@ -55,9 +55,13 @@ func (w Warning) String() string { return w.Field + ": " + w.Message }
 // reports many times a second and keeping none then allocates nothing
 // large per read. Use it through [ReadResourceStats].
 type ResourceStatsReuser interface {
-	// ResourceStatsInto overwrites *rep with a fresh report, reusing
-	// rep's Resources and Counters arrays when large enough. The rows of
-	// the previous contents are overwritten; on error *rep is unchanged.
+	// ResourceStatsInto overwrites *rep (non-nil) with a fresh report,
+	// reusing rep's Resources and Counters arrays when large enough and
+	// writing the session counts into *rep.Sessions when it is set. The
+	// previous rows and counts are overwritten: copying the
+	// ResourceReport struct keeps nothing (it shares them); clone the
+	// slices, or copy single rows, which stay valid. On error *rep is
+	// unchanged.
 	ResourceStatsInto(ctx context.Context, rep *ResourceReport) error
 }
 

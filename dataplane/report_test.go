@@ -126,7 +126,8 @@ func TestReadResourceStatsFallback(t *testing.T) {
 		t.Fatalf("fallback: %+v, %v", rep, err)
 	}
 	dp.err = ErrClosed
-	if err := ReadResourceStats(context.Background(), dp, &rep); !errors.Is(err, ErrClosed) || len(rep.Resources) != 1 {
+	dp.rep = ResourceReport{Mode: ModeUserspace, Resources: make([]Resource, 2)}
+	if err := ReadResourceStats(context.Background(), dp, &rep); !errors.Is(err, ErrClosed) || rep.Mode != ModeEBPF || len(rep.Resources) != 1 {
 		t.Errorf("on error: %+v, %v", rep, err)
 	}
 }

@@ -98,12 +98,16 @@ func txOnlyLoadedPPS(tb testing.TB, e *labEnv, frame []byte, count int) (pps, dr
 		res, _ := netlab.Flood{NS: l.Client, Iface: l.ClientIf, Frame: frame, Count: 1 << 40}.Run(ctx)
 		done <- res
 	}()
+	// Also when a Fatal unwinds: the flood stops before the shim goes
+	// (deferred calls run last first), or the kernel would forward it.
+	defer func() {
+		cancel()
+		<-done
+	}()
 	time.Sleep(100 * time.Millisecond)
 	before, _ := shim.Counters()
 	pps = txOnlyPPS(tb, e, count)
 	after, _ := shim.Counters()
-	cancel()
-	<-done
 	return pps, float64(after.DropNoSocket - before.DropNoSocket)
 }
 

@@ -27,8 +27,9 @@ func (b *Backend) ResourceStats(ctx context.Context) (dataplane.ResourceReport, 
 // and Counters arrays (and Sessions) are reused when large enough: for a
 // poller that reads reports and keeps none, it saves allocating and
 // clearing the report's 25 KB (4 bindings, 64 shards) on every read.
-// Everything rep held is overwritten: keep no row of a previous read
-// (copy what must outlive the next one). On error *rep is unchanged. It
+// Everything rep held is overwritten, *rep.Sessions included: keep no
+// row of a previous read (clone the slices, or copy single rows, which
+// stay valid, to keep one). On error *rep is unchanged. It
 // implements [dataplane.ResourceStatsReuser]; like ResourceStats it takes
 // no lock the datapath takes, but two calls must not share one rep.
 func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.ResourceReport) error {

@@ -30,6 +30,19 @@ func TestIntegrationResourceStatsInto(t *testing.T) {
 	}
 	resArr, cntArr, sess := &rep.Resources[0], &rep.Counters[0], rep.Sessions
 
+	// The worker publishes its counts after the batch it transmitted:
+	// wait until the round trip's two frames are counted, so both reads
+	// below see an idle lab.
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		if n, _ := report(t, b).Counter("forwarded", "global"); n >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the round trip's frames were never counted as forwarded")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	ctx := context.Background()
 	if err := b.ResourceStatsInto(ctx, &rep); err != nil {
 		t.Fatal(err)
@@ -50,6 +63,12 @@ func TestIntegrationResourceStatsInto(t *testing.T) {
 		if r.Name != f.Name || r.Scope != f.Scope || r.Kind != f.Kind || r.Detail != f.Detail ||
 			r.Capacity != f.Capacity || r.Method != f.Method || (r.Used == nil) != (f.Used == nil) || len(r.Breakdown) != len(f.Breakdown) {
 			t.Errorf("row %d: reused %+v, fresh %+v", i, r, f)
+			continue
+		}
+		for j := range r.Breakdown {
+			if r.Breakdown[j].Name != f.Breakdown[j].Name {
+				t.Errorf("row %d breakdown %d: reused %q, fresh %q", i, j, r.Breakdown[j].Name, f.Breakdown[j].Name)
+			}
 		}
 	}
 	for i, c := range rep.Counters {
@@ -68,10 +87,11 @@ func TestIntegrationResourceStatsInto(t *testing.T) {
 		t.Errorf("sessions: reused %+v, fresh %+v", rep.Sessions, fresh.Sessions)
 	}
 
-	// Through the dataplane helper, the same path.
-	var viaHelper dataplane.ResourceReport
-	if err := dataplane.ReadResourceStats(ctx, b, &viaHelper); err != nil || len(viaHelper.Resources) != len(fresh.Resources) {
-		t.Errorf("ReadResourceStats: %d rows, %v", len(viaHelper.Resources), err)
+	// Through the dataplane helper, the same in-place path.
+	viaHelper := dataplane.ResourceReport{Resources: make([]dataplane.Resource, 0, 400)}
+	helperArr := &viaHelper.Resources[:1][0]
+	if err := dataplane.ReadResourceStats(ctx, b, &viaHelper); err != nil || len(viaHelper.Resources) != len(fresh.Resources) || &viaHelper.Resources[0] != helperArr {
+		t.Errorf("ReadResourceStats: %d rows (in place: %v), %v", len(viaHelper.Resources), &viaHelper.Resources[0] == helperArr, err)
 	}
 
 	before := rep.Resources[0]

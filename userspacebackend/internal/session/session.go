@@ -458,7 +458,8 @@ func (t *Table) LookupBatch(b *Batch, tps []Tuple, now int64, sizes []uint32) in
 	var sink uint64
 	for i := range n {
 		s, _ := t.shardOf(b.hashes[i])
-		if sl := uint32(b.index[i]) - 1; b.index[i] != 0 && sl < uint32(len(s.slots)) {
+		e := b.index[i]
+		if sl := uint32(e) - 1; e != 0 && uint32(e>>32) == uint32(b.hashes[i]) && sl < uint32(len(s.slots)) {
 			// A 72-byte slot spans two cache lines: touch both ends.
 			sink += atomic.LoadUint64(&s.slots[sl].key[0]) + atomic.LoadUint64(&s.slots[sl].bytes)
 		}
