@@ -174,6 +174,7 @@ func TestDecideCoversEveryFeature(t *testing.T) {
 		cfg.Forwarding.Routes = []dataplane.Route{{Destination: "10.0.0.0/8", Interface: "eth1"}}
 		cfg.PortMirroring = []dataplane.MirrorRule{{Input: "eth0", Output: "m", Rate: 5}}
 		cfg.Userspace.Queues = []int{0}
+		cfg.Interfaces[0].Attach = dataplane.AttachTC
 		v := Evaluate(cfg, fullHost(), b)
 		if !strings.Contains(strings.Join(v.Reasons, "\n"), "config needs "+string(f)+":") {
 			t.Errorf("feature %s missing from reasons %q", f, v.Reasons)

@@ -46,6 +46,7 @@ type Config struct {
 	Tables        Tables        `json:"tables,omitzero"`
 	Timeouts      Timeouts      `json:"timeouts,omitzero"`
 	PortMirroring []MirrorRule  `json:"port_mirroring,omitempty"`
+	Sessions      SessionOpts   `json:"sessions,omitzero"`
 	Userspace     UserspaceOpts `json:"userspace,omitzero"`
 }
 
@@ -54,7 +55,23 @@ type Config struct {
 type Interface struct {
 	Name string `json:"name"`
 	Zone string `json:"zone"`
+	// Attach forces how the eBPF backend hooks into this interface:
+	// "xdp" (native XDP), "tc" (clsact, skb-based) or "auto" / empty, the
+	// default: the capability gate chooses per interface and says why
+	// (XDP where frames survive it and it wins, TC where offloaded
+	// checksums, GSO or a peer without NAPI would break it). The userspace
+	// backend always attaches an XDP shim and refuses "tc".
+	Attach AttachMode `json:"attach,omitempty"`
 }
+
+// AttachMode says how a program is hooked into an interface.
+type AttachMode string
+
+const (
+	AttachAuto AttachMode = "auto"
+	AttachXDP  AttachMode = "xdp"
+	AttachTC   AttachMode = "tc"
+)
 
 // Zone is a named group of interfaces that policies refer to.
 type Zone struct {
@@ -215,35 +232,6 @@ func orDefault(v, d uint32) uint32 {
 		return d
 	}
 	return v
-}
-
-// Timeout defaults.
-const (
-	DefaultTCPTimeout   = 2 * time.Hour
-	DefaultUDPTimeout   = 60 * time.Second
-	DefaultICMPTimeout  = 30 * time.Second
-	DefaultOtherTimeout = 60 * time.Second
-)
-
-// Timeouts are per-protocol session idle timeouts. Zero means the default.
-type Timeouts struct {
-	TCP   Duration `json:"tcp,omitempty"`
-	UDP   Duration `json:"udp,omitempty"`
-	ICMP  Duration `json:"icmp,omitempty"`
-	Other Duration `json:"other,omitempty"`
-}
-
-// For returns the idle timeout for IP protocol number proto.
-func (t Timeouts) For(proto uint8) time.Duration {
-	switch proto {
-	case 6:
-		return orDefaultDur(t.TCP, DefaultTCPTimeout)
-	case 17:
-		return orDefaultDur(t.UDP, DefaultUDPTimeout)
-	case 1, 58:
-		return orDefaultDur(t.ICMP, DefaultICMPTimeout)
-	}
-	return orDefaultDur(t.Other, DefaultOtherTimeout)
 }
 
 func orDefaultDur(v Duration, d time.Duration) time.Duration {

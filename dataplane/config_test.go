@@ -196,13 +196,13 @@ func TestJSONFieldNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &Config{
-		Interfaces: []Interface{{"eth0", "a"}, {"eth1", "b"}},
+		Interfaces: []Interface{{Name: "eth0", Zone: "a"}, {Name: "eth1", Zone: "b"}},
 		Zones:      []Zone{{"a"}, {"b"}},
 		Policies: []Policy{{Name: "p", FromZone: "a", ToZone: "b", Sources: []string{"10.0.0.0/8"}, Destinations: []string{"10.1.0.1"},
 			Protocol: ProtoUDP, DestinationPorts: []PortRange{{53, 53}, {1000, 2000}}, Action: ActionAllow}},
 		Forwarding:    Forwarding{Routes: []Route{{"10.9.0.0/16", "eth1", "10.1.0.254"}}},
 		Tables:        Tables{1000, 64, 32},
-		Timeouts:      Timeouts{Duration(time.Hour), Duration(30 * time.Second), Duration(5 * time.Second), Duration(time.Minute)},
+		Timeouts:      Timeouts{TCP: Duration(time.Hour), UDP: Duration(30 * time.Second), ICMP: Duration(5 * time.Second), Other: Duration(time.Minute)},
 		PortMirroring: []MirrorRule{{"eth0", "span0", 10}},
 		Userspace:     UserspaceOpts{4096, 1024, []int{0}, 16, 32},
 	}
@@ -232,7 +232,7 @@ func TestParseConfigErrors(t *testing.T) {
 
 func TestFeatures(t *testing.T) {
 	base := func() *Config {
-		return &Config{Interfaces: []Interface{{"eth0", "z"}}, Zones: []Zone{{"z"}}}
+		return &Config{Interfaces: []Interface{{Name: "eth0", Zone: "z"}}, Zones: []Zone{{"z"}}}
 	}
 	tests := []struct {
 		name string

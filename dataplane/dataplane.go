@@ -96,4 +96,12 @@ type Session struct {
 	Bytes       uint64 `json:"bytes,omitempty"`
 	// IdleSeconds since the last packet, where the backend knows it.
 	IdleSeconds float64 `json:"idle_seconds,omitempty"`
+	// State in the session model, and whether the session is assured
+	// (see session.go).
+	State   SessionState `json:"state,omitempty"`
+	Assured bool         `json:"assured,omitempty"`
+	// FromZone is the zone the first packet arrived from, ToZone the zone
+	// it was routed to.
+	FromZone string `json:"from_zone,omitempty"`
+	ToZone   string `json:"to_zone,omitempty"`
 }

@@ -17,12 +17,15 @@ const (
 	FeaturePortMirroring  Feature = "port_mirroring"
 	FeatureMirrorSampling Feature = "mirror_sampling"
 	FeatureQueueSelection Feature = "queue_selection"
+	// FeatureTCAttach: an interface forces attach mode "tc".
+	FeatureTCAttach Feature = "tc_attach"
 )
 
 // AllFeatures lists every feature a config can need, in a stable order.
 var AllFeatures = []Feature{
 	FeatureIPv4Forwarding, FeatureIPv6Forwarding, FeatureStatefulPolicy, FeaturePortPolicy,
 	FeatureStaticRoutes, FeaturePortMirroring, FeatureMirrorSampling, FeatureQueueSelection,
+	FeatureTCAttach,
 }
 
 // Features lists what the config needs, sorted and without duplicates. It
@@ -50,6 +53,12 @@ func (c *Config) Features() []Feature {
 	for _, m := range c.PortMirroring {
 		if m.Rate > 1 {
 			fs = append(fs, FeatureMirrorSampling)
+			break
+		}
+	}
+	for _, it := range c.Interfaces {
+		if it.Attach == AttachTC {
+			fs = append(fs, FeatureTCAttach)
 			break
 		}
 	}

@@ -47,6 +47,9 @@ type ResourceReport struct {
 	// Sessions is nil when the backend could not count them; it is never
 	// a made-up zero.
 	Sessions *SessionCounts `json:"sessions,omitempty"`
+	// Interfaces says how the dataplane is attached to each managed
+	// interface, and why.
+	Interfaces []InterfaceStatus `json:"interfaces,omitempty"`
 }
 
 // SessionCounts counts active sessions by address family.
@@ -54,6 +57,32 @@ type SessionCounts struct {
 	IPv4  uint64 `json:"ipv4"`
 	IPv6  uint64 `json:"ipv6"`
 	Total uint64 `json:"total"`
+	// Unassured counts the sessions not (yet) seen in both directions,
+	// as of the backend's last count of them (see the
+	// ResourceSessionsUnassured row for how and when).
+	Unassured uint64 `json:"unassured"`
+	// EarlyAging is set while unassured timeouts are shortened because
+	// the table is at or above the warning threshold.
+	EarlyAging bool `json:"early_aging,omitempty"`
+}
+
+// Attachment modes reported in InterfaceStatus.Attach.
+const (
+	AttachedXDP        = "xdp"         // native (driver) XDP
+	AttachedXDPGeneric = "xdp-generic" // generic (skb) XDP
+	AttachedTC         = "tc"          // clsact ingress (tcx)
+)
+
+// InterfaceStatus is how a dataplane is attached to one interface.
+type InterfaceStatus struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex,omitempty"`
+	Zone    string `json:"zone,omitempty"`
+	// Attach is one of the Attached* constants.
+	Attach string `json:"attach"`
+	// Reason says why this mode was chosen (forced by config, or the
+	// gate's reason).
+	Reason string `json:"reason,omitempty"`
 }
 
 // Resource is one bounded resource: a map, a ring, a table, a pool.

@@ -93,6 +93,11 @@ func (v *validator) interfaces(is []Interface, zones map[string]bool) map[string
 		case !zones[it.Zone]:
 			v.addf(f+".zone", "unknown zone %q", it.Zone)
 		}
+		switch it.Attach {
+		case "", AttachAuto, AttachXDP, AttachTC:
+		default:
+			v.addf(f+".attach", "unknown attach mode %q (want auto, xdp or tc)", it.Attach)
+		}
 	}
 	return seen
 }
@@ -186,10 +191,23 @@ func (v *validator) timeouts(t Timeouts) {
 	for _, e := range []struct {
 		field string
 		d     Duration
-	}{{"timeouts.tcp", t.TCP}, {"timeouts.udp", t.UDP}, {"timeouts.icmp", t.ICMP}, {"timeouts.other", t.Other}} {
-		if e.d < 0 {
+	}{
+		{"timeouts.tcp", t.TCP}, {"timeouts.tcp_opening", t.TCPOpening}, {"timeouts.tcp_closing", t.TCPClosing},
+		{"timeouts.tcp_closed", t.TCPClosed}, {"timeouts.udp", t.UDP}, {"timeouts.udp_unreplied", t.UDPUnreplied},
+		{"timeouts.icmp", t.ICMP}, {"timeouts.icmp_unreplied", t.ICMPUnreplied}, {"timeouts.other", t.Other},
+		{"timeouts.other_unreplied", t.OtherUnreplied},
+	} {
+		switch {
+		case e.d < 0:
 			v.addf(e.field, "must be >= 0, got %s", time.Duration(e.d))
+		case e.d > 0 && time.Duration(e.d) < time.Second:
+			v.addf(e.field, "must be at least 1s (or 0 for the default), got %s", time.Duration(e.d))
+		case time.Duration(e.d) > MaxTimeout:
+			v.addf(e.field, "must be <= %s, got %s", MaxTimeout, time.Duration(e.d))
 		}
+	}
+	if t.EarlyAgingFactor > MaxEarlyAgingFactor {
+		v.addf("timeouts.early_aging_factor", "must be <= %d, got %d", MaxEarlyAgingFactor, t.EarlyAgingFactor)
 	}
 }
 
