@@ -33,6 +33,13 @@ type Options struct {
 	// one queue, a CPU sending into a ring that the other CPU's NAPI
 	// drains can overflow it while that CPU is busy.
 	Queues int
+	// KernelVethDefaults keeps every veth end as the kernel makes it (GRO
+	// off, TX checksum offload and TSO on), as in containers and
+	// namespaces made by hand with `ip link add ... type veth`: sockets
+	// then send partial checksums and GSO frames, and a veth end without
+	// NAPI drops frames XDP redirects into it. Without it every end gets
+	// GRO on and TX checksum offload off (see the package doc).
+	KernelVethDefaults bool
 }
 
 // Lab is a client, firewall and server namespace (and optionally a sink),
@@ -316,10 +323,10 @@ func (l *Lab) addLink(fwNL *netlink.Handle, ll *labLink) error {
 	idx := len(l.links) - 1
 	l.mu.Unlock()
 
-	if ll.fwMAC, ll.fwIdx, err = configureEnd(l.Firewall, ll.fwIf, ll.fwAddr); err != nil {
+	if ll.fwMAC, ll.fwIdx, err = configureEnd(l.Firewall, ll.fwIf, ll.fwAddr, l.opts.KernelVethDefaults); err != nil {
 		return err
 	}
-	if ll.peerMAC, ll.peerIdx, err = configureEnd(ll.peer, ll.peerIf, ll.peerAddr); err != nil {
+	if ll.peerMAC, ll.peerIdx, err = configureEnd(ll.peer, ll.peerIf, ll.peerAddr, l.opts.KernelVethDefaults); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -329,8 +336,9 @@ func (l *Lab) addLink(fwNL *netlink.Handle, ll *labLink) error {
 }
 
 // configureEnd addresses one veth end, turns GRO on (see setGRO) and TX
-// checksum offload off (see setTxChecksum), and brings it up.
-func configureEnd(ns *NS, iface string, addrs [2]netip.Prefix) (mac net.HardwareAddr, index int, err error) {
+// checksum offload off (see setTxChecksum) unless kernelDefaults, and
+// brings it up.
+func configureEnd(ns *NS, iface string, addrs [2]netip.Prefix, kernelDefaults bool) (mac net.HardwareAddr, index int, err error) {
 	err = ns.Do(func() error {
 		link, err := netlink.LinkByName(iface)
 		if err != nil {
@@ -345,11 +353,13 @@ func configureEnd(ns *NS, iface string, addrs [2]netip.Prefix) (mac net.Hardware
 				return fmt.Errorf("add address %s to %s: %w", a, iface, err)
 			}
 		}
-		if err := setGRO(iface, true); err != nil {
-			return err
-		}
-		if err := setTxChecksum(iface, false); err != nil {
-			return err
+		if !kernelDefaults {
+			if err := setGRO(iface, true); err != nil {
+				return err
+			}
+			if err := setTxChecksum(iface, false); err != nil {
+				return err
+			}
 		}
 		if err := netlink.LinkSetUp(link); err != nil {
 			return fmt.Errorf("set %s up: %w", iface, err)
