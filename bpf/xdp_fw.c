@@ -1075,6 +1075,7 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		fc->bytes += e.bytes;
 		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
 		hop.ifindex = fc->ifindex;
+		hop.xdp_tx = fc->xdp_tx;
 		__builtin_memcpy(hop.smac, fc->smac, ETH_ALEN);
 		__builtin_memcpy(hop.dmac, fc->dmac, ETH_ALEN);
 		goto forward;

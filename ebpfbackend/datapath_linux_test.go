@@ -31,7 +31,9 @@ var actionNames = map[uint32]string{0: "ABORTED", 1: "DROP", 2: "PASS", 3: "TX",
 
 func labConfig(l *fibLab) *dataplane.Config {
 	return &dataplane.Config{
-		Interfaces: []dataplane.Interface{{Name: l.in, Zone: "inside"}, {Name: l.out, Zone: "outside"}},
+		// The test-run tables here drive xdp_fw; its egresses take XDP
+		// redirects (the lab's peers run GRO), and attach xdp says so.
+		Interfaces: []dataplane.Interface{{Name: l.in, Zone: "inside", Attach: dataplane.AttachXDP}, {Name: l.out, Zone: "outside", Attach: dataplane.AttachXDP}},
 		Zones:      []dataplane.Zone{{Name: "inside"}, {Name: "outside"}},
 		Policies: []dataplane.Policy{
 			{Name: "web", FromZone: "inside", ToZone: "outside", Destinations: []string{"10.2.0.0/24", "fd02::/64"},

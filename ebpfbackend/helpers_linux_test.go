@@ -137,6 +137,14 @@ func newFIBLab(t *testing.T) *fibLab {
 			} else if err := netlink.LinkSetUp(peer); err != nil {
 				return err
 			}
+			// The peers as netlab makes them: GRO on (NAPI, so frames XDP
+			// redirects into our ends arrive) and complete checksums.
+			if err := setGRO(s.name+"p", true); err != nil {
+				return err
+			}
+			if err := disableTxChecksum(s.name + "p"); err != nil {
+				return err
+			}
 			for _, a := range []string{s.a4, s.a6} {
 				addr, _ := netlink.ParseAddr(a)
 				addr.Flags = 0x80 // IFA_F_NODAD: usable at once
@@ -201,6 +209,29 @@ type ifreqData struct {
 	name [unix.IFNAMSIZ]byte
 	data unsafe.Pointer
 	_    [40 - unix.IFNAMSIZ - 8]byte
+}
+
+// setGRO turns generic receive offload on or off on a veth end. Run inside
+// the interface's namespace.
+func setGRO(iface string, on bool) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	v := ethtoolValue{cmd: unix.ETHTOOL_SGRO}
+	if on {
+		v.data = 1
+	}
+	var ifr ifreqData
+	copy(ifr.name[:unix.IFNAMSIZ-1], iface)
+	ifr.data = unsafe.Pointer(&v)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	runtime.KeepAlive(&v)
+	if errno != 0 {
+		return fmt.Errorf("set GRO on %s: %w", iface, errno)
+	}
+	return nil
 }
 
 // disableTxChecksum turns TX checksum offload off on a veth end. Sockets on

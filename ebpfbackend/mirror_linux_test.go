@@ -233,7 +233,11 @@ func TestMirrorEveryPacket(t *testing.T) {
 	for len(got) < len(want) {
 		fr, err := capt.Next(ctx)
 		if err != nil {
-			t.Fatalf("sink got %d of %d clones: %v", len(got), len(want), err)
+			after, _ := m.counts(t)
+			for _, g := range got {
+				t.Logf("got %x", g[:48])
+			}
+			t.Fatalf("sink got %d of %d clones: %v; counts %+v -> %+v; fwd %d den %d", len(got), len(want), err, before, after, counter(t, m.b, "forwarded")-fwdBefore, counter(t, m.b, "dropped_policy")-denBefore)
 		}
 		// The firewall's own stack talks on the sink link too (ND, MLD).
 		if len(fr) >= 12 && bytes.Equal(fr[6:12], l.ClientMAC) {
