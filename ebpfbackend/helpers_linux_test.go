@@ -201,6 +201,45 @@ func (l *fibLab) run(t testing.TB, prog *ebpf.Program, ifindex int, frame []byte
 	return ret, out[:outLen]
 }
 
+// skbCtx is the head of struct __sk_buff, up to the fields
+// BPF_PROG_TEST_RUN lets a caller set for a TC program (the ingress and
+// current device); the rest stays zero.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+}
+
+// tcToXDP maps TC verdicts to the XDP actions the tables expect.
+var tcToXDP = map[uint32]uint32{0 /* TC_ACT_OK */ : xdpPass, 2 /* TC_ACT_SHOT */ : xdpDrop, 7 /* TC_ACT_REDIRECT */ : xdpRedirect}
+
+// runAny runs the XDP program, or the TC program with the frame as an skb
+// that arrived on ifindex, and returns the verdict as an XDP action.
+func (l *fibLab) runAny(t testing.TB, prog *ebpf.Program, tc bool, ifindex int, frame []byte) (uint32, []byte) {
+	t.Helper()
+	if !tc {
+		return l.run(t, prog, ifindex, frame)
+	}
+	var ret uint32
+	out := make([]byte, len(frame)+256)
+	var outLen int
+	err := netnsutil.Do(l.path, func() error {
+		ctx := skbCtx{IngressIfindex: uint32(ifindex), Ifindex: uint32(ifindex)}
+		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx}
+		r, err := prog.Run(opts)
+		ret = r
+		outLen = len(opts.DataOut)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	act, ok := tcToXDP[ret]
+	if !ok {
+		t.Fatalf("TC verdict %d", ret)
+	}
+	return act, out[:outLen]
+}
+
 // ethtoolValue and ifreqData are struct ethtool_value and struct ifreq with
 // ifr_data, for the legacy ethtool ioctl.
 type ethtoolValue struct{ cmd, data uint32 }
