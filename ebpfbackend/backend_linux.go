@@ -17,6 +17,7 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/mapcount"
 	"github.com/fwplane/fwplane/internal/netnsutil"
+	"github.com/fwplane/fwplane/internal/policy"
 )
 
 // Options configure a Backend. A nil *Options means the defaults.
@@ -32,11 +33,12 @@ type Options struct {
 	// driver first. Meant for tests and for drivers whose native XDP is
 	// broken.
 	ForceGenericXDP bool
-	// SessionReapInterval is how often sessions idle past their timeout
-	// are deleted, so the session counts are live flows; 0 means
-	// DefaultReapInterval, negative disables reaping (idle entries then
-	// leave only when reused or evicted).
-	SessionReapInterval time.Duration
+	// SessionSweepInterval is the period of the in-kernel sweep that
+	// removes expired sessions (and counts unassured ones, and switches
+	// early aging); 0 means DefaultSweepInterval, longer for tables above
+	// 256 Ki sessions. Negative never arms the sweep: expired sessions then
+	// leave only when a packet or an early drop finds them (tests).
+	SessionSweepInterval time.Duration
 	// MirrorInline makes port-mirroring clones on the CPU that received
 	// the frame, as the kernel's broadcast redirect does by itself, instead
 	// of handing a mirrored ingress to a stage on the next CPU (see
@@ -62,6 +64,15 @@ type Backend struct {
 	attached map[string]*attachment // by interface name
 	cfg      *dataplane.Config
 
+	// zones are the zone ids in force (stable across Applies; sessions
+	// record their zones by id).
+	zones map[string]uint32
+	// activeTag is the value in fw_active: its low bit is the active slot,
+	// and every write is a new value, which the flow caches' entries are
+	// tagged with (a write invalidates them all). Starts at -1: the first
+	// Apply writes 0.
+	activeTag uint32
+
 	// grace is a one-element map-in-map whose update makes the kernel
 	// wait for an RCU grace period (see waitReaders).
 	grace      *ebpf.Map
@@ -69,9 +80,8 @@ type Backend struct {
 
 	mir *mirrors // port mirroring; has its own lock
 
-	reaped   atomic.Uint64
-	reapStop chan struct{}
-	reapDone chan struct{}
+	endedByPolicy atomic.Uint64 // sessions Apply ended: the new policy denies them
+	cleared       atomic.Uint64 // sessions ClearSessions ended
 }
 
 type attachment struct {
@@ -110,7 +120,7 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create map counter: %w", err)
 	}
-	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, mir: &mirrors{
+	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, activeTag: ^uint32(0), mir: &mirrors{
 		up: map[uint32]bool{}, pairs: map[fwFwPairKey]bool{}, outs: map[uint32]bool{},
 	}}, nil
 }
@@ -137,8 +147,13 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 
 	reasons := unsupported(cfg)
-	p, planReasons := buildPlan(cfg)
+	zones, zoneReasons := nextZoneIDs(b.zones, cfg, cfg.Sessions.KeepOnPolicyChange)
+	reasons = append(reasons, zoneReasons...)
+	p, planReasons := buildPlan(cfg, zones)
 	reasons = append(reasons, planReasons...)
+	if b.opts.SessionSweepInterval > 0 {
+		p.settings.SweepNs = uint64(b.opts.SessionSweepInterval.Nanoseconds())
+	}
 	reasons = append(reasons, mirrorReasons(cfg, len(p.ifaces))...)
 	capacity := cfg.Tables.SessionsOrDefault()
 	if b.objs != nil && capacity != b.capacity {
@@ -175,6 +190,20 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	})
 	if err != nil {
 		return dataplane.ApplyResult{}, err
+	}
+
+	// The policy as Go judges it, for the sessions a new config may end.
+	var pol *policy.Set
+	if b.objs != nil && !cfg.Sessions.KeepOnPolicyChange {
+		pol, err = policy.Compile(cfg, func(name string) (int, error) {
+			if idx, ok := ifindex[name]; ok {
+				return idx, nil
+			}
+			return 0, fmt.Errorf("interface %s: not resolved", name)
+		})
+		if err != nil {
+			return dataplane.ApplyResult{}, fmt.Errorf("compile policies: %w", err)
+		}
 	}
 
 	fresh := false
@@ -218,14 +247,31 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	res.Warnings = append(res.Warnings, b.mir.stageWarning()...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
+	b.zones = zones
 	b.mu.Unlock()
-	if fresh && b.opts.SessionReapInterval >= 0 {
-		every := b.opts.SessionReapInterval
-		if every == 0 {
-			every = DefaultReapInterval
+	if fresh && b.opts.SessionSweepInterval >= 0 {
+		if err := armSweep(b.objs); err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "tables.sessions",
+				Message: fmt.Sprintf("the in-kernel session sweep could not be armed (%v): expired sessions leave only when a packet or a new flow finds them", err)})
 		}
-		b.reapStop, b.reapDone = make(chan struct{}), make(chan struct{})
-		go b.reapLoop(every, b.reapStop, b.reapDone)
+	}
+	if pol != nil {
+		// Committed: judge the sessions of the old config under the new
+		// one. A failure here leaves sessions the policy now denies, which
+		// is what keep_on_policy_change asks for, so it is a warning.
+		n, err := b.endDeniedSessions(ctx, pol, zones)
+		b.endedByPolicy.Add(uint64(n))
+		if n > 0 {
+			// Flow-cache entries filled from those sessions between the
+			// flip and their end must go too.
+			if ierr := b.invalidateFlowCaches(); ierr != nil && err == nil {
+				err = ierr
+			}
+		}
+		if err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "sessions",
+				Message: fmt.Sprintf("ending sessions the new policy denies stopped after %d: %v", n, err)})
+		}
 	}
 	return res, nil
 }
@@ -237,6 +283,12 @@ func load(capacity uint32) (*fwObjects, error) {
 	}
 	spec.Maps["fw_sessions_v4"].MaxEntries = capacity
 	spec.Maps["fw_sessions_v6"].MaxEntries = capacity
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["fw_recent_v4"].MaxEntries = uint32(cpus * recentPerCPU)
+	spec.Maps["fw_recent_v6"].MaxEntries = uint32(cpus * recentPerCPU)
 	var objs fwObjects
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		var ve *ebpf.VerifierError
@@ -257,7 +309,7 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	objs := b.objs
 	// fw_active counts flips (the low bit is the slot): the flow cache
 	// tags its entries with it, so a flip invalidates them all.
-	flip := uint32(b.gen)
+	flip := b.activeTag + 1
 	next := flip & 1
 	if err := writeSlot(objs, next, p, ifindex, choices); err != nil {
 		return dataplane.ApplyResult{}, err
@@ -375,9 +427,24 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 		_ = objs.FwTxPorts.Delete(k)
 	}
 	b.slot = next
+	b.activeTag = flip
 	b.gen++
 	res.Generation = b.gen
 	return res, nil
+}
+
+// invalidateFlowCaches gives fw_active a new value with the same slot, so
+// every flow-cache entry (tagged with the old value) misses and its next
+// packet meets the session tables. Callers hold applyMu.
+func (b *Backend) invalidateFlowCaches() error {
+	tag := b.activeTag + 2
+	if err := b.objs.FwActive.Update(uint32(0), tag, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("invalidate flow caches: %w", err)
+	}
+	b.mu.Lock()
+	b.activeTag = tag
+	b.mu.Unlock()
+	return nil
 }
 
 // graceFallback is how long waitReaders sleeps when the kernel cannot wait
@@ -583,11 +650,6 @@ func (b *Backend) Close() error {
 	}
 	b.applyMu.Lock()
 	defer b.applyMu.Unlock()
-	if b.reapStop != nil {
-		close(b.reapStop)
-		<-b.reapDone
-		b.reapStop = nil
-	}
 	if b.mir != nil {
 		b.mir.stopWatch()
 	}
