@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,20 @@ type Options struct {
 	// 256 Ki sessions. Negative never arms the sweep: expired sessions then
 	// leave only when a packet or an early drop finds them (tests).
 	SessionSweepInterval time.Duration
+	// PinDir, when set, pins the dataplane under this bpffs directory
+	// (e.g. /sys/fs/bpf/fwplane/NAME) so that it outlives the process: a
+	// process that dies leaves the kernel enforcing the last applied
+	// config with its sessions (the in-kernel sweep keeps expiring them),
+	// and New with the same PinDir adopts it (see "Outliving the process"
+	// in the package doc). Close removes it; Release leaves it running.
+	// Empty (the default for library users) pins nothing: the programs
+	// leave with the process.
+	PinDir string
+	// ReplaceIncompatible makes New replace a pinned dataplane whose
+	// layout this build cannot adopt (ErrIncompatiblePin) instead of
+	// failing: its links are removed and its sessions are lost; traffic is
+	// unfiltered (the interfaces carry no program) until the first Apply.
+	ReplaceIncompatible bool
 	// MirrorInline makes port-mirroring clones on the CPU that received
 	// the frame, as the kernel's broadcast redirect does by itself, instead
 	// of handing a mirrored ingress to a stage on the next CPU (see
@@ -82,6 +97,12 @@ type Backend struct {
 
 	endedByPolicy atomic.Uint64 // sessions Apply ended: the new policy denies them
 	cleared       atomic.Uint64 // sessions ClearSessions ended
+
+	// Pinning (Options.PinDir): the meta map, the layout fingerprint of
+	// this build, and whether the running dataplane was adopted.
+	meta        *ebpf.Map
+	fingerprint [32]byte
+	adopted     bool
 }
 
 type attachment struct {
@@ -120,9 +141,43 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create map counter: %w", err)
 	}
-	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, activeTag: ^uint32(0), mir: &mirrors{
+	b := &Backend{opts: o, counter: c, attached: map[string]*attachment{}, activeTag: ^uint32(0), mir: &mirrors{
 		up: map[uint32]bool{}, pairs: map[fwFwPairKey]bool{}, outs: map[uint32]bool{},
-	}}, nil
+	}}
+	if o.PinDir != "" {
+		if err := b.openPinned(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// openPinned prepares Options.PinDir: adopts the dataplane pinned there,
+// or replaces an incompatible one when asked to, or leaves a fresh
+// directory for the first Apply.
+func (b *Backend) openPinned() error {
+	dir := b.opts.PinDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("make pin directory %s: %w", dir, err)
+	}
+	if err := checkBPFFS(dir); err != nil {
+		return err
+	}
+	if hasPinnedDataplane(dir) {
+		err := b.adopt()
+		if err == nil || !errors.Is(err, ErrIncompatiblePin) || !b.opts.ReplaceIncompatible {
+			return err
+		}
+		if rerr := removePins(dir); rerr != nil {
+			return fmt.Errorf("replace the incompatible dataplane in %s: %w", dir, rerr)
+		}
+		return os.MkdirAll(dir, 0o700)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		return fmt.Errorf("pin directory %s holds pins but no fwplane dataplane (no %s): remove them first", dir, metaName)
+	}
+	return nil
 }
 
 // Mode returns dataplane.ModeEBPF.
@@ -208,9 +263,17 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 
 	fresh := false
 	if b.objs == nil {
-		objs, err := load(capacity)
+		objs, err := load(capacity, b.opts.PinDir)
 		if err != nil {
 			return dataplane.ApplyResult{}, err
+		}
+		if b.opts.PinDir != "" {
+			// The meta first: pins that enforce anything are adoptable.
+			if err := b.startPinned(objs, capacity); err != nil {
+				objs.Close()
+				_ = removePins(b.opts.PinDir)
+				return dataplane.ApplyResult{}, err
+			}
 		}
 		// Without the grace maps waitReaders sleeps instead: slower
 		// Applies, same guarantee in practice, so not an error.
@@ -239,6 +302,12 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			b.objs.Close()
 			b.objs, b.capacity = nil, 0
 			b.closeGrace()
+			if b.meta != nil {
+				b.meta.Close()
+				b.meta = nil
+				_ = removePins(b.opts.PinDir)
+				_ = os.MkdirAll(b.opts.PinDir, 0o700)
+			}
 			b.mu.Unlock()
 		}
 		return dataplane.ApplyResult{}, err
@@ -249,6 +318,10 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	b.cfg = cfg.Clone()
 	b.zones = zones
 	b.mu.Unlock()
+	if err := b.writeMeta(); err != nil {
+		res.Warnings = append(res.Warnings, dataplane.Warning{Field: "(pin)",
+			Message: fmt.Sprintf("the pinned dataplane's meta was not updated (%v): a restart adopts it at generation %d", err, b.gen-1)})
+	}
 	if fresh && b.opts.SessionSweepInterval >= 0 {
 		if err := armSweep(b.objs); err != nil {
 			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "tables.sessions",
@@ -276,7 +349,9 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	return res, nil
 }
 
-func load(capacity uint32) (*fwObjects, error) {
+// load loads the program with session tables of capacity; with pinDir its
+// maps are pinned there, or the ones pinned there are reused.
+func load(capacity uint32, pinDir string) (*fwObjects, error) {
 	spec, err := loadFw()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
@@ -289,8 +364,15 @@ func load(capacity uint32) (*fwObjects, error) {
 	}
 	spec.Maps["fw_recent_v4"].MaxEntries = uint32(cpus * recentPerCPU)
 	spec.Maps["fw_recent_v6"].MaxEntries = uint32(cpus * recentPerCPU)
+	var opts *ebpf.CollectionOptions
+	if pinDir != "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	}
 	var objs fwObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load program: %w (verifier: %+v)", err, ve)
@@ -321,7 +403,7 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	var addedPorts []uint32
 	undo := func() {
 		for _, a := range newAtt {
-			a.link.Close()
+			a.detach()
 		}
 		for _, k := range addedPorts {
 			objs.FwTxPorts.Delete(k)
@@ -357,6 +439,10 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 				w := *warn
 				w.Field = it.field
 				res.Warnings = append(res.Warnings, w)
+			}
+			if err := b.pinLink(it.name, a); err != nil {
+				a.link.Close()
+				return err
 			}
 			newAtt = append(newAtt, a)
 			newNames = append(newNames, it.name)
@@ -406,7 +492,12 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	}
 	for name, a := range b.attached {
 		if !keep[name] || replacedNames[name] {
-			a.link.Close()
+			if replacedNames[name] && b.opts.PinDir != "" {
+				// The new link took the pin; closing the old one detaches it.
+				a.link.Close()
+			} else {
+				a.detach()
+			}
 			delete(b.attached, name)
 		}
 	}
@@ -642,9 +733,26 @@ func (b *Backend) isClosed() bool {
 	return b.closed
 }
 
-// Close detaches every program and closes every map. It is idempotent and
-// safe on nil.
+// Close detaches every program and closes every map; with Options.PinDir
+// it also removes every pin and the directory. It is idempotent and safe on
+// nil.
 func (b *Backend) Close() error {
+	return b.shutdown(false)
+}
+
+// Release ends this process's hold on a pinned dataplane
+// (dataplane.Releaser): every handle is closed and every pin stays, so the
+// kernel goes on enforcing the last applied config with its sessions, and
+// a later New with the same Options.PinDir adopts it (an upgrade). Without
+// PinDir there is nothing to leave running and Release is Close. The
+// backend is closed afterwards.
+func (b *Backend) Release() error {
+	return b.shutdown(b != nil && b.opts.PinDir != "")
+}
+
+var _ dataplane.Releaser = (*Backend)(nil)
+
+func (b *Backend) shutdown(keepPins bool) error {
 	if b == nil {
 		return nil
 	}
@@ -660,6 +768,11 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	var errs []error
+	if b.opts.PinDir != "" && !keepPins && (b.meta != nil || b.objs != nil) {
+		if err := removePins(b.opts.PinDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove pins: %w", err))
+		}
+	}
 	for name, a := range b.attached {
 		if err := a.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
@@ -671,6 +784,10 @@ func (b *Backend) Close() error {
 			errs = append(errs, fmt.Errorf("close maps and programs: %w", err))
 		}
 		b.objs = nil
+	}
+	if b.meta != nil {
+		b.meta.Close()
+		b.meta = nil
 	}
 	b.closeGrace()
 	if b.counter != nil {
