@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/limits"
 	"github.com/fwplane/fwplane/internal/netnsutil"
 	"github.com/fwplane/fwplane/internal/policy"
 	"github.com/fwplane/fwplane/userspacebackend/internal/neigh"
@@ -188,6 +189,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 
 	reasons := unsupported(cfg)
+	reasons = append(reasons, limits.Check(cfg, nil, Limits(), string(dataplane.ModeUserspace))...)
 	u := cfg.Userspace
 	if b.sessions != nil {
 		if c := cfg.Tables.SessionsOrDefault(); c != b.capacity {
