@@ -87,6 +87,9 @@ type InterfaceCaps struct {
 	Features []string `json:"xdp_features,omitempty"`
 	// FeaturesErr says why Features is unknown.
 	FeaturesErr string `json:"xdp_features_error,omitempty"`
+	// RXQueues is the interface's RX queue count (0: unknown); the
+	// userspace backend binds one socket per queue.
+	RXQueues int `json:"rx_queues,omitempty"`
 }
 
 // Has reports whether the interface advertises an XDP feature.
@@ -104,6 +107,9 @@ type Host struct {
 	Kernel     string                   `json:"kernel,omitempty"`
 	Probes     map[ProbeName]Result     `json:"probes"`
 	Interfaces map[string]InterfaceCaps `json:"interfaces,omitempty"`
+	// MemoryBytes is the host's memory (0: unknown), the base of the
+	// default memory budget.
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
 }
 
 // Status returns a probe's status; a probe that was not run is Inconclusive.

@@ -94,7 +94,7 @@ func ProbeHost(ctx context.Context, opts *ProbeOptions) (*Host, error) {
 	}
 	// Kernels before 5.11 account BPF memory to RLIMIT_MEMLOCK.
 	_ = rlimit.RemoveMemlock()
-	h := &Host{Kernel: kernelRelease(), Probes: map[ProbeName]Result{}}
+	h := &Host{Kernel: kernelRelease(), Probes: map[ProbeName]Result{}, MemoryBytes: hostMemory()}
 	for _, p := range probes {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("probe host: %w", err)
@@ -275,6 +275,7 @@ func probeInterface(name string) InterfaceCaps {
 	}
 	caps.Exists = true
 	caps.Ifindex = l.Attrs().Index
+	caps.RXQueues = l.Attrs().NumRxQueues
 	feats, err := xdpFeatures(caps.Ifindex)
 	if err != nil {
 		caps.FeaturesErr = err.Error()
