@@ -229,3 +229,41 @@ func TestDecideZones(t *testing.T) {
 		}
 	}
 }
+
+// manyPolicies is a config of n /32-source policies in one zone pair,
+// shaped like the gate's 100 000-policy test.
+func manyPolicies(n int) *dataplane.Config {
+	c := &dataplane.Config{
+		Zones:      []dataplane.Zone{{Name: "a"}, {Name: "b"}},
+		Interfaces: []dataplane.Interface{{Name: "lan0", Zone: "a"}, {Name: "wan0", Zone: "b"}},
+	}
+	for i := range n {
+		src := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
+		c.Policies = append(c.Policies, dataplane.Policy{FromZone: "a", ToZone: "b", Sources: []string{src.String() + "/32"},
+			Protocol: dataplane.ProtoUDP, DestinationPorts: []dataplane.PortRange{{First: 53, Last: 53}}, Action: dataplane.ActionAllow})
+	}
+	return c
+}
+
+// BenchmarkNormalize100k: what the gate and Apply pay to normalise (and
+// validate) 100 000 policies, and to compile the userspace matcher.
+func BenchmarkNormalize100k(b *testing.B) {
+	cfg := manyPolicies(100_000)
+	b.Run("normalize", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := Normalize(cfg); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)*100_000/b.Elapsed().Seconds()/1e6, "Mpolicies/s")
+	})
+	b.Run("compile", func(b *testing.B) {
+		res := func(name string) (int, error) { return map[string]int{"lan0": 2, "wan0": 3}[name], nil }
+		for b.Loop() {
+			if _, err := Compile(cfg, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N)*100_000/b.Elapsed().Seconds()/1e6, "Mpolicies/s")
+	})
+}
