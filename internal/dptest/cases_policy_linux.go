@@ -191,7 +191,7 @@ func swapKeepsSessions(t testing.TB, e *Env) {
 	go func() {
 		defer wg.Done()
 		for !stop.Load() {
-			p := UDP(l.Lab.Client, dst, UDPOptions{SrcPort: long, Timeout: time.Second})
+			p := UDP(l.Lab.Client, dst, UDPOptions{SrcPort: long, Timeout: 2 * time.Second})
 			mu.Lock()
 			if p.Outcome != Answered {
 				longFails++
