@@ -279,10 +279,11 @@ func refusalsKeepRunning(t testing.TB, e *Env) {
 
 	unsup := Base(l)
 	unsup.Forwarding.Routes = []dataplane.Route{{Destination: "198.51.100.0/24", Interface: l.FwServerIf}}
+	unsup.Tables.Sessions = e.Applied.Tables.SessionsOrDefault() / 2 // a running table is not resized
 	unsup.Policies = nil
 	_, err = e.DP.Apply(ctx, unsup)
-	if !errors.Is(err, dataplane.ErrNotSupported) || !strings.Contains(err.Error(), "forwarding.routes") {
-		t.Errorf("static routes: %v, want ErrNotSupported naming forwarding.routes", err)
+	if !errors.Is(err, dataplane.ErrNotSupported) || !strings.Contains(err.Error(), "forwarding.routes") || !strings.Contains(err.Error(), "tables.sessions") {
+		t.Errorf("static routes and a new session table size: %v, want ErrNotSupported naming forwarding.routes and tables.sessions", err)
 	}
 
 	Expect(t,
