@@ -1,7 +1,8 @@
 // Package userspacebackend is fwplane's second dataplane: forwarding in Go
 // over AF_XDP sockets, with the same policy semantics as the eBPF backend
-// (see dataplane.Config; TestConformance runs identical traffic through
-// both and compares every flow's outcome).
+// (see dataplane.Config; TestConformance runs the shared conformance suite,
+// internal/dptest, whose known differences are listed in
+// dptest.Divergences).
 //
 // # Datapath
 //
