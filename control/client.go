@@ -103,8 +103,18 @@ func (c *Client) Reload(ctx context.Context) (dataplane.ApplyResult, error) {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, out any) error {
-	u := url.URL{Scheme: "http", Host: "fwd", Path: path, RawQuery: q.Encode()}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	return c.doURL(ctx, method, url.URL{Scheme: "http", Host: "fwd", Path: path, RawQuery: q.Encode()}, nil, out)
+}
+
+// doBody sends a request with a body (no endpoint takes one today; tests
+// use it to check that refusal).
+func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader, out any) error {
+	return c.doURL(ctx, method, url.URL{Scheme: "http", Host: "fwd", Path: path}, body, out)
+}
+
+func (c *Client) doURL(ctx context.Context, method string, u url.URL, body io.Reader, out any) error {
+	path := u.Path
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
@@ -113,18 +123,18 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, out 
 		return c.connErr(method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
 		return fmt.Errorf("%s %s: read reply: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &Error{Status: resp.StatusCode}
-		if jerr := json.Unmarshal(body, &e.ErrorReply); jerr != nil || e.Code == "" {
-			e.Code, e.Message = CodeInternal, fmt.Sprintf("%s %s: HTTP %d: %.200s", method, path, resp.StatusCode, body)
+		if jerr := json.Unmarshal(reply, &e.ErrorReply); jerr != nil || e.Code == "" {
+			e.Code, e.Message = CodeInternal, fmt.Sprintf("%s %s: HTTP %d: %.200s", method, path, resp.StatusCode, reply)
 		}
 		return e
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(reply, out); err != nil {
 		return fmt.Errorf("%s %s: decode reply: %w", method, path, err)
 	}
 	return nil

@@ -44,7 +44,18 @@
 // # Concurrency
 //
 // A [Server] serves requests concurrently; the [Service] it wraps must be
-// safe for concurrent use (a dataplane.DataPlane is). Reload calls are not
-// serialised here: the Service's Reload function must do that. A [Client]
-// is safe for concurrent use. Close on either is idempotent and safe on nil.
+// safe for concurrent use (a dataplane.DataPlane is). Reloads run one at a
+// time: a reload request waits for the one before it only as long as its
+// client waits, and one whose client went away (or that timed out) never
+// runs. A [Client] is safe for concurrent use. Close on either is
+// idempotent and safe on nil.
+//
+// # Limits
+//
+// A connection that sends no request for Service.IdleTimeout (default
+// 30 s) is closed, keep-alive connections included; at most
+// Service.MaxConns (default 64) are open at once, and one more is answered
+// 503 {"code":"busy"} and closed rather than left queued. POST /v1/reload
+// with a body is refused (400 bad_request): the server re-reads its own
+// config source and never applies what a request carries.
 package control

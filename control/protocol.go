@@ -60,6 +60,7 @@ const (
 	CodeNotSupported     = "not_supported"
 	CodeClosed           = "closed"
 	CodeTimeout          = "timeout"
+	CodeBusy             = "busy"
 	CodeInternal         = "internal"
 )
 

@@ -25,13 +25,34 @@ type Service struct {
 	// /v1/capability with not_supported.
 	Decision func() capability.Decision
 	// Reload re-reads the config source and applies it. Nil answers
-	// /v1/reload with not_supported. It must serialise itself.
+	// /v1/reload with not_supported. The server runs one Reload at a
+	// time; a request waiting for its turn whose client goes away (or
+	// whose Timeout passes) is dropped and never runs. Reload is called
+	// with the request's context and should stop when it is done.
 	Reload func(ctx context.Context) (dataplane.ApplyResult, error)
 	// Timeout bounds one request's work; 0 means 30 s.
 	Timeout time.Duration
+	// IdleTimeout closes a connection that has sent no request for this
+	// long, keep-alive connections included; 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open at once; one more is answered
+	// 503 with code "busy" and closed. 0 means DefaultMaxConns.
+	MaxConns int
 	// Logger receives one line per failed request; nil discards.
 	Logger *slog.Logger
+
+	reloadOnce sync.Once
+	reloadSem  chan struct{}
 }
+
+// Connection limits of a Server (see Service).
+const (
+	DefaultIdleTimeout = 30 * time.Second
+	DefaultMaxConns    = 64
+	// headerTimeout closes a connection that opened but sent no complete
+	// request head.
+	headerTimeout = 10 * time.Second
+)
 
 // Handler returns the HTTP handler of the control API for s.
 func Handler(s *Service) http.Handler {
@@ -139,9 +160,25 @@ func (s *Service) sessions(ctx context.Context, r *http.Request) (any, error) {
 	return SessionsReply{Counts: counts, Limit: limit, Sessions: list, Truncated: uint64(len(list)) < counts.Total}, nil
 }
 
-func (s *Service) reload(ctx context.Context, _ *http.Request) (any, error) {
+func (s *Service) reload(ctx context.Context, r *http.Request) (any, error) {
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		// A body would suggest the config travels with the request; it
+		// does not, and applying the file instead would surprise.
+		return nil, badRequest{"reload takes no body: the server re-reads its own config source (edit that, then reload); nothing was applied"}
+	}
 	if s.Reload == nil {
 		return nil, &dataplane.NotSupportedError{What: "reload", Reasons: []string{"this server has no config source to re-read"}}
+	}
+	s.reloadOnce.Do(func() { s.reloadSem = make(chan struct{}, 1) })
+	select {
+	case s.reloadSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reload not run: gave up waiting for the reload before it: %w", ctx.Err())
+	}
+	defer func() { <-s.reloadSem }()
+	// The client may have left while the lock was handed over.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("reload not run: %w", err)
 	}
 	res, err := s.Reload(ctx)
 	if err != nil {
@@ -166,6 +203,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type Server struct {
 	path string
 	ln   net.Listener
+	lim  *limitListener
 	http *http.Server
 	done chan struct{}
 
@@ -187,17 +225,26 @@ func Serve(path string, s *Service) (*Server, error) {
 // A daemon calls Listen first, to claim the socket before it touches the
 // dataplane, and ServeListener once the dataplane runs.
 func ServeListener(ln net.Listener, s *Service) *Server {
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	maxConns := s.MaxConns
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
 	srv := &Server{
 		path: ln.Addr().String(),
 		ln:   ln,
-		http: &http.Server{Handler: Handler(s), ReadHeaderTimeout: 10 * time.Second},
+		lim:  &limitListener{Listener: ln, max: maxConns},
+		http: &http.Server{Handler: Handler(s), ReadHeaderTimeout: min(headerTimeout, idle), IdleTimeout: idle},
 		done: make(chan struct{}),
 	}
 	go func() {
 		defer close(srv.done)
 		// Serve returns ErrServerClosed after Shutdown; anything else
 		// also ends serving, and Close reports the listener's state.
-		srv.http.Serve(ln)
+		srv.http.Serve(srv.lim)
 	}()
 	return srv
 }
@@ -208,6 +255,15 @@ func (s *Server) Path() string {
 		return ""
 	}
 	return s.path
+}
+
+// Conns returns the connections open now and the connections refused
+// because MaxConns were open, since the server started.
+func (s *Server) Conns() (open int, refused uint64) {
+	if s == nil {
+		return 0, 0
+	}
+	return int(s.lim.open.Load()), s.lim.refused.Load()
 }
 
 // Close stops accepting, waits up to 5 s for requests in flight, and

@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -167,7 +166,7 @@ func run(ctx context.Context, args []string, e *env) error {
 	for _, w := range d.Applied.Warnings {
 		log.Warn("config applied with a warning", "field", w.Field, "warning", w.Message)
 	}
-	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation}
+	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation, turn: make(chan struct{}, 1)}
 
 	srv := control.ServeListener(ln, &control.Service{
 		DataPlane: dp,
@@ -234,15 +233,25 @@ type daemon struct {
 	file string
 	dp   dataplane.DataPlane
 
-	mu         sync.Mutex // serialises reloads
+	// turn serialises reloads (SIGHUP and the control socket) and lets a
+	// waiting one give up with its context: a reload whose client went
+	// away never runs later.
+	turn       chan struct{}
 	generation uint64
 }
 
 // reload re-reads the config file and applies it; a refused config leaves
 // the running one in force, and every problem is logged.
 func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
-	dm.mu.Lock()
-	defer dm.mu.Unlock()
+	select {
+	case dm.turn <- struct{}{}:
+	case <-ctx.Done():
+		return dataplane.ApplyResult{}, fmt.Errorf("reload not run: %w", ctx.Err())
+	}
+	defer func() { <-dm.turn }()
+	if err := ctx.Err(); err != nil {
+		return dataplane.ApplyResult{}, fmt.Errorf("reload not run: %w", err)
+	}
 	refuse := func(err error) (dataplane.ApplyResult, error) {
 		ps := problems(err)
 		for _, p := range ps {
