@@ -190,9 +190,11 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		rep.Sessions = &dataplane.SessionCounts{IPv4: *v4, IPv6: *v6, Total: *v4 + *v6}
 	}
 
+	// A part of the read that fails becomes its map's row in error; the
+	// rest of the report stands (an operator still sees every table).
 	counters, err := readCounters(b.objs.FwCounters)
 	if err != nil {
-		return rep, fmt.Errorf("read counters: %w", err)
+		markRow(rep.Resources, "fw_counters", fmt.Errorf("read counters: %w", err))
 	}
 	for i, v := range counters {
 		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: "global", Value: v})
@@ -206,7 +208,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 	}
 	mc, err := b.mirrorCounters(b.objs)
 	if err != nil {
-		return rep, err
+		markRow(rep.Resources, "fw_mirror_counts", err)
 	}
 	rep.Counters = append(rep.Counters, mc...)
 	rep.Counters = append(rep.Counters,
@@ -214,6 +216,17 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached))},
 		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic})
 	return rep, nil
+}
+
+// markRow records err on the named row: the counters it holds are
+// missing from the report.
+func markRow(rows []dataplane.Resource, name string, err error) {
+	for i := range rows {
+		if rows[i].Name == name {
+			rows[i].Error = err.Error() + " (its counters are missing from this report)"
+			return
+		}
+	}
 }
 
 // readCounters sums the per-CPU counters (one element holds them all).
