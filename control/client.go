@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
 )
 
 // maxReply bounds a reply body: a full session listing is the largest.
@@ -69,6 +70,56 @@ func (c *Client) Close() error {
 func (c *Client) Resources(ctx context.Context) (dataplane.ResourceReport, error) {
 	var r dataplane.ResourceReport
 	err := c.do(ctx, http.MethodGet, PathResources, nil, &r)
+	return r, err
+}
+
+// Buffers returns the resource report with the trends of every counted
+// row (Trends is nil when the server keeps no history).
+func (c *Client) Buffers(ctx context.Context) (ResourcesReply, error) {
+	var r ResourcesReply
+	err := c.do(ctx, http.MethodGet, PathResources, nil, &r)
+	return r, err
+}
+
+// History returns one row's samples over the last since (0 = all kept);
+// an empty scope means "global". An unknown row is an *Error with code
+// not_found.
+func (c *Client) History(ctx context.Context, name, scope string, since time.Duration) (HistoryReply, error) {
+	q := url.Values{"name": {name}}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	var r HistoryReply
+	err := c.do(ctx, http.MethodGet, PathHistory, q, &r)
+	return r, err
+}
+
+// HistoryRows lists the rows whose history the server keeps.
+func (c *Client) HistoryRows(ctx context.Context) (HistoryReply, error) {
+	var r HistoryReply
+	err := c.do(ctx, http.MethodGet, PathHistory, nil, &r)
+	return r, err
+}
+
+// Events returns the threshold events the server keeps.
+func (c *Client) Events(ctx context.Context) (EventsReply, error) {
+	var r EventsReply
+	err := c.do(ctx, http.MethodGet, PathEvents, nil, &r)
+	return r, err
+}
+
+// Diagnose runs the debugging checklist over window (0 = the server's
+// default, 2 s). The call lasts at least the window.
+func (c *Client) Diagnose(ctx context.Context, window time.Duration) (diagnose.Report, error) {
+	q := url.Values{}
+	if window > 0 {
+		q.Set("window", window.String())
+	}
+	var r diagnose.Report
+	err := c.do(ctx, http.MethodGet, PathDiagnose, q, &r)
 	return r, err
 }
 

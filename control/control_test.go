@@ -23,6 +23,8 @@ import (
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 )
 
 // fakeDP is a dataplane.DataPlane that returns canned reports; the
@@ -538,5 +540,68 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestHistoryEventsAndDiagnoseEndpoints(t *testing.T) {
+	rec := history.New(nil, nil)
+	t0 := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	for i := range 70 {
+		rec.Record(&dataplane.ResourceReport{Resources: []dataplane.Resource{
+			{Name: "fw_sessions_v4", Scope: "global", Capacity: 1024, Used: dataplane.Uint64(uint64(800 + 2*i))}}}, t0.Add(time.Duration(i)*time.Second))
+	}
+	called := time.Duration(0)
+	c := serve(t, &Service{DataPlane: &fakeDP{report: sampleReport}, History: rec,
+		Diagnose: func(_ context.Context, w time.Duration) (diagnose.Report, error) {
+			called = w
+			return diagnose.Report{Mode: dataplane.ModeEBPF, Window: w, Checks: []diagnose.Check{{ID: "tx", Verdict: diagnose.Failing}}, Failing: 1}, nil
+		}})
+	ctx := context.Background()
+	b, err := c.Buffers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Trends) != 1 || b.Trends[0].Estimate != history.EstimateRising || len(b.Resources) != len(sampleReport.Resources) {
+		t.Errorf("buffers: %d rows, trends %+v; want the report and one rising trend", len(b.Resources), b.Trends)
+	}
+	h, err := c.History(ctx, "fw_sessions_v4", "", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Series == nil || len(h.Series.Points) != 30 || h.Series.Capacity != 1024 {
+		t.Errorf("history: %+v, want 30 points of capacity 1024", h.Series)
+	}
+	var e *Error
+	if _, err := c.History(ctx, "nope", "", 0); !errors.As(err, &e) || e.Code != CodeNotFound {
+		t.Errorf("history of an unknown row: %v, want not_found", err)
+	}
+	rows, err := c.HistoryRows(ctx)
+	if err != nil || len(rows.Rows) != 1 || rows.Stats.Rows != 1 {
+		t.Errorf("history rows: %+v, %v", rows, err)
+	}
+	ev, err := c.Events(ctx)
+	if err != nil || len(ev.Events) != 2 || ev.Events[0].To != dataplane.LevelWarning || ev.Events[1].To != dataplane.LevelCritical || len(ev.Counts) != 2 {
+		t.Errorf("events: %+v, %v; want WARNING then CRITICAL", ev, err)
+	}
+	d, err := c.Diagnose(ctx, 500*time.Millisecond)
+	if err != nil || !d.Failed() || called != 500*time.Millisecond {
+		t.Errorf("diagnose: %+v, %v (window %v)", d, err, called)
+	}
+	if _, err := c.Diagnose(ctx, time.Hour); !errors.As(err, &e) || e.Code != CodeBadRequest {
+		t.Errorf("diagnose over an hour: %v, want bad_request", err)
+	}
+	// Without a history or checks: not supported, and no trends.
+	c2 := serve(t, &Service{DataPlane: &fakeDP{report: sampleReport}})
+	if b, err := c2.Buffers(ctx); err != nil || b.Trends != nil {
+		t.Errorf("buffers without history: trends %v, %v", b.Trends, err)
+	}
+	for name, call := range map[string]func() error{
+		"events":   func() error { _, err := c2.Events(ctx); return err },
+		"history":  func() error { _, err := c2.History(ctx, "x", "", 0); return err },
+		"diagnose": func() error { _, err := c2.Diagnose(ctx, 0); return err },
+	} {
+		if err := call(); !errors.Is(err, dataplane.ErrNotSupported) {
+			t.Errorf("%s without support: %v, want not_supported", name, err)
+		}
 	}
 }

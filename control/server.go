@@ -14,6 +14,8 @@ import (
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 )
 
 // Service is what the control API serves.
@@ -38,12 +40,30 @@ type Service struct {
 	// MaxConns caps the connections open at once; one more is answered
 	// 503 with code "busy" and closed. 0 means DefaultMaxConns.
 	MaxConns int
+	// History, when set, adds trends to /v1/resources and serves
+	// /v1/history and /v1/events; nil answers those with not_supported.
+	History History
+	// Diagnose runs the debugging checklist over a window; nil answers
+	// /v1/diagnose with not_supported.
+	Diagnose func(ctx context.Context, window time.Duration) (diagnose.Report, error)
 	// Logger receives one line per failed request; nil discards.
 	Logger *slog.Logger
 
 	reloadOnce sync.Once
 	reloadSem  chan struct{}
 }
+
+// History is what the server reads from a history.Recorder.
+type History interface {
+	Trends() []history.Trend
+	Series(name, scope string, since time.Duration) (history.Series, error)
+	Rows() []history.Series
+	Events() []history.Event
+	EventCounts() []history.EventCount
+	Stats() history.Stats
+}
+
+var _ History = (*history.Recorder)(nil)
 
 // Connection limits of a Server (see Service).
 const (
@@ -61,6 +81,9 @@ func Handler(s *Service) http.Handler {
 	mux.HandleFunc(PathCapability, s.get(s.capability))
 	mux.HandleFunc(PathSessions, s.get(s.sessions))
 	mux.HandleFunc(PathReload, s.post(s.reload))
+	mux.HandleFunc(PathHistory, s.get(s.history))
+	mux.HandleFunc(PathEvents, s.get(s.events))
+	mux.HandleFunc(PathDiagnose, s.get(s.diagnose))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorReply{Code: CodeNotFound, Message: "no endpoint " + r.URL.Path})
 	})
@@ -118,7 +141,78 @@ func (s *Service) resources(ctx context.Context, _ *http.Request) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read resources: %w", err)
 	}
-	return r, nil
+	rep := ResourcesReply{ResourceReport: r}
+	if s.History != nil {
+		rep.Trends = s.History.Trends()
+		if rep.Trends == nil {
+			rep.Trends = []history.Trend{}
+		}
+	}
+	return rep, nil
+}
+
+func (s *Service) noHistory(what string) error {
+	return &dataplane.NotSupportedError{What: what, Reasons: []string{"this server keeps no history"}}
+}
+
+func (s *Service) history(_ context.Context, r *http.Request) (any, error) {
+	if s.History == nil {
+		return nil, s.noHistory("read history")
+	}
+	q := r.URL.Query()
+	var since time.Duration
+	if v := q.Get("since"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, badRequest{fmt.Sprintf("since %q: want a positive duration such as 10m", v)}
+		}
+		since = d
+	}
+	rep := HistoryReply{Stats: s.History.Stats()}
+	name := q.Get("name")
+	if name == "" {
+		rep.Rows = s.History.Rows()
+		return rep, nil
+	}
+	scope := q.Get("scope")
+	if scope == "" {
+		scope = "global"
+	}
+	ser, err := s.History.Series(name, scope, since)
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	if ser.Points == nil {
+		ser.Points = []history.Point{}
+	}
+	rep.Series = &ser
+	return rep, nil
+}
+
+func (s *Service) events(context.Context, *http.Request) (any, error) {
+	if s.History == nil {
+		return nil, s.noHistory("read events")
+	}
+	return EventsReply{Events: s.History.Events(), Counts: s.History.EventCounts(), Stats: s.History.Stats()}, nil
+}
+
+func (s *Service) diagnose(ctx context.Context, r *http.Request) (any, error) {
+	window := DefaultDiagnoseWindow
+	if v := r.URL.Query().Get("window"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > MaxDiagnoseWindow {
+			return nil, badRequest{fmt.Sprintf("window %q: want a duration above 0 and at most %s", v, MaxDiagnoseWindow)}
+		}
+		window = d
+	}
+	if s.Diagnose == nil {
+		return nil, &dataplane.NotSupportedError{What: "diagnose", Reasons: []string{"this server cannot run the checks"}}
+	}
+	rep, err := s.Diagnose(ctx, window)
+	if err != nil {
+		return nil, fmt.Errorf("diagnose: %w", err)
+	}
+	return rep, nil
 }
 
 func (s *Service) capability(context.Context, *http.Request) (any, error) {

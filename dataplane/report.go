@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -180,6 +181,17 @@ func (l Level) String() string {
 
 // MarshalText makes levels readable in JSON.
 func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses a level name as MarshalText writes it.
+func (l *Level) UnmarshalText(b []byte) error {
+	for c := LevelNone; c <= LevelCritical; c++ {
+		if c.String() == string(b) {
+			*l = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown level %q", b)
+}
 
 // Default thresholds, in percent.
 const (
