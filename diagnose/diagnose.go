@@ -539,6 +539,16 @@ func checkSessions(d *deltas) Check {
 			counted = true
 		}
 	}
+	// A table that evicts without counting (an LRU map) still shows in
+	// the counters it has: sessions created in the window that neither
+	// stayed in the table nor expired were evicted.
+	if !counted {
+		if ev, fig, ok := d.evicted(); ok && ev > 0 {
+			c.Verdict = Failing
+			c.Figures = append(c.Figures, fig)
+			c.Next = "sessions are evicted to make room for new flows (their replies are then judged as new flows): raise tables.sessions, or find the flood of new flows"
+		}
+	}
 	th := d.in.Thresholds
 	for _, r := range d.in.After.Report.Resources {
 		if r.Detail || !isSessionRow(r.Name) {
@@ -563,6 +573,37 @@ func checkSessions(d *deltas) Check {
 		c.Figures = append(c.Figures, "early aging on: unassured timeouts are shortened")
 	}
 	return c
+}
+
+// evicted estimates the sessions that left the table in the window other
+// than by expiry, a reload or a clear: created - growth - expired - ended.
+// ok is false when the backend does not count creations.
+func (d *deltas) evicted() (uint64, string, bool) {
+	if !d.has("sessions_created_ipv4") {
+		return 0, "", false
+	}
+	b, a := d.in.Before.Report.Sessions, d.in.After.Report.Sessions
+	if b == nil || a == nil {
+		return 0, "", false
+	}
+	created := d.delta("sessions_created_ipv4", "global") + d.delta("sessions_created_ipv6", "global")
+	gone := d.delta("sessions_expired", "global") + d.delta("sessions_reaped", "global") +
+		d.delta(dataplane.CounterSessionsEndedByPolicy, "global") + d.delta(dataplane.CounterSessionsCleared, "global")
+	in := int64(a.Total) - int64(b.Total) + int64(gone)
+	ev := int64(created) - in
+	// Counters and counts are read a moment apart: a few sessions of
+	// slack, and 1 % of the table.
+	var capacity uint64
+	for _, r := range d.in.After.Report.Resources {
+		if !r.Detail && isSessionRow(r.Name) {
+			capacity += r.Capacity
+		}
+	}
+	if ev <= max(10, int64(capacity/100)) {
+		return 0, "", true
+	}
+	return uint64(ev), fmt.Sprintf("about %s sessions evicted without being counted: %d created, the table went from %d to %d, %d expired or ended",
+		d.rate(uint64(ev)), created, b.Total, a.Total, gone), true
 }
 
 func isSessionRow(name string) bool {
@@ -600,6 +641,10 @@ func checkMirror(d *deltas) Check {
 	return c
 }
 
+// expectedDrop are drops a healthy firewall makes: the policy's, and
+// traffic addressed to the firewall itself that is not forwarded.
+var expectedDrop = map[string]bool{"dropped_policy": true, "dropped_local": true}
+
 func checkDrops(d *deltas) Check {
 	c := Check{ID: "drops", Question: "What is dropped, by reason (largest first)?", Verdict: OK}
 	type drop struct {
@@ -623,14 +668,14 @@ func checkDrops(d *deltas) Check {
 	slices.SortFunc(ds, func(a, b drop) int { return cmp.Or(cmp.Compare(b.n, a.n), cmp.Compare(a.name, b.name)) })
 	for _, x := range ds {
 		c.Figures = append(c.Figures, fmt.Sprintf("%s: %s", x.name, d.rate(x.n)))
-		if x.name != "dropped_policy" {
+		if !expectedDrop[x.name] {
 			c.Verdict = Suspect
 		}
 	}
 	if len(ds) == 0 {
 		c.Figures = append(c.Figures, "nothing dropped in the window")
 	} else if c.Verdict == Suspect {
-		c.Next = "drops other than by policy: the checks above name the usual causes; counters in fwctl show system buffers detail"
+		c.Next = "drops other than by policy or to the firewall itself: the checks above name the usual causes; counters in fwctl show system buffers detail"
 	}
 	return c
 }
