@@ -28,6 +28,8 @@
 // row whose capacity changes (a reload resized a table) starts its
 // history afresh: samples of another capacity would mislead the trend.
 // [Recorder.Stats] reports the rows kept and the bytes their rings use.
+// [Recorder.Series] answers from the fine samples when they cover the
+// request (or while they are all there is), else from the minute buckets.
 //
 // # Trend and time to full
 //

@@ -432,8 +432,10 @@ func (r *Recorder) Series(name, scope string, since time.Duration) (Series, erro
 	if r.fineCount > 0 {
 		newest = r.fineTimes[(r.fineHead-1+len(r.fineTimes))%len(r.fineTimes)]
 	}
+	// Fine samples serve a request they cover, and every request while
+	// the fine ring has not wrapped yet (they are then all there is).
 	fineSpan := time.Duration(r.fineCount) * r.opts.Interval
-	if since > 0 && since <= fineSpan {
+	if (since > 0 && since <= fineSpan) || r.fineCount < len(r.fineTimes) {
 		s.Step = r.opts.Interval
 		cut := newest - int64(since)
 		for i := r.fineCount; i > 0; i-- {

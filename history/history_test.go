@@ -274,6 +274,19 @@ func TestSeriesFineAndCoarse(t *testing.T) {
 	}
 }
 
+// Before the fine ring wraps, every request gets the fine samples: they
+// are all the history there is.
+func TestSeriesBeforeTheFineRingWraps(t *testing.T) {
+	r := New(nil, nil)
+	for i := range 90 {
+		r.Record(report(tableRow("sessions", 1000, uint64(i))), t0.Add(time.Duration(i)*time.Second))
+	}
+	s, _ := r.Series("sessions", "global", time.Hour)
+	if s.Step != time.Second || len(s.Points) != 90 {
+		t.Errorf("an hour after 90 s of samples: step %v, %d points; want the 90 one-second samples", s.Step, len(s.Points))
+	}
+}
+
 func TestCapacityChangeRestartsTheRow(t *testing.T) {
 	r := New(nil, nil)
 	for i := range 30 {
