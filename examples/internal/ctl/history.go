@@ -114,11 +114,13 @@ func writeChart(w io.Writer, s history.Series, since time.Duration, th dataplane
 		return out
 	}
 	mins := span.Minutes()
-	chart := asciigraph.PlotMany([][]float64{pct, line(warn), line(crit)},
+	// The threshold lines first: a later series draws over an earlier
+	// one, and the row's own line must stay visible where it crosses them.
+	chart := asciigraph.PlotMany([][]float64{line(warn), line(crit), pct},
 		// Ten rows: one per 10 %, so the 80 % and 90 % lines sit on
 		// their labels.
 		asciigraph.Height(10), asciigraph.LowerBound(0), asciigraph.UpperBound(100), asciigraph.Precision(0),
-		asciigraph.SeriesChars(asciigraph.DefaultCharSet, asciigraph.CreateCharSet("·"), asciigraph.CreateCharSet("-")),
+		asciigraph.SeriesChars(asciigraph.CreateCharSet("·"), asciigraph.CreateCharSet("-"), asciigraph.DefaultCharSet),
 		asciigraph.XAxisRange(-mins, 0), asciigraph.XAxisTickCount(6),
 		asciigraph.XAxisValueFormatter(func(v float64) string { return minutesLabel(v) }),
 		asciigraph.YAxisValueFormatter(func(v float64) string { return strconv.FormatFloat(v, 'f', 0, 64) + "%" }))
