@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/mapcount"
 	"github.com/fwplane/fwplane/internal/netnsutil"
@@ -77,6 +78,8 @@ type attachment struct {
 	ifindex int
 	link    link.Link
 	generic bool
+	mode    string // dataplane.Attached*
+	reason  string
 }
 
 var (
@@ -145,11 +148,16 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, &dataplane.NotSupportedError{What: "apply config to the eBPF backend", Reasons: reasons}
 	}
 
-	// Resolve every interface before touching anything.
+	// Resolve every interface, and decide how to attach to each, before
+	// touching anything.
+	choices, err := b.attachChoices(cfg)
+	if err != nil {
+		return dataplane.ApplyResult{}, err
+	}
 	ifindex := make(map[string]int, len(p.ifaces))
 	var mrules []mirrorRule
 	var mwarns []dataplane.Warning
-	err := netnsutil.Do(b.opts.NetNS, func() error {
+	err = netnsutil.Do(b.opts.NetNS, func() error {
 		var problems []dataplane.Problem
 		for _, it := range p.ifaces {
 			ifi, err := net.InterfaceByName(it.name)
@@ -190,8 +198,10 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	for _, it := range p.ifaces {
 		egress = append(egress, uint32(ifindex[it.name]))
 	}
-	mirror := func() (func(), error) { return b.applyMirrors(b.objs, mrules, egress) }
-	res, err := b.commit(p, ifindex, mirror)
+	mirror := func(modes map[uint32]string) (func(), error) {
+		return b.applyMirrors(b.objs, mrules, egress, modes)
+	}
+	res, err := b.commit(p, ifindex, choices, mirror)
 	if err != nil {
 		if fresh {
 			// Nothing was ever running: drop the collection so the next
@@ -243,13 +253,13 @@ func load(capacity uint32) (*fwObjects, error) {
 // its undo), flips the active slot and only then detaches interfaces the
 // config dropped. Every step before the flip is undone on failure; the flip
 // is the commit point.
-func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (func(), error)) (dataplane.ApplyResult, error) {
+func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]capability.AttachChoice, beforeFlip func(map[uint32]string) (func(), error)) (dataplane.ApplyResult, error) {
 	objs := b.objs
 	// fw_active counts flips (the low bit is the slot): the flow cache
 	// tags its entries with it, so a flip invalidates them all.
 	flip := uint32(b.gen)
 	next := flip & 1
-	if err := writeSlot(objs, next, p, ifindex); err != nil {
+	if err := writeSlot(objs, next, p, ifindex, choices); err != nil {
 		return dataplane.ApplyResult{}, err
 	}
 
@@ -282,10 +292,12 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		}
 		for _, it := range p.ifaces {
 			idx := ifindex[it.name]
-			if a, ok := b.attached[it.name]; ok && a.ifindex == idx {
+			ch := choices[it.name]
+			if a, ok := b.attached[it.name]; ok && a.ifindex == idx && a.wanted(ch) {
+				a.reason = ch.Reason
 				continue
 			}
-			a, warn, err := b.attach(objs.XdpFw, it.name, idx)
+			a, warn, err := b.attach(objs, it.name, idx, ch)
 			if err != nil {
 				return err
 			}
@@ -303,7 +315,15 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		undo()
 		return dataplane.ApplyResult{}, err
 	}
-	undoMirror, err := beforeFlip()
+	modes := map[uint32]string{}
+	for name, a := range b.attached {
+		modes[uint32(a.ifindex)] = a.mode
+		_ = name
+	}
+	for _, a := range newAtt {
+		modes[uint32(a.ifindex)] = a.mode
+	}
+	undoMirror, err := beforeFlip(modes)
 	if err != nil {
 		undo()
 		return dataplane.ApplyResult{}, err
@@ -328,9 +348,12 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		keep[it.name] = true
 		keepIdx[uint32(ifindex[it.name])] = true
 	}
+	replacedNames := map[string]bool{}
+	for _, name := range newNames {
+		replacedNames[name] = true
+	}
 	for name, a := range b.attached {
-		replaced := keep[name] && a.ifindex != ifindex[name]
-		if !keep[name] || replaced {
+		if !keep[name] || replacedNames[name] {
 			a.link.Close()
 			delete(b.attached, name)
 		}
@@ -389,31 +412,81 @@ func newGraceMaps() (outer, inner *ebpf.Map, err error) {
 	return outer, inner, nil
 }
 
-// attach attaches prog to one interface with a bpf_link, driver mode first.
-// Must run in the dataplane's namespace.
-func (b *Backend) attach(prog *ebpf.Program, name string, ifindex int) (*attachment, *dataplane.Warning, error) {
-	if !b.opts.ForceGenericXDP {
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+// attach hooks the firewall into one interface as ch says, with a
+// bpf_link: tc_fw at clsact ingress (tcx), or xdp_fw in driver mode. An
+// auto choice of XDP whose native attach the driver refuses (an MTU above
+// what it takes, say) falls back to TC, with the kernel's reason; a forced
+// XDP attach fails instead. Options.ForceGenericXDP attaches XDP in generic
+// mode (tests). Must run in the dataplane's namespace.
+func (b *Backend) attach(objs *fwObjects, name string, ifindex int, ch capability.AttachChoice) (*attachment, *dataplane.Warning, error) {
+	if b.opts.ForceGenericXDP && ch.Mode != dataplane.AttachTC {
+		l, err := link.AttachXDP(link.XDPOptions{Program: objs.XdpFw, Interface: ifindex, Flags: link.XDPGenericMode})
+		if err != nil {
+			return nil, nil, fmt.Errorf("attach XDP (generic) to %s: %w", name, err)
+		}
+		return &attachment{ifindex: ifindex, link: l, generic: true, mode: dataplane.AttachedXDPGeneric, reason: "generic XDP forced by the backend's options"}, nil, nil
+	}
+	if ch.Mode == dataplane.AttachXDP {
+		l, err := link.AttachXDP(link.XDPOptions{Program: objs.XdpFw, Interface: ifindex, Flags: link.XDPDriverMode})
 		if err == nil {
-			return &attachment{ifindex: ifindex, link: l}, nil, nil
+			return &attachment{ifindex: ifindex, link: l, mode: dataplane.AttachedXDP, reason: ch.Reason}, nil, nil
 		}
-		l, gerr := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
-		if gerr != nil {
-			return nil, nil, fmt.Errorf("attach XDP to %s: native: %v; generic: %w", name, err, gerr)
+		if ch.Want == dataplane.AttachXDP {
+			return nil, nil, fmt.Errorf("attach XDP (native, forced by config) to %s: %w", name, err)
 		}
-		return &attachment{ifindex: ifindex, link: l, generic: true},
-			&dataplane.Warning{Message: fmt.Sprintf("native XDP failed on %s (%v): attached in generic mode, which is much slower", name, err)}, nil
+		ch.Reason = fmt.Sprintf("native XDP attach refused by the driver (%v): TC instead", err)
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: objs.TcFw, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return nil, nil, fmt.Errorf("attach XDP (generic) to %s: %w", name, err)
+		return nil, nil, fmt.Errorf("attach TC (tcx ingress) to %s: %w", name, err)
 	}
-	return &attachment{ifindex: ifindex, link: l, generic: true}, nil, nil
+	return &attachment{ifindex: ifindex, link: l, mode: dataplane.AttachedTC, reason: ch.Reason}, nil, nil
+}
+
+// wanted reports whether a stays as it is under choice ch.
+func (a *attachment) wanted(ch capability.AttachChoice) bool {
+	switch ch.Mode {
+	case dataplane.AttachTC:
+		return a.mode == dataplane.AttachedTC
+	case dataplane.AttachXDP:
+		// An auto XDP choice that fell back to TC stays TC.
+		return a.mode == dataplane.AttachedXDP || a.mode == dataplane.AttachedXDPGeneric ||
+			(ch.Want != dataplane.AttachXDP && a.mode == dataplane.AttachedTC)
+	}
+	return false
+}
+
+// attachChoices probes the config's interfaces in the dataplane's namespace
+// and decides how to attach to each (capability.ChooseAttach, the same
+// decision the gate explains). A forced mode that is unsafe fails closed.
+func (b *Backend) attachChoices(cfg *dataplane.Config) (map[string]capability.AttachChoice, error) {
+	names := make([]string, len(cfg.Interfaces))
+	for i, it := range cfg.Interfaces {
+		names[i] = it.Name
+	}
+	caps, err := capability.ProbeInterfaces(b.opts.NetNS, names)
+	if err != nil {
+		return nil, err
+	}
+	tcx := capability.Probe(capability.ProbeTCX)
+	out := make(map[string]capability.AttachChoice, len(names))
+	var reasons []string
+	for i, it := range cfg.Interfaces {
+		ch := capability.ChooseAttach(it.Attach, caps[it.Name], tcx == nil || !errors.Is(tcx, dataplane.ErrNotSupported))
+		if ch.Refused {
+			reasons = append(reasons, fmt.Sprintf("interfaces[%d].attach: %s", i, ch))
+		}
+		out[it.Name] = ch
+	}
+	if len(reasons) > 0 {
+		return nil, &dataplane.NotSupportedError{What: "attach the eBPF dataplane", Reasons: reasons}
+	}
+	return out, nil
 }
 
 // writeSlot writes everything the datapath reads for one slot. The slot is
 // inactive, so partial writes are invisible.
-func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int) error {
+func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int, choices map[string]capability.AttachChoice) error {
 	if err := objs.FwSettingsMap.Update(slot, p.settings, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
@@ -437,12 +510,16 @@ func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int) er
 		return fmt.Errorf("write zone pairs: %w", err)
 	}
 
-	want := map[fwFwIfKey]uint32{}
+	want := map[fwFwIfKey]fwFwIfVal{}
 	for _, it := range p.ifaces {
-		want[fwFwIfKey{Ifindex: uint32(ifindex[it.name]), Slot: slot}] = it.zone
+		v := fwFwIfVal{Zone: it.zone}
+		if choices[it.name].XDPTx {
+			v.Flags |= ifXDPTx
+		}
+		want[fwFwIfKey{Ifindex: uint32(ifindex[it.name]), Slot: slot}] = v
 	}
 	var k fwFwIfKey
-	var v uint32
+	var v fwFwIfVal
 	var stale []fwFwIfKey
 	iter := objs.FwIfZone.Iterate()
 	for iter.Next(&k, &v) {

@@ -13,9 +13,41 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fwFwCounter uint32
+
+const (
+	fwFwCounterFW_CNT_FORWARDED              fwFwCounter = 0
+	fwFwCounterFW_CNT_PASS_NON_IP            fwFwCounter = 1
+	fwFwCounterFW_CNT_PASS_ND                fwFwCounter = 2
+	fwFwCounterFW_CNT_PASS_LOCAL             fwFwCounter = 3
+	fwFwCounterFW_CNT_PASS_NO_NEIGH          fwFwCounter = 4
+	fwFwCounterFW_CNT_PASS_TTL               fwFwCounter = 5
+	fwFwCounterFW_CNT_PASS_FRAG_NEEDED       fwFwCounter = 6
+	fwFwCounterFW_CNT_PASS_FWD_DISABLED      fwFwCounter = 7
+	fwFwCounterFW_CNT_PASS_UNMANAGED         fwFwCounter = 8
+	fwFwCounterFW_CNT_DROP_POLICY            fwFwCounter = 9
+	fwFwCounterFW_CNT_DROP_NO_ROUTE          fwFwCounter = 10
+	fwFwCounterFW_CNT_DROP_PARSE             fwFwCounter = 11
+	fwFwCounterFW_CNT_DROP_FRAGMENT          fwFwCounter = 12
+	fwFwCounterFW_CNT_DROP_EGRESS_UNMANAGED  fwFwCounter = 13
+	fwFwCounterFW_CNT_DROP_UNSUPPORTED_ROUTE fwFwCounter = 14
+	fwFwCounterFW_CNT_SESSION_HIT            fwFwCounter = 15
+	fwFwCounterFW_CNT_SESSION_EXPIRED        fwFwCounter = 16
+	fwFwCounterFW_CNT_SESSION_CREATED_V4     fwFwCounter = 17
+	fwFwCounterFW_CNT_SESSION_CREATED_V6     fwFwCounter = 18
+	fwFwCounterFW_CNT_FIB_LOOKUP             fwFwCounter = 19
+	fwFwCounterFW_CNT_FLOW_CACHE_HIT         fwFwCounter = 20
+	fwFwCounterFW_CNT_RELATED_ICMP           fwFwCounter = 21
+	fwFwCounterFW_CNT_DROP_ICMP_UNRELATED    fwFwCounter = 22
+	fwFwCounterFW_CNT_PASS_EGRESS_NOT_XDP    fwFwCounter = 23
+	fwFwCounterFW_CNT_PASS_GSO_TOO_BIG       fwFwCounter = 24
+	fwFwCounterFW_CNT_MAX                    fwFwCounter = 25
+)
+
 type fwFwCpuCounters struct {
-	_ structs.HostLayout
-	C [23]uint64
+	_     structs.HostLayout
+	C     [25]uint64
+	Names [0]fwFwCounter
 }
 
 type fwFwCpumapVal struct {
@@ -35,7 +67,8 @@ type fwFwFlow struct {
 	Smac    [6]uint8
 	Dmac    [6]uint8
 	LenOk   uint16
-	Pad     [2]uint8
+	XdpTx   uint8
+	Pad     uint8
 }
 
 type fwFwFlowKey struct {
@@ -56,13 +89,20 @@ type fwFwHop struct {
 	Smac      [6]uint8
 	Dmac      [6]uint8
 	LenOk     uint16
-	Pad       [6]uint8
+	XdpTx     uint8
+	Pad       [5]uint8
 }
 
 type fwFwIfKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
 	Slot    uint32
+}
+
+type fwFwIfVal struct {
+	_     structs.HostLayout
+	Zone  uint32
+	Flags uint32
 }
 
 type fwFwMirrorCfg struct {
@@ -189,6 +229,7 @@ const (
 	fwMapFwStageDoneMap = "fw_stage_done_map"
 	fwMapFwStageProdMap = "fw_stage_prod_map"
 	fwMapFwTxPorts      = "fw_tx_ports"
+	fwProgTcFw          = "tc_fw"
 	fwProgXdpFw         = "xdp_fw"
 	fwProgXdpFwMirror   = "xdp_fw_mirror"
 	fwProgXdpFwStage    = "xdp_fw_stage"
@@ -236,6 +277,7 @@ type fwSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwProgramSpecs struct {
+	TcFw        *ebpf.ProgramSpec `ebpf:"tc_fw"`
 	XdpFw       *ebpf.ProgramSpec `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.ProgramSpec `ebpf:"xdp_fw_mirror"`
 	XdpFwStage  *ebpf.ProgramSpec `ebpf:"xdp_fw_stage"`
@@ -347,6 +389,7 @@ type fwVariables struct {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwPrograms struct {
+	TcFw        *ebpf.Program `ebpf:"tc_fw"`
 	XdpFw       *ebpf.Program `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.Program `ebpf:"xdp_fw_mirror"`
 	XdpFwStage  *ebpf.Program `ebpf:"xdp_fw_stage"`
@@ -354,6 +397,7 @@ type fwPrograms struct {
 
 func (p *fwPrograms) Close() error {
 	return _FwClose(
+		p.TcFw,
 		p.XdpFw,
 		p.XdpFwMirror,
 		p.XdpFwStage,

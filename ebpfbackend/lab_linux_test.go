@@ -27,9 +27,12 @@ const (
 	portDenied = 9999
 )
 
+// netlabConfig attaches XDP: the tests that use it are about xdp_fw (its
+// mirror stage, generic mode, counters at line rate); the TC path has
+// tests of its own on kernel-default veths.
 func netlabConfig(l *netlab.Lab) *dataplane.Config {
 	return &dataplane.Config{
-		Interfaces: []dataplane.Interface{{Name: l.FwClientIf, Zone: "clients"}, {Name: l.FwServerIf, Zone: "servers"}},
+		Interfaces: []dataplane.Interface{{Name: l.FwClientIf, Zone: "clients", Attach: dataplane.AttachXDP}, {Name: l.FwServerIf, Zone: "servers", Attach: dataplane.AttachXDP}},
 		Zones:      []dataplane.Zone{{Name: "clients"}, {Name: "servers"}},
 		Policies: []dataplane.Policy{
 			{FromZone: "clients", ToZone: "servers", Protocol: dataplane.ProtoTCP, DestinationPorts: []dataplane.PortRange{{First: portTCP, Last: portTCP}}, Action: dataplane.ActionAllow},

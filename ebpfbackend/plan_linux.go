@@ -21,6 +21,7 @@ const (
 	maxIfaces       = 256
 	numSlots        = 2
 	flowCacheSlots  = 4096
+	ifXDPTx         = 1 // FW_IF_XDP_TX
 )
 
 // plan is a config translated into what one slot of the datapath holds. It

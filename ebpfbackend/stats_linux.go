@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,37 +23,35 @@ const (
 	kindCPUMap     = "cpumap"
 )
 
-// Indexes into counterNames used by the Go side.
-const (
-	cntSessionHit   = 15
-	cntFlowCacheHit = 20
-)
-
-// counterNames follow enum fw_counter in bpf/include/fw_common.h, in order.
-var counterNames = []string{
-	"forwarded",
-	"passed_non_ip",
-	"passed_neighbor_discovery",
-	"passed_local",
-	"passed_no_neighbor",
-	"passed_ttl_expired",
-	"passed_fragmentation_needed",
-	"passed_forwarding_disabled",
-	"passed_unmanaged_ingress",
-	"dropped_policy",
-	"dropped_no_route",
-	"dropped_parse_error",
-	"dropped_fragment",
-	"dropped_egress_unmanaged",
-	"dropped_unsupported_route",
-	"session_hits",
-	"sessions_expired",
-	"sessions_created_ipv4",
-	"sessions_created_ipv6",
-	"fib_lookups",
-	"flow_cache_hits",
-	"related_icmp",
-	"dropped_icmp_unrelated",
+// counterNames names every counter of enum fw_counter (generated from the
+// C by bpf2go); TestCounterNames fails when the enum gains a value without
+// a name here.
+var counterNames = map[fwFwCounter]string{
+	fwFwCounterFW_CNT_FORWARDED:              "forwarded",
+	fwFwCounterFW_CNT_PASS_NON_IP:            "passed_non_ip",
+	fwFwCounterFW_CNT_PASS_ND:                "passed_neighbor_discovery",
+	fwFwCounterFW_CNT_PASS_LOCAL:             "passed_local",
+	fwFwCounterFW_CNT_PASS_NO_NEIGH:          "passed_no_neighbor",
+	fwFwCounterFW_CNT_PASS_TTL:               "passed_ttl_expired",
+	fwFwCounterFW_CNT_PASS_FRAG_NEEDED:       "passed_fragmentation_needed",
+	fwFwCounterFW_CNT_PASS_FWD_DISABLED:      "passed_forwarding_disabled",
+	fwFwCounterFW_CNT_PASS_UNMANAGED:         "passed_unmanaged_ingress",
+	fwFwCounterFW_CNT_DROP_POLICY:            "dropped_policy",
+	fwFwCounterFW_CNT_DROP_NO_ROUTE:          "dropped_no_route",
+	fwFwCounterFW_CNT_DROP_PARSE:             "dropped_parse_error",
+	fwFwCounterFW_CNT_DROP_FRAGMENT:          "dropped_fragment",
+	fwFwCounterFW_CNT_DROP_EGRESS_UNMANAGED:  "dropped_egress_unmanaged",
+	fwFwCounterFW_CNT_DROP_UNSUPPORTED_ROUTE: "dropped_unsupported_route",
+	fwFwCounterFW_CNT_SESSION_HIT:            "session_hits",
+	fwFwCounterFW_CNT_SESSION_EXPIRED:        "sessions_expired",
+	fwFwCounterFW_CNT_SESSION_CREATED_V4:     "sessions_created_ipv4",
+	fwFwCounterFW_CNT_SESSION_CREATED_V6:     "sessions_created_ipv6",
+	fwFwCounterFW_CNT_FIB_LOOKUP:             "fib_lookups",
+	fwFwCounterFW_CNT_FLOW_CACHE_HIT:         "flow_cache_hits",
+	fwFwCounterFW_CNT_RELATED_ICMP:           "related_icmp",
+	fwFwCounterFW_CNT_DROP_ICMP_UNRELATED:    "dropped_icmp_unrelated",
+	fwFwCounterFW_CNT_PASS_EGRESS_NOT_XDP:    "passed_egress_not_xdp",
+	fwFwCounterFW_CNT_PASS_GSO_TOO_BIG:       "passed_gso_too_big",
 }
 
 type namedMap struct {
@@ -197,15 +197,20 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		markRow(rep.Resources, "fw_counters", fmt.Errorf("read counters: %w", err))
 	}
 	for i, v := range counters {
-		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: "global", Value: v})
+		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[fwFwCounter(i)], Scope: "global", Value: v})
 	}
-	var generic uint64
+	var generic, tc uint64
 	for name, a := range b.attached {
 		if a.generic {
 			generic++
 			rep.Counters = append(rep.Counters, dataplane.Counter{Name: "xdp_generic_mode", Scope: name, Detail: true, Value: 1})
 		}
+		if a.mode == dataplane.AttachedTC {
+			tc++
+		}
+		rep.Interfaces = append(rep.Interfaces, dataplane.InterfaceStatus{Name: name, Ifindex: a.ifindex, Zone: b.zoneOf(name), Attach: a.mode, Reason: a.reason})
 	}
+	slices.SortFunc(rep.Interfaces, func(x, y dataplane.InterfaceStatus) int { return strings.Compare(x.Name, y.Name) })
 	mc, err := b.mirrorCounters(b.objs)
 	if err != nil {
 		markRow(rep.Resources, "fw_mirror_counts", err)
@@ -213,8 +218,9 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 	rep.Counters = append(rep.Counters, mc...)
 	rep.Counters = append(rep.Counters,
 		dataplane.Counter{Name: "sessions_reaped", Scope: "global", Value: b.reaped.Load()},
-		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached))},
-		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic})
+		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached)) - tc},
+		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic},
+		dataplane.Counter{Name: "tc_interfaces", Scope: "global", Value: tc})
 	return rep, nil
 }
 
@@ -235,7 +241,7 @@ func readCounters(m *ebpf.Map) ([]uint64, error) {
 	if err := m.Lookup(uint32(0), &per); err != nil {
 		return nil, err
 	}
-	out := make([]uint64, len(counterNames))
+	out := make([]uint64, fwFwCounterFW_CNT_MAX)
 	for _, c := range per {
 		for i := range out {
 			out[i] += c.C[i]
@@ -243,7 +249,7 @@ func readCounters(m *ebpf.Map) ([]uint64, error) {
 	}
 	// The cache-hit path bumps one counter less: a flow-cache hit is a
 	// session hit by construction (entries exist only for live sessions).
-	out[cntSessionHit] += out[cntFlowCacheHit]
+	out[fwFwCounterFW_CNT_SESSION_HIT] += out[fwFwCounterFW_CNT_FLOW_CACHE_HIT]
 	return out, nil
 }
 
@@ -445,3 +451,16 @@ func addrPort6(a [4]uint32, port uint16) netip.AddrPort {
 }
 
 func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
+
+// zoneOf returns the zone of a managed interface in the applied config.
+func (b *Backend) zoneOf(name string) string {
+	if b.cfg == nil {
+		return ""
+	}
+	for _, it := range b.cfg.Interfaces {
+		if it.Name == name {
+			return it.Zone
+		}
+	}
+	return ""
+}

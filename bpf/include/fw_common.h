@@ -26,8 +26,8 @@ enum fw_action {
 	FW_ALLOW = 1,
 };
 
-/* Per-CPU counters, summed in Go. The names live in ebpfbackend/counters.go
- * and must stay in this order. */
+/* Per-CPU counters, summed in Go. Go names each counter after its constant
+ * (FW_CNT_DROP_POLICY -> "drop_policy"), read from the generated code. */
 enum fw_counter {
 	FW_CNT_FORWARDED = 0,
 	FW_CNT_PASS_NON_IP,       /* ARP and other non-IP ethertypes */
@@ -52,12 +52,17 @@ enum fw_counter {
 	FW_CNT_FLOW_CACHE_HIT,    /* forwarded from the per-CPU flow cache */
 	FW_CNT_RELATED_ICMP,      /* ICMP error quoting a live session: passed */
 	FW_CNT_DROP_ICMP_UNRELATED, /* ICMP error quoting no live session */
+	FW_CNT_PASS_EGRESS_NOT_XDP, /* XDP ingress, egress takes no XDP redirects: kernel forwards */
+	FW_CNT_PASS_GSO_TOO_BIG,  /* TC: a GSO packet whose segments exceed the egress MTU */
 	FW_CNT_MAX,
 };
 
-/* All counters of one CPU in one value: one (inlined) lookup per packet. */
+/* All counters of one CPU in one value: one (inlined) lookup per packet.
+ * The empty array only puts enum fw_counter into the BTF, so bpf2go
+ * generates its constants and Go derives the counter names from them. */
 struct fw_cpu_counters {
 	__u64 c[FW_CNT_MAX];
+	enum fw_counter names[0];
 };
 
 /* Idle timeouts, indexed by enum fw_proto_class. */
@@ -108,6 +113,16 @@ struct fw_if_key {
 	__u32 slot;
 };
 
+/* fw_if_val.flags */
+#define FW_IF_XDP_TX 1 /* the device takes frames an XDP program redirects
+			* into it (it advertises ndo_xdp_xmit; a veth only
+			* while its peer runs NAPI) */
+
+struct fw_if_val {
+	__u32 zone;
+	__u32 flags;
+};
+
 /* Session keys are canonical: the endpoint that sorts lower (address, then
  * port) is "lo". Both directions of a flow build the same key, so a flow is
  * one entry and the map's element count is the number of flows. */
@@ -143,7 +158,8 @@ struct fw_hop {
 	/* The largest IP length the FIB's MTU check accepted with this answer:
 	 * a bigger packet asks the FIB again (and meets the MTU check). */
 	__u16 len_ok;
-	__u8 pad[6];
+	__u8 xdp_tx; /* the egress takes XDP redirects (FW_IF_XDP_TX) */
+	__u8 pad[5];
 };
 
 struct fw_sess_val {
@@ -181,7 +197,8 @@ struct fw_flow {
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u16 len_ok;
-	__u8 pad[2];
+	__u8 xdp_tx;     /* the egress takes XDP redirects */
+	__u8 pad;
 };
 
 /* Port mirroring. A rule is keyed by its ingress ifindex; stats are per
