@@ -327,7 +327,7 @@ func checkReach(d *deltas) Check {
 	}
 	if !d.userspace() {
 		seen := d.seenByProgram()
-		c.Figures = append(c.Figures, fmt.Sprintf("the XDP program judged %s", d.rate(seen)))
+		c.Figures = append(c.Figures, fmt.Sprintf("the eBPF program judged %s", d.rate(seen)))
 		if managedRX >= 10 && seen == 0 {
 			c.Verdict = Failing
 			c.Next = "the managed interfaces receive but the program sees nothing: is it attached (bpftool net)?"
