@@ -460,7 +460,7 @@ func checkTX(d *deltas) Check {
 	}
 	if !d.userspace() {
 		if c.Verdict == OK {
-			c.Figures = append(c.Figures, "TX is the kernel's (XDP redirect); no egress down, no TX drops in the window")
+			c.Figures = append(c.Figures, "TX is the kernel's (the program redirects); no egress down, no TX drops in the window")
 		}
 		return c
 	}
