@@ -73,12 +73,18 @@ func TestIntegrationDiagnoseFillRingNotRefilled(t *testing.T) {
 	}()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		row, _ := report(t, b).Find("fill_ring_empty", l.FwClientIf+"/q0")
-		if row.Used != nil && *row.Used == row.Capacity {
+		rep := report(t, b)
+		row, _ := rep.Find("fill_ring_empty", l.FwClientIf+"/q0")
+		empty, _ := rep.Counter("xdp_rx_fill_ring_empty_descs", l.FwClientIf+"/q0")
+		if empty > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the stalled binding's fill ring never ran dry: %+v", row)
+			rx, _ := rep.Find("rx_ring", l.FwClientIf+"/q0")
+			redirected, _ := rep.Counter("shim_redirected", l.FwClientIf)
+			full, _ := rep.Counter("xdp_rx_ring_full", l.FwClientIf+"/q0")
+			t.Fatalf("the stalled binding's fill ring never ran dry: fill ring %d of %d empty, rx ring %d of %d, shim redirected %d, rx ring full %d",
+				*row.Used, row.Capacity, *rx.Used, rx.Capacity, redirected, full)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
