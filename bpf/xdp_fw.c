@@ -108,20 +108,53 @@ struct {
 	__type(value, struct fw_rule);
 } fw_rules SEC(".maps");
 
-/* Capacity is set by the control plane from tables.sessions before load. */
+/* Capacity is set by the control plane from tables.sessions before load.
+ * Plain (preallocated) hash tables, not LRU: the session model decides what
+ * leaves a full table (early drop of unassured sessions, never an assured
+ * one), and the sweep removes what expired; an LRU would evict silently. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct fw_sess4_key);
 	__type(value, struct fw_sess_val);
 } fw_sessions_v4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct fw_sess6_key);
 	__type(value, struct fw_sess_val);
 } fw_sessions_v6 SEC(".maps");
+
+/* Early-drop candidates: FW_RECENT keys per CPU (the control plane sizes
+ * the arrays to possible CPUs x FW_RECENT before load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_RECENT);
+	__type(key, __u32);
+	__type(value, struct fw_sess4_key);
+} fw_recent_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_RECENT);
+	__type(key, __u32);
+	__type(value, struct fw_sess6_key);
+} fw_recent_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_recent_pos);
+} fw_recent_pos_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sweep);
+} fw_sweep_map SEC(".maps");
 
 /* Keyed by egress ifindex: exactly the FIB's answer, no translation. */
 struct {
@@ -287,8 +320,33 @@ struct pkt {
 	__u8 icmp_err; /* an ICMP error: the flow is the quoted packet's */
 	__u8 src_is_lo; /* set by session_key */
 	__u8 l4hlen;   /* TCP/UDP header length, for GSO segment sizes */
-	__u8 pad[3];
+	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 pad[2];
 };
+
+/* Per-CPU working memory of the general path: the parsed packet, a
+ * quoted one and a new session's value. Off the 512-byte stack, and map
+ * memory, whose contents the verifier does not follow: fewer states. A
+ * program runs to completion on its CPU before the next one starts there. */
+struct fw_scratch {
+	struct pkt p;
+	struct pkt q;
+	struct fw_sess_val nv;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_scratch);
+} fw_scratch_map SEC(".maps");
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+/* Flags that change a session's state: such packets never take a cache. */
+#define TCP_CTL (TCP_FIN | TCP_SYN | TCP_RST)
 
 /* Verdicts inside the program, whatever its type; the entry points turn
  * them into XDP or TC return codes. */
@@ -455,6 +513,7 @@ static __always_inline int parse_l4(void *l4, void *data, void *end, struct pkt 
 		p->k.sport = th->source;
 		p->k.dport = th->dest;
 		p->l4hlen = th->doff * 4;
+		p->tcp_flags = ((__u8 *)th)[13];
 		return 0;
 	}
 	case IPPROTO_UDP: {
@@ -500,6 +559,86 @@ static __always_inline __u32 proto_class(__u8 proto)
 		return FW_PC_ICMP;
 	}
 	return FW_PC_OTHER;
+}
+
+/* The session model (dataplane/session.go): a session's state follows from
+ * its flags, which only ever gain bits. */
+static __always_inline __u32 sess_state(__u8 proto, __u32 f)
+{
+	if (proto != IPPROTO_TCP)
+		return (f & FW_SF_REPLY) ? FW_ST_REPLIED : FW_ST_UNREPLIED;
+	if ((f & FW_SF_RST) || ((f & FW_SF_FIN_INIT) && (f & FW_SF_FIN_RESP)))
+		return FW_ST_CLOSED;
+	if (f & (FW_SF_FIN_INIT | FW_SF_FIN_RESP))
+		return FW_ST_CLOSING;
+	if (f & FW_SF_ESTABLISHED)
+		return FW_ST_ESTABLISHED;
+	return FW_ST_OPENING;
+}
+
+/* Assured: traffic seen both ways (TCP: and the handshake completed). An
+ * assured session is never evicted for a new flow. */
+static __always_inline int sess_assured(__u8 proto, __u32 f)
+{
+	if (proto == IPPROTO_TCP)
+		return (f & (FW_SF_ESTABLISHED | FW_SF_REPLY)) == (FW_SF_ESTABLISHED | FW_SF_REPLY);
+	return (f & FW_SF_REPLY) != 0;
+}
+
+static __always_inline __u32 timeout_slot(__u8 proto, __u32 state)
+{
+	switch (proto_class(proto)) {
+	case FW_PC_TCP:
+		switch (state) {
+		case FW_ST_OPENING:
+			return FW_TO_TCP_OPENING;
+		case FW_ST_CLOSING:
+			return FW_TO_TCP_CLOSING;
+		case FW_ST_CLOSED:
+			return FW_TO_TCP_CLOSED;
+		}
+		return FW_TO_TCP_ESTABLISHED;
+	case FW_PC_UDP:
+		return state == FW_ST_UNREPLIED ? FW_TO_UDP_UNREPLIED : FW_TO_UDP_REPLIED;
+	case FW_PC_ICMP:
+		return state == FW_ST_UNREPLIED ? FW_TO_ICMP_UNREPLIED : FW_TO_ICMP_REPLIED;
+	}
+	return state == FW_ST_UNREPLIED ? FW_TO_OTHER_UNREPLIED : FW_TO_OTHER_REPLIED;
+}
+
+/* Whether early aging is on for a family (the sweep switches it, and a
+ * full table too). */
+static __always_inline int aging_on(__u8 family)
+{
+	__u32 zero = 0;
+	struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+	return sw && sw->aging[family == 4 ? 0 : 1];
+}
+
+/* How long a flow-cache entry of a session in this state may forward
+ * before the session is touched again (the control plane's fraction of the
+ * state's timeout). Loaded at once, so no path carries a constant slot
+ * index further (which would keep the verifier from merging paths). */
+static __always_inline __u64 sess_refresh(const struct fw_settings *set, __u8 proto, __u32 flags)
+{
+	__u32 i = timeout_slot(proto, sess_state(proto, flags));
+	if (i >= FW_TO_MAX)
+		i = 0;
+	return set->refresh_ns[i];
+}
+
+/* The idle timeout of a session: its state's, divided while early aging
+ * is on if the state is unassured (TCP opening, unreplied). */
+static __always_inline __u64 sess_timeout(const struct fw_settings *set, __u8 proto, __u32 flags, int aging)
+{
+	__u32 st = sess_state(proto, flags);
+	__u32 i = timeout_slot(proto, st);
+	if (i >= FW_TO_MAX) /* for the verifier */
+		i = 0;
+	__u64 to = set->timeout_ns[i];
+	if (aging && (st == FW_ST_OPENING || st == FW_ST_UNREPLIED) && set->aging_div > 1)
+		to /= set->aging_div;
+	return to;
 }
 
 static __always_inline int prefix_match(const __u32 *addr, const __u32 *want, const __u32 *mask)
@@ -696,8 +835,12 @@ static __noinline void flush_evicted(struct fw_flow *fc)
 static __noinline int icmp_related(void *data, void *end, const struct pkt *p, const struct fw_settings *set,
 				    __u64 now)
 {
-	struct pkt qs __attribute__((aligned(8))) = {};
-	struct pkt *q = &qs;
+	__u32 zero = 0;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return 0;
+	struct pkt *q = &sc->q;
+	__builtin_memset(q, 0, sizeof(*q));
 	/* l4off < 4096 for the verifier; the ICMP header is 8 bytes. */
 	void *in = data + (p->l4off & 0xfff) + 8;
 	if (parse_quote(in, end, p->k.family, q) < 0)
@@ -716,30 +859,175 @@ static __noinline int icmp_related(void *data, void *end, const struct pkt *p, c
 		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
 	if (!sv)
 		return 0;
-	return now - sv->last_seen_ns <= set->timeout_ns[proto_class(q->k.proto) & (FW_PC_MAX - 1)];
+	return now - sv->last_seen_ns <= sess_timeout(set, q->k.proto, sv->flags, aging_on(q->k.family));
 }
 
-/* Inserts the session of an allowed new flow under key (session_key's).
- * Not inlined: the value is big, and in its own frame it does not count
- * against the main one. */
-static __noinline void create_session(const struct pkt *p, void *key, const struct fw_hop *hop, __u64 now,
-				      __u64 bytes)
+/* Remembers a new session's key as an early-drop candidate of this CPU. */
+static __always_inline void recent_push(__u8 family, const void *key)
 {
-	struct fw_sess_val nv = {
-		.created_ns = now,
-		.last_seen_ns = now,
-		.packets = 1,
-		.bytes = bytes,
-		.initiator_is_lo = p->src_is_lo,
+	__u32 zero = 0;
+	struct fw_recent_pos *pos = bpf_map_lookup_elem(&fw_recent_pos_map, &zero);
+	if (!pos)
+		return;
+	__u32 f = family == 4 ? 0 : 1;
+	__u32 idx = bpf_get_smp_processor_id() * FW_RECENT + (__u32)(pos->w[f] & (FW_RECENT - 1));
+	if (f == 0) {
+		struct fw_sess4_key *slot = bpf_map_lookup_elem(&fw_recent_v4, &idx);
+		if (!slot)
+			return;
+		__builtin_memcpy(slot, key, sizeof(*slot));
+	} else {
+		struct fw_sess6_key *slot = bpf_map_lookup_elem(&fw_recent_v6, &idx);
+		if (!slot)
+			return;
+		__builtin_memcpy(slot, key, sizeof(*slot));
+	}
+	pos->w[f] += 1;
+}
+
+struct early_drop_ctx {
+	const struct fw_settings *set;
+	struct fw_cpu_counters *cnt;
+	struct fw_recent_pos *pos;
+	__u64 now;
+	__u32 cpu;
+	__u32 v6;
+	int aging;
+	int freed;
+};
+
+/* One early-drop probe (bpf_loop: the callback is verified once rather
+ * than once per unrolled probe and path). Returns 1 to stop. */
+static long early_drop_probe(__u64 i, void *data)
+{
+	struct early_drop_ctx *c = data;
+	struct fw_recent_pos *pos = c->pos;
+	__u32 f = c->v6 ? 1 : 0;
+	if (pos->r[f] == pos->w[f])
+		return 1;
+	__u32 idx = c->cpu * FW_RECENT + (__u32)(pos->r[f] & (FW_RECENT - 1));
+	pos->r[f] += 1;
+	struct fw_sess_val *sv;
+	__u8 proto;
+	void *k;
+	if (f) {
+		struct fw_sess6_key *k6 = bpf_map_lookup_elem(&fw_recent_v6, &idx);
+		if (!k6)
+			return 1;
+		sv = bpf_map_lookup_elem(&fw_sessions_v6, k6);
+		proto = k6->proto;
+		k = k6;
+	} else {
+		struct fw_sess4_key *k4 = bpf_map_lookup_elem(&fw_recent_v4, &idx);
+		if (!k4)
+			return 1;
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, k4);
+		proto = k4->proto;
+		k = k4;
+	}
+	if (!sv)
+		return 0; /* gone already */
+	__u32 flags = sv->flags;
+	int expired = c->now - sv->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging);
+	if (!expired && sess_assured(proto, flags))
+		return 0; /* never evicted */
+	long err = f ? bpf_map_delete_elem(&fw_sessions_v6, k) : bpf_map_delete_elem(&fw_sessions_v4, k);
+	if (err)
+		return 0;
+	c->cnt->c[expired ? FW_CNT_SESSION_EXPIRED_EVICTED : FW_CNT_SESSION_EARLY_DROP] += 1;
+	c->freed = 1;
+	return 1;
+}
+
+/* A full table: looks at up to FW_EARLY_DROP_PROBES of this CPU's oldest
+ * recent keys and deletes the first session that is expired or unassured
+ * (counted). Assured, live sessions are skipped: never evicted. Returns
+ * whether a slot was freed. */
+static __always_inline int early_drop(__u8 family, const struct fw_settings *set, __u64 now,
+				      struct fw_cpu_counters *cnt)
+{
+	__u32 zero = 0;
+	struct fw_recent_pos *pos = bpf_map_lookup_elem(&fw_recent_pos_map, &zero);
+	if (!pos)
+		return 0;
+	__u32 f = family == 4 ? 0 : 1;
+	if (pos->w[f] - pos->r[f] > FW_RECENT)
+		pos->r[f] = pos->w[f] - FW_RECENT;
+	struct early_drop_ctx c = {
+		.set = set, .cnt = cnt, .pos = pos, .now = now,
+		.cpu = bpf_get_smp_processor_id(), .v6 = f, .aging = aging_on(family),
 	};
+	bpf_loop(FW_EARLY_DROP_PROBES, early_drop_probe, &c, 0);
+	return c.freed;
+}
+
+#define E2BIG_ 7
+
+/* What a new session starts with, besides the packet and its hop (BPF
+ * functions take at most five arguments). */
+struct fw_newsess {
+	__u64 now;
+	__u64 bytes;
+	__u32 slot;
+	__u32 flags;
+	__u8 from_zone;
+	__u8 to_zone;
+	__u8 pad[6];
+};
+
+/* Inserts the session of an allowed new flow under key (session_key's),
+ * making room by early drop when the table is full. Returns 0, or -1 when
+ * the flow cannot get a session (counted). Not inlined: the value is big,
+ * and in its own frame it does not count against the main one. */
+static __noinline int create_session(const struct pkt *p, void *key, const struct fw_hop *hop,
+				     const struct fw_newsess *ns)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	__u32 slot = ns->slot;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!cnt || !set)
+		return -1;
+	__u64 now = ns->now;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return -1;
+	struct fw_sess_val *nv = &sc->nv;
+	__builtin_memset(nv, 0, sizeof(*nv));
+	nv->created_ns = now;
+	nv->last_seen_ns = now;
+	nv->packets = 1;
+	nv->bytes = ns->bytes;
+	nv->flags = ns->flags;
+	nv->initiator_is_lo = p->src_is_lo;
+	nv->from_zone = ns->from_zone;
+	nv->to_zone = ns->to_zone;
 	if (p->src_is_lo)
-		__builtin_memcpy(&nv.hop[0], hop, sizeof(*hop));
+		__builtin_memcpy(&nv->hop[0], hop, sizeof(*hop));
 	else
-		__builtin_memcpy(&nv.hop[1], hop, sizeof(*hop));
-	if (p->k.family == 4)
-		bpf_map_update_elem(&fw_sessions_v4, key, &nv, BPF_ANY);
-	else
-		bpf_map_update_elem(&fw_sessions_v6, key, &nv, BPF_ANY);
+		__builtin_memcpy(&nv->hop[1], hop, sizeof(*hop));
+	for (int attempt = 0; attempt < 2; attempt++) {
+		long err;
+		if (p->k.family == 4)
+			err = bpf_map_update_elem(&fw_sessions_v4, key, nv, BPF_ANY);
+		else
+			err = bpf_map_update_elem(&fw_sessions_v6, key, nv, BPF_ANY);
+		if (err == 0) {
+			recent_push(p->k.family, key);
+			return 0;
+		}
+		if (err != -E2BIG_ || attempt)
+			break;
+		/* Full: age unassured sessions faster from now on (the sweep
+		 * turns it off again), and make room if a candidate allows. */
+		struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+		if (sw)
+			sw->aging[p->k.family == 4 ? 0 : 1] = 1;
+		if (!early_drop(p->k.family, set, now, cnt))
+			break;
+	}
+	cnt->c[FW_CNT_SESSION_TABLE_FULL] += 1;
+	return -1;
 }
 
 /* The fast path: an untagged IPv4 (no options) or IPv6 TCP/UDP packet whose
@@ -753,17 +1041,18 @@ static __noinline void create_session(const struct pkt *p, void *key, const stru
  * them costs more spills than the loads. */
 #define RELOAD32(p) (*(volatile __u32 *)(p))
 
-/* Whether fc may forward a packet of IP length len now: same config flip,
- * not expired, no bigger than what the FIB's MTU check accepted, and, for
- * XDP, an egress that takes XDP redirects. */
-static __always_inline int fast_valid(const struct fw_flow *fc, __u32 len, const int tc)
+/* Whether fc may forward a packet of IP length len that arrived on in now:
+ * same config flip, not expired, the interface the session's zones allow
+ * for this direction, no bigger than what the FIB's MTU check accepted,
+ * and, for XDP, an egress that takes XDP redirects. */
+static __always_inline int fast_valid(const struct fw_flow *fc, __u32 len, __u32 in, const int tc)
 {
 	__u32 zero = 0;
 	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
 	if (!activep)
 		return 0;
 	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && len && len <= fc->len_ok &&
-	       (tc || fc->xdp_tx);
+	       fc->in_ifindex == in && (tc || fc->xdp_tx);
 }
 
 static __always_inline int fast_hit(struct fw_flow *fc, __u64 bytes, __u8 family, struct fw_out *o)
@@ -808,6 +1097,8 @@ static __always_inline int fast4(void *ctx, const int tc, struct ethhdr *eth, vo
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
 			return -1;
+		if (((__u8 *)l4)[13] & TCP_CTL) /* may change the session's state */
+			return -1;
 		hlen = sizeof(struct iphdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
 		return -1;
@@ -825,7 +1116,7 @@ static __always_inline int fast4(void *ctx, const int tc, struct ethhdr *eth, vo
 	w4 = RELOAD32(l4) | ((__u64)iph->protocol << 32) | (4ULL << 40);
 	if (((k[0] ^ RELOAD32(&iph->saddr)) | k[1] | (k[2] ^ RELOAD32(&iph->daddr)) | k[3] | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), tc))
+	if (!fast_valid(fc, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
 	return fast_hit(fc, ctx_len(ctx, tc), 4, o);
 }
@@ -852,6 +1143,8 @@ static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, vo
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
 			return -1;
+		if (((__u8 *)l4)[13] & TCP_CTL)
+			return -1;
 		hlen = sizeof(struct ipv6hdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
 		return -1;
@@ -868,7 +1161,7 @@ static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, vo
 	if (((k[0] ^ addr_word(&ip6->saddr, 0)) | (k[1] ^ addr_word(&ip6->saddr, 1)) |
 	     (k[2] ^ addr_word(&ip6->daddr, 0)) | (k[3] ^ addr_word(&ip6->daddr, 1)) | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), tc))
+	if (!fast_valid(fc, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
 	return fast_hit(fc, ctx_len(ctx, tc), 6, o);
 }
@@ -888,8 +1181,12 @@ static __always_inline int fast_path(void *ctx, const int tc, struct fw_out *o)
 }
 
 /* Parses the frame into p. Returns -1 to go on, or a verdict (counted). */
-static __always_inline int fw_parse(void *ctx, const int tc, struct pkt *p, struct fw_cpu_counters *cnt)
+static __always_inline int fw_parse_body(void *ctx, const int tc, struct pkt *p)
 {
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return FWV_ABORT;
 	void *data = ctx_data(ctx, tc);
 	void *end = ctx_end(ctx, tc);
 	int nd = 0;
@@ -965,12 +1262,34 @@ static __always_inline int fw_parse(void *ctx, const int tc, struct pkt *p, stru
 	return -1;
 }
 
+/* The parse as a global function, one per program type: the verifier
+ * checks it once on its own, and at the call it forgets what it learned
+ * about the packet's fields on each parse path (a global function's
+ * output memory is unknown to the caller). Without that, every class of
+ * packet (family x protocol x VLAN x fragment) would be followed through
+ * the rest of the program separately, which is what kept this program near
+ * the verifier's limit of a million instructions. */
+__noinline int fw_parse_xdp(struct xdp_md *ctx, struct pkt *p)
+{
+	if (!p)
+		return FWV_ABORT;
+	return fw_parse_body(ctx, 0, p);
+}
+
+__noinline int fw_parse_tc(struct __sk_buff *ctx, struct pkt *p)
+{
+	if (!p)
+		return FWV_ABORT;
+	return fw_parse_body(ctx, 1, p);
+}
+
 /* What fw_decide needs besides the packet. */
 struct fw_env {
 	__u64 now_j;
 	__u64 bytes;
 	__u32 active;
 	__u32 slot;
+	__u32 in_ifindex;
 	struct fw_flow *fc;
 	int fc_same;
 	int cache_pkt;
@@ -980,13 +1299,13 @@ struct fw_env {
  * refresh interval (so the session's last-seen and totals lag by no more)
  * and at most what is left of the hop's FIB freshness. */
 static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p, const struct fw_hop *hop,
-					  const struct fw_settings *set, __u32 pc, __u64 now)
+					  const struct fw_settings *set, __u64 refresh, __u64 now)
 {
 	if (!e->cache_pkt || !set->tick_ns || !hop->len_ok)
 		return;
 	struct fw_flow *fc = e->fc;
 	__u64 age = now - hop->checked_ns;
-	__u64 lim = set->refresh_ns[pc & (FW_PC_MAX - 1)];
+	__u64 lim = refresh;
 	if (age < FW_FIB_CACHE_NS && FW_FIB_CACHE_NS - age < lim)
 		lim = FW_FIB_CACHE_NS - age;
 	if (age >= FW_FIB_CACHE_NS)
@@ -1006,6 +1325,7 @@ static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p,
 	__builtin_memcpy(fc->dmac, hop->dmac, ETH_ALEN);
 	fc->len_ok = hop->len_ok;
 	fc->xdp_tx = hop->xdp_tx;
+	fc->in_ifindex = e->in_ifindex;
 }
 
 /* Adds the packet (and what this CPU's cache entry forwarded for the same
@@ -1032,6 +1352,46 @@ static __always_inline void out_from_hop(struct fw_out *o, const struct fw_hop *
 	o->vlan = p->vlan;
 }
 
+/* Looks up the zone of an interface in the active slot; 0: not managed. */
+static __always_inline __u32 zone_of(__u32 ifindex, __u32 slot, __u32 *flags)
+{
+	struct fw_if_key k = {.ifindex = ifindex, .slot = slot};
+	struct fw_if_val *v = bpf_map_lookup_elem(&fw_if_zone, &k);
+	if (!v)
+		return 0;
+	if (flags)
+		*flags = v->flags;
+	return v->zone;
+}
+
+/* What a packet of a live session does to its flags (the session model):
+ * the reply direction seen; TCP FIN and RST; the initiator's ACK after a
+ * reply completes the handshake. Adds the bits with an atomic OR. Not
+ * inlined, and returning nothing: the many combinations of bits stay
+ * inside it, and the caller reads the flags again (the verifier then
+ * merges the caller's paths instead of following one per combination). */
+static __noinline void sess_touch(struct fw_sess_val *sv, const struct pkt *p, int from_init)
+{
+	__u32 f = sv->flags;
+	__u32 add = 0;
+	if (!from_init)
+		add |= FW_SF_REPLY;
+	if (p->k.proto == IPPROTO_TCP) {
+		__u8 tf = p->tcp_flags;
+		if (tf & TCP_RST)
+			add |= FW_SF_RST;
+		if (tf & TCP_FIN)
+			add |= from_init ? FW_SF_FIN_INIT : FW_SF_FIN_RESP;
+		if (from_init && ((f | add) & FW_SF_REPLY) && (tf & TCP_ACK) && !(tf & TCP_SYN))
+			add |= FW_SF_ESTABLISHED;
+	}
+	add &= ~f;
+	if (add)
+		/* A 64-bit OR on the word that starts with flags: the 32-bit
+		 * atomics need -mcpu=v3; on bpfel the bits land in flags. */
+		__sync_fetch_and_or((__u64 *)&sv->flags, (__u64)add);
+}
+
 /* The general path: parse, session, FIB, zones and policy. Returns a
  * verdict; FWV_FWD fills o. Nothing here writes to the packet. */
 static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
@@ -1040,12 +1400,16 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	if (fast >= 0)
 		return fast;
 
-	struct pkt p __attribute__((aligned(8))) = {};
 	__u32 zero = 0;
 	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
 	if (!cnt)
 		return FWV_ABORT;
-	int v = fw_parse(ctx, tc, &p, cnt);
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return FWV_ABORT;
+	struct pkt *p = &sc->p;
+	__builtin_memset(p, 0, sizeof(*p));
+	int v = tc ? fw_parse_tc(ctx, p) : fw_parse_xdp(ctx, p);
 	if (v >= 0)
 		return v;
 
@@ -1057,20 +1421,23 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	e.active = *activep;
 	e.slot = e.active & 1;
 	e.bytes = ctx_len(ctx, tc);
+	e.in_ifindex = ctx_ingress(ctx, tc);
 	struct fw_hop hop = {};
+	int is_tcp = p->k.proto == IPPROTO_TCP;
 
 	/* Flow cache: an established flow's packets normally end here. Jiffies
-	 * are one inlined load where the coarse clock is a helper call. */
-	e.cache_pkt = !p.nonfirst_frag && !p.icmp_err && p.tot_len;
+	 * are one inlined load where the coarse clock is a helper call. TCP
+	 * packets that may change the session's state never take it. */
+	e.cache_pkt = !p->nonfirst_frag && !p->icmp_err && p->tot_len && !(is_tcp && (p->tcp_flags & TCP_CTL));
 	e.now_j = bpf_jiffies64();
-	__u32 fidx = flow_slot(&p.k);
+	__u32 fidx = flow_slot(&p->k);
 	e.fc = bpf_map_lookup_elem(&fw_flow_cache, &fidx);
 	if (!e.fc)
 		return FWV_ABORT;
 	struct fw_flow *fc = e.fc;
-	e.fc_same = e.cache_pkt && flow_key_eq(&fc->key, &p.k);
-	if (e.fc_same && fc->active == e.active && (__s64)(fc->expire_j - e.now_j) > 0 && p.tot_len <= fc->len_ok &&
-	    (tc || fc->xdp_tx)) {
+	e.fc_same = e.cache_pkt && flow_key_eq(&fc->key, &p->k);
+	if (e.fc_same && fc->active == e.active && (__s64)(fc->expire_j - e.now_j) > 0 && p->tot_len <= fc->len_ok &&
+	    fc->in_ifindex == e.in_ifindex && (tc || fc->xdp_tx)) {
 		fc->packets += 1;
 		fc->bytes += e.bytes;
 		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
@@ -1088,48 +1455,72 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &e.slot);
 	if (!set)
 		return FWV_ABORT;
-	__u32 pc = proto_class(p.k.proto) & (FW_PC_MAX - 1);
-	__u64 timeout = set->timeout_ns[pc];
 
 	union {
 		struct fw_sess4_key k4;
 		struct fw_sess6_key k6;
 	} sk;
-	void *key = session_key(&p, &sk.k4, &sk.k6, &p.src_is_lo);
-	void *smap = p.k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
-	__u32 dir = p.src_is_lo ? 0 : 1;
+	void *key = session_key(p, &sk.k4, &sk.k6, &p->src_is_lo);
+	void *smap = p->k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
+	__u32 dir = p->src_is_lo ? 0 : 1;
 
 	/* One call site per map: with a constant map pointer the verifier
 	 * inlines the hash lookup; a pointer that may be either map costs an
 	 * indirect call per packet. An ICMP error is never a session of its
 	 * own: it belongs to the flow it quotes. */
 	struct fw_sess_val *sv = NULL;
-	if (!p.icmp_err && !p.nonfirst_frag) {
-		if (p.k.family == 4)
+	if (!p->icmp_err && !p->nonfirst_frag) {
+		if (p->k.family == 4)
 			sv = bpf_map_lookup_elem(&fw_sessions_v4, &sk.k4);
 		else
 			sv = bpf_map_lookup_elem(&fw_sessions_v6, &sk.k6);
 	}
-	int live = sv && now - sv->last_seen_ns <= timeout;
-	int related = 0;
+	int live = sv && now - sv->last_seen_ns <= sess_timeout(set, p->k.proto, sv->flags, aging_on(p->k.family));
+	__u64 refresh = 0;
 
 	if (live) {
+		__u32 flags = sv->flags;
+		if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
+		    sess_state(IPPROTO_TCP, flags) == FW_ST_CLOSED) {
+			/* A new connection reusing the tuple of a closed one: the
+			 * old session ends and the SYN is judged as a new flow. */
+			bpf_map_delete_elem(smap, key);
+			cnt->c[FW_CNT_SESSION_REOPENED] += 1;
+			sv = NULL;
+			live = 0;
+			goto route;
+		}
+		/* A session forwards only between the zones it was made for. */
+		int from_init = p->src_is_lo == sv->initiator_is_lo;
+		if (zone_of(e.in_ifindex, e.slot, NULL) != (from_init ? sv->from_zone : sv->to_zone))
+			return drop(cnt, FW_CNT_DROP_ZONE_MISMATCH);
+		sess_touch(sv, p, from_init);
+		flags = sv->flags;
+		/* A handshake in progress does not take the cache: the packet
+		 * that completes it must reach the session. */
+		if (is_tcp && sess_state(IPPROTO_TCP, flags) == FW_ST_OPENING)
+			e.cache_pkt = 0;
+		refresh = sess_refresh(set, p->k.proto, flags);
 		struct fw_hop *h = &sv->hop[dir & 1];
-		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p.tot_len && p.tot_len <= h->len_ok &&
+		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p->tot_len && p->tot_len <= h->len_ok &&
 		    (tc || h->xdp_tx)) {
 			/* Established flow with a fresh FIB answer: no lookup. */
 			__builtin_memcpy(&hop, h, sizeof(hop));
 			session_account(sv, &e, now);
 			cnt->c[FW_CNT_SESSION_HIT] += 1;
-			fw_cache_fill(&e, &p, &hop, set, pc, now);
+			fw_cache_fill(&e, p, &hop, set, refresh, now);
 			goto forward;
 		}
 	}
 
+route:
 	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-	__u32 in_ifindex = ctx_ingress(ctx, tc);
-	int rc = fib_hop(ctx, in_ifindex, &p, &hop, p.tot_len);
-	int frag_needed = 0;
+	int rc = fib_hop(ctx, e.in_ifindex, p, &hop, p->tot_len);
+	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && p->tot_len;
+	/* What happens to the packet once the session is settled: forwarded
+	 * (0), or handed to the kernel for a reason (one variable, not three,
+	 * lives to the end of this function: fewer verifier states). */
+	__u32 hand_over = 0;
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
@@ -1144,9 +1535,10 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		 * without it (XDP: tot_len 0 skips it) so policy still decides before
 		 * the kernel fragments or answers "too big". The skb variant checks
 		 * the skb when tot_len is 0, so TC asks with the smallest length. */
-		frag_needed = 1;
+		hand_over = (tc && ctx_gso_size(ctx, tc)) ? FW_CNT_PASS_GSO_TOO_BIG : FW_CNT_PASS_FRAG_NEEDED;
+		cacheable = 0;
 		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-		rc = fib_hop(ctx, in_ifindex, &p, &hop, tc ? 1 : 0);
+		rc = fib_hop(ctx, e.in_ifindex, p, &hop, tc ? 1 : 0);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 			return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 		break;
@@ -1156,18 +1548,19 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 	}
 
-	if (p.nonfirst_frag)
+	if (p->nonfirst_frag)
 		return drop(cnt, FW_CNT_DROP_FRAGMENT);
 
-	struct fw_if_key ek = {.ifindex = hop.ifindex, .slot = e.slot};
-	struct fw_if_val *to = bpf_map_lookup_elem(&fw_if_zone, &ek);
-	hop.xdp_tx = to && (to->flags & FW_IF_XDP_TX);
+	__u32 to_flags = 0;
+	__u32 to = zone_of(hop.ifindex, e.slot, &to_flags);
+	hop.xdp_tx = to && (to_flags & FW_IF_XDP_TX);
 
+	if (!hand_over && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		hand_over = FW_CNT_PASS_NO_NEIGH;
 	/* Only a complete answer is worth reusing: without a neighbour the
 	 * kernel must see the packet, and an oversized packet must too. */
-	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && !frag_needed && p.tot_len;
 	hop.checked_ns = cacheable ? now : 0;
-	hop.len_ok = cacheable ? p.tot_len : 0;
+	hop.len_ok = cacheable ? p->tot_len : 0;
 	__builtin_memset(hop.pad, 0, sizeof(hop.pad));
 
 	if (live) {
@@ -1178,8 +1571,7 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		if (sv)
 			cnt->c[FW_CNT_SESSION_EXPIRED] += 1;
 		/* Zones are only needed for a new flow. */
-		struct fw_if_key ik = {.ifindex = in_ifindex, .slot = e.slot};
-		struct fw_if_val *from = bpf_map_lookup_elem(&fw_if_zone, &ik);
+		__u32 from = zone_of(e.in_ifindex, e.slot, NULL);
 		if (!from)
 			/* Not (or no longer) managed: behave as if detached. */
 			return pass(cnt, FW_CNT_PASS_UNMANAGED);
@@ -1187,45 +1579,56 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 			/* Routing into an interface we do not manage would bypass the
 			 * zone policy: fail closed. */
 			return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
-		if (p.icmp_err) {
+		if (p->icmp_err) {
 			/* Errors about an allowed flow (path MTU discovery needs
 			 * them) pass like the flow; others have no flow to be part
 			 * of and are dropped, like in any stateful firewall. */
-			if (!icmp_related(ctx_data(ctx, tc), ctx_end(ctx, tc), &p, set, now))
+			if (!icmp_related(ctx_data(ctx, tc), ctx_end(ctx, tc), p, set, now))
 				return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
 			cnt->c[FW_CNT_RELATED_ICMP] += 1;
-			related = 1;
+			/* (never cached: cache_pkt is unset for ICMP errors) */
 		} else {
-			if (evaluate(e.slot, from->zone, to->zone, &p) != FW_ALLOW) {
+			/* Only a SYN opens a TCP session (unless mid-stream pickup is
+			 * on, which never lets an RST open one). */
+			__u32 sflags = 0;
+			if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+				if (!(set->flags & FW_SET_TCP_PICKUP) || (p->tcp_flags & TCP_RST)) {
+					if (sv)
+						bpf_map_delete_elem(smap, key);
+					return drop(cnt, FW_CNT_DROP_TCP_NOT_SYN);
+				}
+				sflags = FW_SF_ESTABLISHED;
+			}
+			if (evaluate(e.slot, from, to, p) != FW_ALLOW) {
 				if (sv)
 					/* Expired and now denied: free the slot so the
 					 * session count stays the number of live flows. */
 					bpf_map_delete_elem(smap, key);
 				return drop(cnt, FW_CNT_DROP_POLICY);
 			}
-			create_session(&p, key, &hop, now, e.bytes);
-			cnt->c[p.k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
+			struct fw_newsess ns = {.now = now, .bytes = e.bytes, .slot = e.slot, .flags = sflags,
+						 .from_zone = (__u8)from, .to_zone = (__u8)to};
+			if (create_session(p, key, &hop, &ns) < 0)
+				return FWV_DROP;
+			cnt->c[p->k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
+			/* The flow's next packet fills the cache, from the live path
+			 * (one path fewer here for the verifier). */
+			e.cache_pkt = 0;
 		}
 	}
 
-	if (frag_needed) {
-		if (tc && ctx_gso_size(ctx, tc))
-			return pass(cnt, FW_CNT_PASS_GSO_TOO_BIG);
-		return pass(cnt, FW_CNT_PASS_FRAG_NEEDED);
-	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return pass(cnt, FW_CNT_PASS_NO_NEIGH);
-	if (!related)
-		fw_cache_fill(&e, &p, &hop, set, pc, now);
+	if (hand_over)
+		return pass(cnt, hand_over);
+	fw_cache_fill(&e, p, &hop, set, refresh, now);
 
 forward:
-	if (p.ttl <= 1)
+	if (p->ttl <= 1)
 		return pass(cnt, FW_CNT_PASS_TTL);
 	if (!tc && !hop.xdp_tx)
 		/* The egress drops what XDP redirects into it (a veth whose peer
 		 * runs no NAPI): the kernel forwards this allowed packet. */
 		return pass(cnt, FW_CNT_PASS_EGRESS_NOT_XDP);
-	out_from_hop(o, &hop, &p);
+	out_from_hop(o, &hop, p);
 	return FWV_FWD;
 }
 
@@ -1576,6 +1979,118 @@ int xdp_fw_mirror(struct xdp_md *ctx)
 	if (data + FW_MIRROR_META > end)
 		return XDP_DROP;
 	__builtin_memcpy(data, saved, FW_MIRROR_META);
+	return XDP_PASS;
+}
+
+/* The sweep: a bpf_timer that walks both session tables, deletes what
+ * expired, counts what is left and switches early aging per family, then
+ * arms itself again. It runs in the kernel whether or not a control process
+ * is alive, so a pinned dataplane whose daemon died does not fill up. */
+struct sweep_ctx {
+	__u64 now;
+	__u64 used;
+	__u64 unassured;
+	__u64 expired;
+	const struct fw_settings *set;
+	int aging;
+	int pad;
+};
+
+static __always_inline long sweep_one(void *map, const void *key, __u8 proto, struct fw_sess_val *v,
+				      struct sweep_ctx *c)
+{
+	__u32 flags = v->flags;
+	if (c->now > v->last_seen_ns && c->now - v->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging)) {
+		if (bpf_map_delete_elem(map, key) == 0)
+			c->expired += 1;
+		return 0;
+	}
+	c->used += 1;
+	if (!sess_assured(proto, flags))
+		c->unassured += 1;
+	return 0;
+}
+
+static long sweep4(void *map, struct fw_sess4_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
+{
+	return sweep_one(map, key, key->proto, v, c);
+}
+
+static long sweep6(void *map, struct fw_sess6_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
+{
+	return sweep_one(map, key, key->proto, v, c);
+}
+
+/* Early aging turns on at 80 % of the table and off below 75 % (a little
+ * hysteresis, so it does not flap at the edge). */
+static __always_inline __u32 aging_next(__u32 cur, __u64 used, __u64 cap)
+{
+	if (!cap)
+		return 0;
+	if (used * 100 >= cap * 80)
+		return 1;
+	if (used * 100 < cap * 75)
+		return 0;
+	return cur;
+}
+
+static int sweep_cb(void *map, __u32 *key, struct fw_sweep *sw)
+{
+	__u32 zero = 0;
+	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
+	if (!activep)
+		return 0;
+	__u32 slot = *activep & 1;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!set)
+		return 0;
+	__u64 start = bpf_ktime_get_coarse_ns();
+	struct sweep_ctx c = {.now = start, .set = set, .aging = sw->aging[0]};
+	bpf_for_each_map_elem(&fw_sessions_v4, sweep4, &c, 0);
+	sw->used[0] = c.used;
+	sw->unassured[0] = c.unassured;
+	sw->aging[0] = aging_next(sw->aging[0], c.used, set->capacity);
+	__u64 expired = c.expired;
+	c.used = 0;
+	c.unassured = 0;
+	c.expired = 0;
+	c.aging = sw->aging[1];
+	bpf_for_each_map_elem(&fw_sessions_v6, sweep6, &c, 0);
+	sw->used[1] = c.used;
+	sw->unassured[1] = c.unassured;
+	sw->aging[1] = aging_next(sw->aging[1], c.used, set->capacity);
+	sw->expired += expired + c.expired;
+	sw->runs += 1;
+	sw->last_ns = bpf_ktime_get_coarse_ns();
+	sw->took_ns = sw->last_ns - start;
+	__u64 every = set->sweep_ns;
+	if (!every)
+		every = 1000000000ULL;
+	bpf_timer_start(&sw->timer, every, 0);
+	return 0;
+}
+
+#define EBUSY_ 16
+#define CLOCK_MONOTONIC_ 1
+
+/* Arms the sweep (run once by the control plane through BPF_PROG_RUN after
+ * load, and again after an Apply to pick up a new period). A timer armed
+ * before (EBUSY from init) is re-pointed and restarted. */
+SEC("xdp")
+int fw_sweep_arm(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+	if (!sw)
+		return XDP_ABORTED;
+	long r = bpf_timer_init(&sw->timer, &fw_sweep_map, CLOCK_MONOTONIC_);
+	if (r && r != -EBUSY_)
+		return XDP_ABORTED;
+	if (bpf_timer_set_callback(&sw->timer, sweep_cb))
+		return XDP_ABORTED;
+	/* The first pass soon; then every sweep_ns. */
+	if (bpf_timer_start(&sw->timer, 1000000 /* 1 ms */, 0))
+		return XDP_ABORTED;
 	return XDP_PASS;
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/mapcount"
 	"github.com/fwplane/fwplane/internal/netnsutil"
+	"github.com/fwplane/fwplane/internal/policy"
 )
 
 // Options configure a Backend. A nil *Options means the defaults.
@@ -32,11 +34,26 @@ type Options struct {
 	// driver first. Meant for tests and for drivers whose native XDP is
 	// broken.
 	ForceGenericXDP bool
-	// SessionReapInterval is how often sessions idle past their timeout
-	// are deleted, so the session counts are live flows; 0 means
-	// DefaultReapInterval, negative disables reaping (idle entries then
-	// leave only when reused or evicted).
-	SessionReapInterval time.Duration
+	// SessionSweepInterval is the period of the in-kernel sweep that
+	// removes expired sessions (and counts unassured ones, and switches
+	// early aging); 0 means DefaultSweepInterval, longer for tables above
+	// 256 Ki sessions. Negative never arms the sweep: expired sessions then
+	// leave only when a packet or an early drop finds them (tests).
+	SessionSweepInterval time.Duration
+	// PinDir, when set, pins the dataplane under this bpffs directory
+	// (e.g. /sys/fs/bpf/fwplane/NAME) so that it outlives the process: a
+	// process that dies leaves the kernel enforcing the last applied
+	// config with its sessions (the in-kernel sweep keeps expiring them),
+	// and New with the same PinDir adopts it (see "Outliving the process"
+	// in the package doc). Close removes it; Release leaves it running.
+	// Empty (the default for library users) pins nothing: the programs
+	// leave with the process.
+	PinDir string
+	// ReplaceIncompatible makes New replace a pinned dataplane whose
+	// layout this build cannot adopt (ErrIncompatiblePin) instead of
+	// failing: its links are removed and its sessions are lost; traffic is
+	// unfiltered (the interfaces carry no program) until the first Apply.
+	ReplaceIncompatible bool
 	// MirrorInline makes port-mirroring clones on the CPU that received
 	// the frame, as the kernel's broadcast redirect does by itself, instead
 	// of handing a mirrored ingress to a stage on the next CPU (see
@@ -62,6 +79,15 @@ type Backend struct {
 	attached map[string]*attachment // by interface name
 	cfg      *dataplane.Config
 
+	// zones are the zone ids in force (stable across Applies; sessions
+	// record their zones by id).
+	zones map[string]uint32
+	// activeTag is the value in fw_active: its low bit is the active slot,
+	// and every write is a new value, which the flow caches' entries are
+	// tagged with (a write invalidates them all). Starts at -1: the first
+	// Apply writes 0.
+	activeTag uint32
+
 	// grace is a one-element map-in-map whose update makes the kernel
 	// wait for an RCU grace period (see waitReaders).
 	grace      *ebpf.Map
@@ -69,9 +95,14 @@ type Backend struct {
 
 	mir *mirrors // port mirroring; has its own lock
 
-	reaped   atomic.Uint64
-	reapStop chan struct{}
-	reapDone chan struct{}
+	endedByPolicy atomic.Uint64 // sessions Apply ended: the new policy denies them
+	cleared       atomic.Uint64 // sessions ClearSessions ended
+
+	// Pinning (Options.PinDir): the meta map, the layout fingerprint of
+	// this build, and whether the running dataplane was adopted.
+	meta        *ebpf.Map
+	fingerprint [32]byte
+	adopted     bool
 }
 
 type attachment struct {
@@ -110,9 +141,43 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create map counter: %w", err)
 	}
-	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, mir: &mirrors{
+	b := &Backend{opts: o, counter: c, attached: map[string]*attachment{}, activeTag: ^uint32(0), mir: &mirrors{
 		up: map[uint32]bool{}, pairs: map[fwFwPairKey]bool{}, outs: map[uint32]bool{},
-	}}, nil
+	}}
+	if o.PinDir != "" {
+		if err := b.openPinned(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// openPinned prepares Options.PinDir: adopts the dataplane pinned there,
+// or replaces an incompatible one when asked to, or leaves a fresh
+// directory for the first Apply.
+func (b *Backend) openPinned() error {
+	dir := b.opts.PinDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("make pin directory %s: %w", dir, err)
+	}
+	if err := checkBPFFS(dir); err != nil {
+		return err
+	}
+	if hasPinnedDataplane(dir) {
+		err := b.adopt()
+		if err == nil || !errors.Is(err, ErrIncompatiblePin) || !b.opts.ReplaceIncompatible {
+			return err
+		}
+		if rerr := removePins(dir); rerr != nil {
+			return fmt.Errorf("replace the incompatible dataplane in %s: %w", dir, rerr)
+		}
+		return os.MkdirAll(dir, 0o700)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		return fmt.Errorf("pin directory %s holds pins but no fwplane dataplane (no %s): remove them first", dir, metaName)
+	}
+	return nil
 }
 
 // Mode returns dataplane.ModeEBPF.
@@ -137,8 +202,13 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 
 	reasons := unsupported(cfg)
-	p, planReasons := buildPlan(cfg)
+	zones, zoneReasons := nextZoneIDs(b.zones, cfg, cfg.Sessions.KeepOnPolicyChange)
+	reasons = append(reasons, zoneReasons...)
+	p, planReasons := buildPlan(cfg, zones)
 	reasons = append(reasons, planReasons...)
+	if b.opts.SessionSweepInterval > 0 {
+		p.settings.SweepNs = uint64(b.opts.SessionSweepInterval.Nanoseconds())
+	}
 	reasons = append(reasons, mirrorReasons(cfg, len(p.ifaces))...)
 	capacity := cfg.Tables.SessionsOrDefault()
 	if b.objs != nil && capacity != b.capacity {
@@ -177,11 +247,33 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, err
 	}
 
+	// The policy as Go judges it, for the sessions a new config may end.
+	var pol *policy.Set
+	if b.objs != nil && !cfg.Sessions.KeepOnPolicyChange {
+		pol, err = policy.Compile(cfg, func(name string) (int, error) {
+			if idx, ok := ifindex[name]; ok {
+				return idx, nil
+			}
+			return 0, fmt.Errorf("interface %s: not resolved", name)
+		})
+		if err != nil {
+			return dataplane.ApplyResult{}, fmt.Errorf("compile policies: %w", err)
+		}
+	}
+
 	fresh := false
 	if b.objs == nil {
-		objs, err := load(capacity)
+		objs, err := load(capacity, b.opts.PinDir)
 		if err != nil {
 			return dataplane.ApplyResult{}, err
+		}
+		if b.opts.PinDir != "" {
+			// The meta first: pins that enforce anything are adoptable.
+			if err := b.startPinned(objs, capacity); err != nil {
+				objs.Close()
+				_ = removePins(b.opts.PinDir)
+				return dataplane.ApplyResult{}, err
+			}
 		}
 		// Without the grace maps waitReaders sleeps instead: slower
 		// Applies, same guarantee in practice, so not an error.
@@ -210,6 +302,12 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			b.objs.Close()
 			b.objs, b.capacity = nil, 0
 			b.closeGrace()
+			if b.meta != nil {
+				b.meta.Close()
+				b.meta = nil
+				_ = removePins(b.opts.PinDir)
+				_ = os.MkdirAll(b.opts.PinDir, 0o700)
+			}
 			b.mu.Unlock()
 		}
 		return dataplane.ApplyResult{}, err
@@ -218,27 +316,63 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	res.Warnings = append(res.Warnings, b.mir.stageWarning()...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
+	b.zones = zones
 	b.mu.Unlock()
-	if fresh && b.opts.SessionReapInterval >= 0 {
-		every := b.opts.SessionReapInterval
-		if every == 0 {
-			every = DefaultReapInterval
+	if err := b.writeMeta(); err != nil {
+		res.Warnings = append(res.Warnings, dataplane.Warning{Field: "(pin)",
+			Message: fmt.Sprintf("the pinned dataplane's meta was not updated (%v): a restart adopts it at generation %d", err, b.gen-1)})
+	}
+	if fresh && b.opts.SessionSweepInterval >= 0 {
+		if err := armSweep(b.objs); err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "tables.sessions",
+				Message: fmt.Sprintf("the in-kernel session sweep could not be armed (%v): expired sessions leave only when a packet or a new flow finds them", err)})
 		}
-		b.reapStop, b.reapDone = make(chan struct{}), make(chan struct{})
-		go b.reapLoop(every, b.reapStop, b.reapDone)
+	}
+	if pol != nil {
+		// Committed: judge the sessions of the old config under the new
+		// one. A failure here leaves sessions the policy now denies, which
+		// is what keep_on_policy_change asks for, so it is a warning.
+		n, err := b.endDeniedSessions(ctx, pol, zones)
+		b.endedByPolicy.Add(uint64(n))
+		if n > 0 {
+			// Flow-cache entries filled from those sessions between the
+			// flip and their end must go too.
+			if ierr := b.invalidateFlowCaches(); ierr != nil && err == nil {
+				err = ierr
+			}
+		}
+		if err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "sessions",
+				Message: fmt.Sprintf("ending sessions the new policy denies stopped after %d: %v", n, err)})
+		}
 	}
 	return res, nil
 }
 
-func load(capacity uint32) (*fwObjects, error) {
+// load loads the program with session tables of capacity; with pinDir its
+// maps are pinned there, or the ones pinned there are reused.
+func load(capacity uint32, pinDir string) (*fwObjects, error) {
 	spec, err := loadFw()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
 	spec.Maps["fw_sessions_v4"].MaxEntries = capacity
 	spec.Maps["fw_sessions_v6"].MaxEntries = capacity
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["fw_recent_v4"].MaxEntries = uint32(cpus * recentPerCPU)
+	spec.Maps["fw_recent_v6"].MaxEntries = uint32(cpus * recentPerCPU)
+	var opts *ebpf.CollectionOptions
+	if pinDir != "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	}
 	var objs fwObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load program: %w (verifier: %+v)", err, ve)
@@ -257,7 +391,7 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	objs := b.objs
 	// fw_active counts flips (the low bit is the slot): the flow cache
 	// tags its entries with it, so a flip invalidates them all.
-	flip := uint32(b.gen)
+	flip := b.activeTag + 1
 	next := flip & 1
 	if err := writeSlot(objs, next, p, ifindex, choices); err != nil {
 		return dataplane.ApplyResult{}, err
@@ -269,7 +403,7 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	var addedPorts []uint32
 	undo := func() {
 		for _, a := range newAtt {
-			a.link.Close()
+			a.detach()
 		}
 		for _, k := range addedPorts {
 			objs.FwTxPorts.Delete(k)
@@ -305,6 +439,10 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 				w := *warn
 				w.Field = it.field
 				res.Warnings = append(res.Warnings, w)
+			}
+			if err := b.pinLink(it.name, a); err != nil {
+				a.link.Close()
+				return err
 			}
 			newAtt = append(newAtt, a)
 			newNames = append(newNames, it.name)
@@ -354,7 +492,12 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 	}
 	for name, a := range b.attached {
 		if !keep[name] || replacedNames[name] {
-			a.link.Close()
+			if replacedNames[name] && b.opts.PinDir != "" {
+				// The new link took the pin; closing the old one detaches it.
+				a.link.Close()
+			} else {
+				a.detach()
+			}
 			delete(b.attached, name)
 		}
 	}
@@ -375,9 +518,24 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]cap
 		_ = objs.FwTxPorts.Delete(k)
 	}
 	b.slot = next
+	b.activeTag = flip
 	b.gen++
 	res.Generation = b.gen
 	return res, nil
+}
+
+// invalidateFlowCaches gives fw_active a new value with the same slot, so
+// every flow-cache entry (tagged with the old value) misses and its next
+// packet meets the session tables. Callers hold applyMu.
+func (b *Backend) invalidateFlowCaches() error {
+	tag := b.activeTag + 2
+	if err := b.objs.FwActive.Update(uint32(0), tag, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("invalidate flow caches: %w", err)
+	}
+	b.mu.Lock()
+	b.activeTag = tag
+	b.mu.Unlock()
+	return nil
 }
 
 // graceFallback is how long waitReaders sleeps when the kernel cannot wait
@@ -575,19 +733,31 @@ func (b *Backend) isClosed() bool {
 	return b.closed
 }
 
-// Close detaches every program and closes every map. It is idempotent and
-// safe on nil.
+// Close detaches every program and closes every map; with Options.PinDir
+// it also removes every pin and the directory. It is idempotent and safe on
+// nil.
 func (b *Backend) Close() error {
+	return b.shutdown(false)
+}
+
+// Release ends this process's hold on a pinned dataplane
+// (dataplane.Releaser): every handle is closed and every pin stays, so the
+// kernel goes on enforcing the last applied config with its sessions, and
+// a later New with the same Options.PinDir adopts it (an upgrade). Without
+// PinDir there is nothing to leave running and Release is Close. The
+// backend is closed afterwards.
+func (b *Backend) Release() error {
+	return b.shutdown(b != nil && b.opts.PinDir != "")
+}
+
+var _ dataplane.Releaser = (*Backend)(nil)
+
+func (b *Backend) shutdown(keepPins bool) error {
 	if b == nil {
 		return nil
 	}
 	b.applyMu.Lock()
 	defer b.applyMu.Unlock()
-	if b.reapStop != nil {
-		close(b.reapStop)
-		<-b.reapDone
-		b.reapStop = nil
-	}
 	if b.mir != nil {
 		b.mir.stopWatch()
 	}
@@ -598,6 +768,11 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	var errs []error
+	if b.opts.PinDir != "" && !keepPins && (b.meta != nil || b.objs != nil) {
+		if err := removePins(b.opts.PinDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove pins: %w", err))
+		}
+	}
 	for name, a := range b.attached {
 		if err := a.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
@@ -609,6 +784,10 @@ func (b *Backend) Close() error {
 			errs = append(errs, fmt.Errorf("close maps and programs: %w", err))
 		}
 		b.objs = nil
+	}
+	if b.meta != nil {
+		b.meta.Close()
+		b.meta = nil
 	}
 	b.closeGrace()
 	if b.counter != nil {
