@@ -160,12 +160,12 @@ func TestIntegrationDiagnoseEgressDown(t *testing.T) {
 	}
 }
 
-// A session table too small for the flows offered: failing on both. The
-// userspace backend refuses new flows and counts them. The eBPF backend's
-// LRU map evicts without counting (until the session model lands), and
-// under a flood of new flows it evicts long before it is full (measured
-// here: 256 entries, held at about 67 %); the check infers the evictions
-// from the sessions created that neither stayed nor expired.
+// A session table too small for the flows offered: failing on both, from
+// the backend's own count of refused flows (session_table_full on the
+// eBPF backend's session model, dropped_sessions_full on the userspace
+// one). A backend that counted none would be judged by inferred evictions
+// (sessions created that neither stayed nor expired): the eBPF backend's
+// former LRU maps evicted that way, before they were even full.
 func TestIntegrationDiagnoseSessionTableFull(t *testing.T) {
 	for _, be := range backends {
 		t.Run(be, func(t *testing.T) {
