@@ -178,7 +178,6 @@ var coarseTick = sync.OnceValue(func() uint64 {
 	return uint64(ts.Nano())
 })
 
-
 // termRule is one term of the normalised rule set as the datapath reads it
 // (struct fw_rule).
 func termRule(t policy.Term) fwFwRule {

@@ -139,7 +139,8 @@
 // (scope "ifname/qN") umem_frames with the breakdown (it always sums to
 // the capacity: the ledger is read under a sequence counter), fill, RX,
 // TX and completion ring depth vs size, flow_cache; per session shard
-// ("shard/NN") and the fullest shard with the table's max skew; per
+// ("shard/NN") and the fullest shard (scope "global"; which shard and the
+// table's max skew are the row's figures "shard" and "max_skew"); per
 // neighbour shard. Counters: every datapath drop reason, forwarding and
 // session counters, the six XDP_STATISTICS per binding (detail) and
 // summed, and the shim's verdicts per interface and summed. Counters of
