@@ -144,15 +144,15 @@ func mapBytes(t ebpf.MapType, flags uint32, key, value, max uint32, cpus int) (u
 }
 
 // sizedEntries is the size load gives map name: the session tables (and
-// what a session holds one entry of) take tables.sessions, the per-CPU
-// rings of early-drop candidates FW_RECENT per possible CPU; the others
-// keep the size the C gives them.
+// what a session holds one entry of) take tables.sessions, the rings of
+// early-drop candidates recentRing of it; the others keep the size the C
+// gives them.
 func sizedEntries(name string, inC, capacity uint32, cpus int) uint32 {
 	switch name {
 	case "fw_sessions_v4", "fw_sessions_v6":
 		return capacity
 	case "fw_recent_v4", "fw_recent_v6":
-		return uint32(cpus * recentPerCPU)
+		return recentRing(capacity)
 	}
 	return inC
 }

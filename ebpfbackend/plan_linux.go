@@ -19,7 +19,6 @@ import (
 const (
 	ifXDPTx      = 1    // FW_IF_XDP_TX
 	setTCPPickup = 1    // FW_SET_TCP_PICKUP
-	recentPerCPU = 2048 // FW_RECENT
 )
 
 // plan is a config translated into what one slot of the datapath holds. It
@@ -113,6 +112,7 @@ func settingsOf(cfg *dataplane.Config) fwFwSettings {
 		st.Flags |= setTCPPickup
 	}
 	st.Capacity = uint64(cfg.Tables.SessionsOrDefault())
+	st.RecentMask = uint64(recentRing(cfg.Tables.SessionsOrDefault()) - 1)
 	st.SweepNs = uint64(sweepInterval(st.Capacity).Nanoseconds())
 	return st
 }
@@ -219,4 +219,16 @@ func prefixWords(p netip.Prefix) (addr, mask [4]uint32) {
 // gate's words and figures.
 func checkLimits(cfg *dataplane.Config, rs *policy.Ruleset) []string {
 	return limits.Check(cfg, rs, Limits(), string(dataplane.ModeEBPF))
+}
+
+// recentRing is the size of the early-drop candidate rings for a session
+// table of capacity: a power of two from 1 Ki to 64 Ki, at least the
+// table where it can be (a flood fills the table with candidates; more
+// than 64 Ki of them are not needed to find an unassured one).
+func recentRing(capacity uint32) uint32 {
+	r := uint32(1024)
+	for r < capacity && r < 1<<16 {
+		r <<= 1
+	}
+	return r
 }
