@@ -63,6 +63,8 @@ type resolvedIface struct {
 	mac     [6]byte
 	queues  []int
 	up      bool
+	mtu     uint32
+	addrs   *portAddrs
 }
 
 // applyPlan is what Apply decided before building anything.
@@ -81,12 +83,30 @@ type applyPlan struct {
 // plan checks cfg against this backend and the running generation,
 // resolves its interfaces and compiles its policy. It creates nothing.
 func (b *Backend) plan(cfg *dataplane.Config) (*applyPlan, error) {
-	if reasons := b.refusals(cfg); len(reasons) > 0 {
-		return nil, &dataplane.NotSupportedError{What: "apply config to the userspace backend", Reasons: reasons}
+	refuse := func(reasons []string) error {
+		return &dataplane.NotSupportedError{What: "apply config to the userspace backend", Reasons: reasons}
+	}
+	reasons := b.refusals(cfg)
+	if len(reasons) > 0 {
+		return nil, refuse(reasons)
 	}
 	ifaces, local, err := b.resolve(cfg)
 	if err != nil {
 		return nil, err
+	}
+	frameSize := uint32(xsk.DefaultFrameSize)
+	for _, it := range ifaces {
+		fs := frameSizeFor(it.mtu)
+		if fs == 0 {
+			reasons = append(reasons, fmt.Sprintf("%s: %s has MTU %d, above the %d the userspace backend forwards (AF_XDP copy mode without multi-buffer: "+
+				"a frame must fit one %d-byte UMEM frame less the kernel's %d-byte headroom, the Ethernet header and a VLAN tag); lower the MTU or use the eBPF backend",
+				it.field, it.name, it.mtu, MaxMTU, maxFrameSize, xdpHeadroom))
+			continue
+		}
+		frameSize = max(frameSize, fs)
+	}
+	if len(reasons) > 0 {
+		return nil, refuse(reasons)
 	}
 	p := &applyPlan{cfg: cfg, ifaces: ifaces, local: local, byName: map[string]int{}, outputs: map[string]bool{}}
 	for _, it := range ifaces {
@@ -107,7 +127,38 @@ func (b *Backend) plan(cfg *dataplane.Config) (*applyPlan, error) {
 		}
 	}
 	p.xo = b.socketOptions(cfg.Userspace)
+	p.xo.FrameSize = max(frameSize, b.frameSize.Load())
 	return p, nil
+}
+
+// Frame sizes. In copy mode the kernel writes a received frame after a
+// 256-byte headroom (XDP_PACKET_HEADROOM) into one UMEM frame, and an
+// aligned UMEM frame is 2048 or 4096 bytes (the page size): without
+// AF_XDP multi-buffer, which this backend does not use, a frame of an
+// interface with a larger MTU cannot be received.
+const (
+	maxFrameSize = 4096
+	xdpHeadroom  = 256
+	// l2Overhead is the Ethernet header and one VLAN tag.
+	l2Overhead = 18
+	// MaxMTU is the largest interface MTU the userspace backend forwards
+	// (with 4096-byte UMEM frames; up to 1774 it uses 2048-byte ones).
+	// On a veth the kernel refuses a native XDP program without
+	// multi-buffer support once the peer's MTU exceeds 3506; the shim
+	// then runs in generic mode (Apply warns).
+	MaxMTU = maxFrameSize - xdpHeadroom - l2Overhead
+)
+
+// frameSizeFor returns the UMEM frame size an interface of that MTU
+// needs, or 0 when its frames do not fit one.
+func frameSizeFor(mtu uint32) uint32 {
+	switch {
+	case mtu+l2Overhead <= xsk.DefaultFrameSize-xdpHeadroom:
+		return xsk.DefaultFrameSize
+	case mtu <= MaxMTU:
+		return maxFrameSize
+	}
+	return 0
 }
 
 // refusals lists every reason cfg cannot be applied to this backend as it
@@ -300,11 +351,14 @@ func (b *Backend) buildPort(p *applyPlan, it resolvedIface, nx *nextGen, undo *u
 		undo.push(func() { shim.Close() })
 		if shim.Mode() == xsk.AttachGeneric && !b.opts.ForceGenericXDP {
 			nx.res.Warnings = append(nx.res.Warnings, dataplane.Warning{Field: it.field,
-				Message: fmt.Sprintf("native XDP failed on %s: the shim runs in generic mode, which is much slower", it.name)})
+				Message: fmt.Sprintf("native XDP failed on %s (%v): the shim runs in generic mode, which is much slower", it.name, shim.NativeError())})
 		}
 		pt = &port{name: it.name, ifindex: it.ifindex, shim: shim}
 		pt.linkUp.Store(it.up)
 	}
+	// Current either way: the running generation may use them at once.
+	pt.mtu.Store(it.mtu)
+	pt.addrs.Store(it.addrs)
 	if err := pt.shim.SetLocalAddrs(p.local); err != nil {
 		return portPlan{}, fmt.Errorf("program local addresses on %s: %w", it.name, err)
 	}
@@ -367,6 +421,7 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	ns := newSnapshot(gen, p.policy, nx.ports, nx.neigh, nx.sessions, nx.router, int(u.BatchOrDefault()))
 	b.attachMirrors(ns, nx.mirrors, nx.spans)
 	b.carveMirrorPools(cfg, nx)
+	b.growFrames(ns, p.xo.FrameSize)
 	b.snap.Store(ns)
 	b.epoch.Add(1)
 	b.gen = gen
@@ -378,6 +433,29 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	b.startBackground()
 	nx.res.Generation = gen
 	return nx.res
+}
+
+// growFrames makes size the UMEM frame size of sockets opened from now
+// on, and asks every running socket with smaller frames to reopen (an
+// interface with a larger MTU joined, or one's MTU grew): the frames it
+// can no longer receive are dropped meanwhile, counted by the kernel
+// (xdp_rx_dropped). Frames never shrink.
+func (b *Backend) growFrames(s *snapshot, size uint32) {
+	for {
+		cur := b.frameSize.Load()
+		if size <= cur {
+			return
+		}
+		// Apply, the link watcher and the poll may race: the largest wins.
+		if b.frameSize.CompareAndSwap(cur, size) {
+			break
+		}
+	}
+	for _, bd := range s.bindings() {
+		if xb := bd.live.Load(); xb != nil && xb.FrameSize() < size {
+			bd.rebindReq.Store(true)
+		}
+	}
 }
 
 // carveMirrorPools asks the kept bindings of a port that just became a
@@ -471,7 +549,8 @@ func resolveIface(cfg *dataplane.Config, i int, it dataplane.Interface) (resolve
 		return resolvedIface{}, []dataplane.Problem{{Field: field, Message: fmt.Sprintf("interface %q not found in the dataplane's network namespace", it.Name)}}
 	}
 	a := lk.Attrs()
-	r := resolvedIface{field: field, name: it.Name, zone: it.Zone, ifindex: a.Index, up: linkUsable(a)}
+	r := resolvedIface{field: field, name: it.Name, zone: it.Zone, ifindex: a.Index, up: linkUsable(a), mtu: uint32(a.MTU),
+		addrs: readPortAddrs(a.Index)}
 	if len(a.HardwareAddr) != 6 {
 		return resolvedIface{}, []dataplane.Problem{{Field: field, Message: fmt.Sprintf("interface %q has no Ethernet address", it.Name)}}
 	}

@@ -109,6 +109,11 @@ type Backend struct {
 	retired counterSet
 	// retiredKernel keeps XDP_STATISTICS of sockets that were closed.
 	retiredKernel kernelCounters
+	// icmpLimit limits the ICMP errors the datapath sends.
+	icmpLimit icmpLimiter
+	// frameSize is the UMEM frame size of sockets opened from now on:
+	// the largest any managed interface's MTU needs (it never shrinks).
+	frameSize atomic.Uint32
 }
 
 var (
@@ -226,6 +231,8 @@ func (b *Backend) pollLinks() {
 				continue
 			}
 			p.setLink(linkUsable(lk.Attrs()))
+			b.setMTU(s, p.port, uint32(lk.Attrs().MTU))
+			p.addrs.Store(readPortAddrs(p.ifindex))
 		}
 		for _, p := range s.spans {
 			lk, err := netlink.LinkByIndex(p.ifindex)

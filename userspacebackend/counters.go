@@ -29,6 +29,15 @@ const (
 	cLinkDown
 	cRebinds
 	cBindErrors
+	cRelatedICMP
+	cDropICMPUnrelated
+	cICMPTimeExceeded
+	cICMPTooBig
+	cICMPRateLimited
+	cICMPNoSource
+	cDropTooBig
+	cFragmented
+	cChecksumsCompleted
 	numCounters
 )
 
@@ -60,6 +69,15 @@ var counterNames = [numCounters]string{
 	cLinkDown:            "link_down_teardowns",
 	cRebinds:             "rebinds",
 	cBindErrors:          "bind_errors",
+	cRelatedICMP:         "related_icmp",
+	cDropICMPUnrelated:   "dropped_icmp_unrelated",
+	cICMPTimeExceeded:    "icmp_time_exceeded_sent",
+	cICMPTooBig:          "icmp_too_big_sent",
+	cICMPRateLimited:     "icmp_errors_rate_limited",
+	cICMPNoSource:        "icmp_errors_no_source",
+	cDropTooBig:          "dropped_too_big",
+	cFragmented:          "fragmented",
+	cChecksumsCompleted:  "checksums_completed",
 }
 
 // counterSet is written by one worker (batched, once per RX batch) and

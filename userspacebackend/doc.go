@@ -28,10 +28,61 @@
 // the worker asks the kernel to resolve it and drops the frame
 // (dropped_no_neighbor): passing it to the kernel would let the kernel
 // forward around the dataplane, and the flow's next packet finds the entry.
-// A TTL or hop limit of 1 or less is dropped (dropped_ttl_expired; the eBPF
-// backend hands those to the kernel, which answers ICMP time exceeded).
 // Non-first fragments are dropped (no ports to check). A VLAN tag is
 // removed on the way out: egress is the routed, untagged interface.
+//
+// # What the kernel's forwarding path would do
+//
+// The eBPF backend hands a packet it must not forward as it is (TTL
+// expired, above the egress MTU) to the kernel, which answers or
+// fragments. A frame in an AF_XDP socket cannot be handed back to the
+// kernel's forwarding path, so this backend does the same itself, with
+// the same outcome on the wire (icmp_linux.go):
+//
+//   - TTL or hop limit <= 1 on a packet that would be forwarded (its
+//     session or the policy allows it): dropped (dropped_ttl_expired) and
+//     answered with ICMP time exceeded (icmp_time_exceeded_sent) from the
+//     firewall's address on the ingress link, to the previous hop's MAC.
+//   - Above the egress interface's MTU: IPv4 without DF is fragmented
+//     (fragmented; fragments count in forwarded); IPv4 with DF and IPv6
+//     are dropped (dropped_too_big) and answered "fragmentation needed" /
+//     "packet too big" with the MTU (icmp_too_big_sent). The MTU is
+//     followed at run time (link notifications, the poll).
+//   - Errors are rate-limited like the kernel's own (1000/s, burst 50,
+//     overall; one per second, burst 6, per destination, except ICMPv6
+//     packet too big): icmp_errors_rate_limited. None is sent about an
+//     ICMP error or to a non-unicast source, nor without an address of
+//     the packet's family on the ingress link (icmp_errors_no_source).
+//   - ICMP errors in transit (unreachable, time exceeded, parameter
+//     problem, packet too big) never create or refresh a session: one that
+//     quotes a live session and travels to the quoted packet's sender is
+//     forwarded (related_icmp), any other is dropped
+//     (dropped_icmp_unrelated), whatever the policy says about ICMP.
+//
+// # Checksums left to offload
+//
+// A socket on an interface with TX checksum offload (veths as the kernel
+// makes them, containers) sends TCP and UDP with a partial checksum (the
+// pseudo-header sum only), and an AF_XDP copy keeps it partial: forwarded
+// as it is, the receiver drops it as corrupt. Every forwarded TCP/UDP
+// packet whose checksum field equals its folded pseudo-header sum has
+// its checksum completed before transmit (checksums_completed); a
+// complete checksum equal to that value by chance (1 in 65 536) is
+// rewritten with the same value. Cost: 5 ns per frame to check, about
+// 110 ns to complete a 1500-byte one (docs/benchmarks.md). The eBPF
+// backend attaches at TC on such interfaces instead.
+//
+// # Frame size and MTU
+//
+// Without AF_XDP multi-buffer (not used) a received frame must fit one
+// UMEM frame less the kernel's 256-byte headroom. Apply picks 2048-byte
+// frames while every managed interface's MTU is at most 1774, else
+// 4096-byte ones, and refuses an interface whose MTU exceeds [MaxMTU]
+// (3822) with a *dataplane.NotSupportedError naming it and its MTU. An
+// MTU that grows at run time reopens every socket with larger frames
+// (up to MaxMTU). A veth refuses a native XDP program without
+// multi-buffer support once its peer's MTU exceeds 3506: the shim then
+// runs in generic mode, with Apply's warning.
 //
 // Flow-cache entries (egress, MACs, session ref) are reused for at most
 // Options.CacheRefresh (one second by default, like the eBPF backend's FIB

@@ -19,7 +19,15 @@ type port struct {
 	shim    *xsk.Shim
 	// linkUp is the link state the workers follow: set by the link
 	// watcher and the housekeeping poll, read once per worker loop.
-	linkUp   atomic.Bool
+	linkUp atomic.Bool
+	// mtu is the interface's MTU (Apply, the link watcher and the poll
+	// keep it current): packets routed out of this port above it are
+	// fragmented or answered "too big".
+	mtu atomic.Uint32
+	// addrs are the interface's own addresses, the sources of the ICMP
+	// errors the datapath sends out of it (same updates as the shim's
+	// local-address map).
+	addrs    atomic.Pointer[portAddrs]
 	bindings map[int]*binding
 }
 

@@ -499,6 +499,19 @@ func (t *Table) lookupLocked(s *shard, si int, k *key, h uint64, rev bool, now i
 	return Hit{Ref: Ref{Shard: uint32(si), Slot: uint32(n), Gen: sl.seq}, ConfigGen: sl.cfgGen}, dirOf(sl, rev), true
 }
 
+// Live reports whether tp (either direction) has a live session, without
+// refreshing or counting anything: what an ICMP error about that flow
+// needs. It takes the shard lock (errors are rare).
+func (t *Table) Live(tp Tuple, now int64) bool {
+	k, _ := canonical(&tp)
+	h := t.hash(&k)
+	s, _ := t.shardOf(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, n := s.find(&k, h)
+	return n >= 0 && !t.expiredAt(&s.slots[n], now)
+}
+
 // Get returns a copy of the session ref names.
 func (t *Table) Get(ref Ref) (Entry, bool) {
 	if int(ref.Shard) >= len(t.shards) {
