@@ -78,6 +78,10 @@ type applyPlan struct {
 	xo *xsk.Options
 	// outputs are the managed interfaces that are mirror outputs.
 	outputs map[string]bool
+	// zoneIDs and zoneNames are the backend's zone ids with the config's
+	// new zones added.
+	zoneIDs   map[string]uint16
+	zoneNames []string
 }
 
 // plan checks cfg against this backend and the running generation,
@@ -105,10 +109,15 @@ func (b *Backend) plan(cfg *dataplane.Config) (*applyPlan, error) {
 		}
 		frameSize = max(frameSize, fs)
 	}
+	zoneIDs, zoneNames, ok := b.assignZones(cfg)
+	if !ok {
+		reasons = append(reasons, fmt.Sprintf("zones: this userspace dataplane has named %d zones since it started, the most its sessions can record: Close and start a new one", len(b.zoneNames)))
+	}
 	if len(reasons) > 0 {
 		return nil, refuse(reasons)
 	}
-	p := &applyPlan{cfg: cfg, ifaces: ifaces, local: local, byName: map[string]int{}, outputs: map[string]bool{}}
+	p := &applyPlan{cfg: cfg, ifaces: ifaces, local: local, byName: map[string]int{}, outputs: map[string]bool{},
+		zoneIDs: zoneIDs, zoneNames: zoneNames}
 	for _, it := range ifaces {
 		p.byName[it.name] = it.ifindex
 	}
@@ -362,7 +371,7 @@ func (b *Backend) buildPort(p *applyPlan, it resolvedIface, nx *nextGen, undo *u
 	if err := pt.shim.SetLocalAddrs(p.local); err != nil {
 		return portPlan{}, fmt.Errorf("program local addresses on %s: %w", it.name, err)
 	}
-	pl := portPlan{p: pt, mac: it.mac, up: it.up, bindings: map[int]*binding{}}
+	pl := portPlan{p: pt, mac: it.mac, up: it.up, zone: p.zoneIDs[it.zone], bindings: map[int]*binding{}}
 	for _, q := range it.queues {
 		if bd := pt.bindings[q]; bd != nil {
 			pl.bindings[q] = bd
@@ -419,6 +428,8 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	}
 	b.flowCache.Store(cfg.Tables.FlowCacheOrDefault())
 	ns := newSnapshot(gen, p.policy, nx.ports, nx.neigh, nx.sessions, nx.router, int(u.BatchOrDefault()))
+	ns.zoneNames, ns.tcpPickup = p.zoneNames, cfg.Sessions.TCPPickup
+	b.zoneIDs, b.zoneNames = p.zoneIDs, p.zoneNames
 	b.attachMirrors(ns, nx.mirrors, nx.spans)
 	b.carveMirrorPools(cfg, nx)
 	b.growFrames(ns, p.xo.FrameSize)
@@ -428,11 +439,62 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	for _, bd := range nx.started {
 		bd.start()
 	}
+	if old != nil && !cfg.Sessions.KeepOnPolicyChange {
+		b.endDenied(p, nx)
+	}
 	b.retireOld(next, nx, retire, old)
 	b.ports = next
 	b.startBackground()
 	nx.res.Generation = gen
 	return nx.res
+}
+
+// assignZones returns the backend's zone ids with an id for every zone of
+// cfg that has none yet. Ids are never reused while the backend lives, so
+// a session keeps its zones' names across Applies and a zone that is
+// removed and added again is a new zone; ok is false when the id space
+// (one short of session.AnyZone) is used up.
+func (b *Backend) assignZones(cfg *dataplane.Config) (ids map[string]uint16, names []string, ok bool) {
+	ids = make(map[string]uint16, len(b.zoneIDs)+len(cfg.Zones))
+	for n, id := range b.zoneIDs {
+		ids[n] = id
+	}
+	names = slices.Clone(b.zoneNames)
+	for _, z := range cfg.Zones {
+		if _, have := ids[z.Name]; have {
+			continue
+		}
+		if len(names) >= session.AnyZone {
+			return nil, nil, false
+		}
+		ids[z.Name] = uint16(len(names))
+		names = append(names, z.Name)
+	}
+	return ids, names, true
+}
+
+// endDenied ends, after the swap, every session that the new generation
+// would not create: its zones have no interface any more, or the policy
+// denies its first packet (the initiator's tuple, from its FromZone to its
+// ToZone). Their next packets meet the new policy. The count is
+// sessions_ended_by_policy.
+func (b *Backend) endDenied(p *applyPlan, nx *nextGen) {
+	rep := map[uint16]int{} // a managed interface of each zone
+	for _, pl := range nx.ports {
+		if _, ok := rep[pl.zone]; !ok {
+			rep[pl.zone] = pl.p.ifindex
+		}
+	}
+	n := nx.sessions.EndIf(func(e *session.Entry) bool {
+		in, ok1 := rep[e.FromZone]
+		out, ok2 := rep[e.ToZone]
+		if !ok1 || !ok2 {
+			return true
+		}
+		allow, _ := p.policy.Decide(in, out, e.Tuple)
+		return !allow
+	})
+	b.endedByPolicy.Add(uint64(n))
 }
 
 // growFrames makes size the UMEM frame size of sockets opened from now

@@ -69,7 +69,8 @@ type Options struct {
 }
 
 // Backend is a running userspace (AF_XDP) dataplane. It implements
-// dataplane.DataPlane and dataplane.SessionLister. See the package
+// dataplane.DataPlane, dataplane.SessionLister, dataplane.SessionClearer
+// and dataplane.ResourceStatsReuser. See the package
 // documentation for the contracts.
 type Backend struct {
 	opts  Options
@@ -114,11 +115,19 @@ type Backend struct {
 	// frameSize is the UMEM frame size of sockets opened from now on:
 	// the largest any managed interface's MTU needs (it never shrinks).
 	frameSize atomic.Uint32
+	// zoneIDs and zoneNames number the zones every config named (applyMu).
+	zoneIDs   map[string]uint16
+	zoneNames []string
+	// endedByPolicy and cleared count the sessions Apply and
+	// ClearSessions ended.
+	endedByPolicy atomic.Uint64
+	cleared       atomic.Uint64
 }
 
 var (
 	_ dataplane.DataPlane           = (*Backend)(nil)
 	_ dataplane.SessionLister       = (*Backend)(nil)
+	_ dataplane.SessionClearer      = (*Backend)(nil)
 	_ dataplane.ResourceStatsReuser = (*Backend)(nil)
 )
 
@@ -247,7 +256,8 @@ func (b *Backend) pollLinks() {
 	})
 }
 
-// Sessions lists at most limit sessions (limit <= 0: all) and the counts.
+// Sessions lists at most limit sessions (limit <= 0: all) and the counts,
+// with each session's state, whether it is assured and its zones.
 func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session, dataplane.SessionCounts, error) {
 	if b == nil || b.closed.Load() {
 		return nil, dataplane.SessionCounts{}, dataplane.ErrClosed
@@ -255,11 +265,11 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 	if err := ctx.Err(); err != nil {
 		return nil, dataplane.SessionCounts{}, err
 	}
-	t := b.sessionsTable()
-	if t == nil {
+	s := b.snap.Load()
+	if s == nil {
 		return nil, dataplane.SessionCounts{}, nil
 	}
-	v4, v6 := t.Counts()
+	t := s.sessions
 	now := b.now()
 	var out []dataplane.Session
 	for _, e := range t.Snapshot(limit) {
@@ -269,9 +279,17 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 			Destination: netip.AddrPortFrom(e.Tuple.DstAddr(), e.Tuple.DstPort).String(),
 			Packets:     e.Packets, Bytes: e.Bytes,
 			IdleSeconds: time.Duration(max(now-e.LastSeen, 0)).Seconds(),
+			State:       e.State, Assured: e.Assured,
+			FromZone: s.zoneName(e.FromZone), ToZone: s.zoneName(e.ToZone),
 		})
 	}
-	return out, dataplane.SessionCounts{IPv4: v4, IPv6: v6, Total: v4 + v6}, nil
+	return out, sessionCounts(t), nil
+}
+
+// sessionCounts are the table's counts as reports give them.
+func sessionCounts(t *session.Table) dataplane.SessionCounts {
+	v4, v6 := t.Counts()
+	return dataplane.SessionCounts{IPv4: v4, IPv6: v6, Total: v4 + v6, Unassured: t.Unassured(), EarlyAging: t.EarlyAging()}
 }
 
 func protoName(p uint8) string {

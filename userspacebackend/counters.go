@@ -1,6 +1,10 @@
 package userspacebackend
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/fwplane/fwplane/dataplane"
+)
 
 // Datapath counters, per binding (the worker that owns it) and summed.
 const (
@@ -19,7 +23,9 @@ const (
 	cDropFragment
 	cDropEgressUnmanaged
 	cDropEgressDown
-	cDropSessionsFull
+	cSessionTableFull
+	cDropTCPNotSYN
+	cDropZoneMismatch
 	cTXRingFull
 	cBackpressureDrops
 	cBackpressureEvents
@@ -59,7 +65,9 @@ var counterNames = [numCounters]string{
 	cDropFragment:        "dropped_fragment",
 	cDropEgressUnmanaged: "dropped_egress_unmanaged",
 	cDropEgressDown:      "dropped_egress_down",
-	cDropSessionsFull:    "dropped_sessions_full",
+	cSessionTableFull:    dataplane.CounterSessionTableFull,
+	cDropTCPNotSYN:       dataplane.CounterDropTCPNotSYN,
+	cDropZoneMismatch:    dataplane.CounterDropZoneMismatch,
 	cTXRingFull:          "tx_ring_full",
 	cBackpressureDrops:   "backpressure_drops",
 	cBackpressureEvents:  "backpressure_events",

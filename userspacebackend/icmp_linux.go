@@ -34,10 +34,11 @@ import (
 //     per second per destination, burst 6, for all but ICMPv6 "packet
 //     too big", which the kernel exempts); a limited one is counted
 //     (icmp_errors_rate_limited), the packet is dropped all the same.
-//   - An ICMP error in transit is forwarded when it quotes a live session
-//     and travels towards the quoted packet's sender, arriving from the
-//     zone on that sender's far side (related_icmp); any other is dropped
-//     (dropped_icmp_unrelated). It never creates or refreshes a session.
+//   - An ICMP error in transit is forwarded when it quotes a live session,
+//     travels towards the quoted packet's sender and arrives from the
+//     session's zone on the quoted destination's side (related_icmp); any
+//     other is dropped (dropped_icmp_unrelated). It never creates or
+//     refreshes a session.
 
 // portAddrs are an interface's addresses, by family.
 type portAddrs struct {
@@ -221,14 +222,15 @@ func (w *worker) icmpError(in *portView, frame []byte, now int64, typ, code uint
 	return fwd{op: opICMP, gen: uint16(slot), eg: in}, true
 }
 
-// relatedError reports whether the ICMP error in frame (w.info) belongs to
-// a live session: its quote names the session and the error travels to
-// the quoted packet's sender. The session is neither created nor
-// refreshed.
-func (w *worker) relatedError(snap *snapshot, frame []byte, now int64) bool {
+// relatedError reports whether the ICMP error in frame (w.info), which
+// arrived on in, belongs to a live session: its quote names the session,
+// the error travels to the quoted packet's sender and arrives from the
+// session's zone on the quoted destination's side. The session is
+// neither created nor refreshed.
+func (w *worker) relatedError(snap *snapshot, in *portView, frame []byte, now int64) bool {
 	q, ok := pkt.QuotedTuple(frame, &w.info)
 	if !ok || q.Src != w.info.Tuple.Dst || q.Family != w.info.Tuple.Family {
 		return false
 	}
-	return snap.sessions.Live(q, now)
+	return snap.sessions.Related(q, in.zone, now)
 }

@@ -71,7 +71,7 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 	r.neighborShardDetail()
 	r.res, r.cnt = mirrorRows(r.res, r.cnt, &r.u, s, bs)
 	r.datapathCounters(b, bs)
-	r.tableCounters()
+	r.tableCounters(b)
 	r.kernelCounters()
 	r.shimCounters()
 
@@ -79,8 +79,7 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 	if sess == nil {
 		sess = new(dataplane.SessionCounts)
 	}
-	v4, v6 := s.sessions.Counts()
-	*sess = dataplane.SessionCounts{IPv4: v4, IPv6: v6, Total: v4 + v6}
+	*sess = sessionCounts(s.sessions)
 	rep.Sessions = sess
 	rep.Took = time.Since(start)
 	return nil
@@ -121,15 +120,15 @@ type reportRows struct {
 // the rows again.
 func (r *reportRows) size(res []dataplane.Resource, cnt []dataplane.Counter, nb int) {
 	s := r.s
-	r.u = arena{buf: make([]uint64, 0, 8+nb*8+s.sessions.Shards()+s.neigh.Shards()+2*len(s.mirrorList))}
+	r.u = arena{buf: make([]uint64, 0, 9+nb*8+s.sessions.Shards()+s.neigh.Shards()+2*len(s.mirrorList))}
 	mirrorOut := 0
 	for _, mv := range s.mirrorList {
 		mirrorOut += len(mv.out.txq)
 	}
-	if n := 8 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
+	if n := 9 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
 		res = make([]dataplane.Resource, 0, n)
 	}
-	if n := numCounters + 4 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
+	if n := numCounters + 6 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
 		cnt = make([]dataplane.Counter, 0, n)
 	}
 	r.res, r.cnt = res, cnt
@@ -180,7 +179,11 @@ func (r *reportRows) bindingTotals(bs []bindingStat) {
 func (r *reportRows) tableTotals(bs []bindingStat) {
 	u, g, st := &r.u, scopeGlobal, r.s.sessions
 	r.res = append(r.res, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: g,
-		Capacity: st.Capacity(), Used: u.used(st.Used()), Method: dataplane.MethodCounter})
+		Capacity: st.Capacity(), Used: u.used(st.Used()), Method: dataplane.MethodCounter},
+		// Half-open and unanswered flows against the same capacity: a
+		// flood shows as a level of its own.
+		dataplane.Resource{Name: dataplane.ResourceSessionsUnassured, Kind: dataplane.KindTable, Scope: g,
+			Capacity: st.Capacity(), Used: u.used(st.Unassured()), Method: dataplane.MethodCounter})
 	var fcCap, fcUsed uint64
 	for _, x := range bs {
 		if fc := x.bd.fc.Load(); fc != nil {
@@ -284,11 +287,14 @@ func (r *reportRows) datapathCounters(b *Backend, bs []bindingStat) {
 	}
 }
 
-// tableCounters: what the session and neighbour tables count themselves.
-func (r *reportRows) tableCounters() {
+// tableCounters: what the session and neighbour tables count themselves,
+// and the sessions Apply and ClearSessions ended.
+func (r *reportRows) tableCounters(b *Backend) {
 	g, st, nt := scopeGlobal, r.s.sessions, r.s.neigh
 	r.cnt = append(r.cnt,
-		dataplane.Counter{Name: "sessions_refused", Scope: g, Value: st.Refused()},
+		dataplane.Counter{Name: dataplane.CounterSessionEarlyDrop, Scope: g, Value: st.EarlyDrops()},
+		dataplane.Counter{Name: dataplane.CounterSessionsEndedByPolicy, Scope: g, Value: b.endedByPolicy.Load()},
+		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: g, Value: b.cleared.Load()},
 		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
 		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
 		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},

@@ -6,6 +6,9 @@ import (
 	"runtime"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/policy"
 	"github.com/fwplane/fwplane/userspacebackend/internal/flowcache"
 	"github.com/fwplane/fwplane/userspacebackend/internal/pkt"
@@ -268,7 +271,9 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	t := &info.Tuple
 	size := uint32(len(frame))
 	icmpErr := info.Flags&pkt.FlagICMPError != 0
-	if !icmpErr {
+	// SYN, FIN and RST move a session's state: never from the cache.
+	tcpCtl := t.Proto == unix.IPPROTO_TCP && info.TCPFlags&(session.TCPSyn|session.TCPFin|session.TCPRst) != 0
+	if !icmpErr && !tcpCtl {
 		if d, ok := w.fc.Lookup(in.ifindex, t, epoch); ok {
 			if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) {
 				w.c[cFlowCacheHits]++
@@ -280,10 +285,15 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	}
 
 	// An ICMP error is never a flow of its own: no session lookup.
-	var hit session.Hit
-	live := false
+	var res session.Result
+	sp := session.Packet{Tuple: *t, Zone: in.zone, TCPFlags: info.TCPFlags, Size: size}
 	if !icmpErr {
-		hit, _, live = snap.sessions.Lookup(*t, now, size)
+		res = snap.sessions.Track(&sp, now)
+		if res.Verdict == session.WrongZone {
+			// Anti-spoofing: the tuple's session belongs to other zones.
+			w.c[cDropZoneMismatch]++
+			return fwd{}, false
+		}
 	}
 	w.c[cRouteLookups]++
 	dst := t.DstAddr()
@@ -307,34 +317,20 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 		w.c[cDropEgressUnmanaged]++
 		return fwd{}, false
 	}
-	ref := hit.Ref
 	switch {
 	case icmpErr:
-		if !w.relatedError(snap, frame, now) {
+		if !w.relatedError(snap, in, frame, now) {
 			w.c[cDropICMPUnrelated]++
 			return fwd{}, false
 		}
 		w.c[cRelatedICMP]++
-	case live:
+	case res.Verdict == session.Hit:
 		w.c[cSessionHits]++
 	default:
-		if allow, _ := snap.policy.Decide(in.ifindex, out, *t); !allow {
-			w.c[cDropPolicy]++
+		var ok bool
+		if res, ok = w.newSession(snap, in, eg, &sp, now); !ok {
 			return fwd{}, false
 		}
-		e, created, err := snap.sessions.Insert(*t, now, size, uint32(snap.gen))
-		if err != nil {
-			w.c[cDropSessionsFull]++
-			return fwd{}, false
-		}
-		if created {
-			if t.Family == policy.FamilyIPv4 {
-				w.c[cSessionsCreated4]++
-			} else {
-				w.c[cSessionsCreated6]++
-			}
-		}
-		ref = e.Ref
 	}
 	nh := gw
 	if !nh.IsValid() {
@@ -349,10 +345,63 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 		w.c[cDropNoNeighbor]++
 		return fwd{}, false
 	}
-	if !icmpErr {
-		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: ref, Dir: session.Forward})
+	if !icmpErr && settled(&res, t.Proto, info.TCPFlags) {
+		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir})
 	}
 	return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}, frame, now)
+}
+
+// newSession judges the first packet of a flow, sp, arriving on in and
+// routed to eg: the SYN check (TCP), the policy, and the session it
+// creates, between the two ports' zones. ok is false when it is dropped
+// (counted).
+func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet, now int64) (session.Result, bool) {
+	t := &sp.Tuple
+	st := dataplane.StateUnreplied
+	if t.Proto == unix.IPPROTO_TCP {
+		switch f := sp.TCPFlags; {
+		case f&(session.TCPSyn|session.TCPAck|session.TCPRst) == session.TCPSyn:
+			st = dataplane.StateOpening
+		case snap.tcpPickup && f&session.TCPRst == 0:
+			st = dataplane.StateEstablished // picked up mid-stream, not assured
+		default:
+			w.c[cDropTCPNotSYN]++
+			return session.Result{}, false
+		}
+	}
+	if allow, _ := snap.policy.Decide(in.ifindex, eg.ifindex, *t); !allow {
+		w.c[cDropPolicy]++
+		return session.Result{}, false
+	}
+	e, created, err := snap.sessions.Create(sp, st, in.zone, eg.zone, now)
+	if err != nil {
+		w.c[cSessionTableFull]++
+		return session.Result{}, false
+	}
+	if created {
+		if t.Family == policy.FamilyIPv4 {
+			w.c[cSessionsCreated4]++
+		} else {
+			w.c[cSessionsCreated6]++
+		}
+	}
+	r := session.Result{Verdict: session.Hit, Ref: e.Ref, State: e.State, Assured: e.Assured}
+	if e.Tuple != *t {
+		r.Dir = session.Reverse // another worker created it from the other side
+	}
+	return r, true
+}
+
+// settled reports whether the flow cache may serve the packets of this
+// (ingress, direction) from now on: nothing they can carry changes the
+// session's state (TCP: established and assured, and SYN, FIN and RST
+// never use the cache; others: replied, or unreplied seen from the
+// initiator's side).
+func settled(r *session.Result, proto, flags uint8) bool {
+	if proto == unix.IPPROTO_TCP {
+		return r.State == dataplane.StateEstablished && r.Assured && flags&(session.TCPSyn|session.TCPFin|session.TCPRst) == 0
+	}
+	return r.State == dataplane.StateReplied || r.State == dataplane.StateUnreplied && r.Dir == session.Forward
 }
 
 // finish applies what the kernel's forwarding path would to a packet
