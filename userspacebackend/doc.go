@@ -84,6 +84,36 @@
 // multi-buffer support once its peer's MTU exceeds 3506: the shim then
 // runs in generic mode, with Apply's warning.
 //
+// # Sessions
+//
+// The session model is dataplane/session.go's, kept by internal/session
+// (see its doc for the table's side). Per frame, after the flow cache:
+// the session lookup applies the packet (zone check, TCP flags, idle
+// timer); a packet with a live session's tuple from an interface of
+// neither of its zones is dropped (drop_zone_mismatch) and changes
+// nothing. A miss goes on as a new flow: route, fragment and egress
+// checks first (so an unroutable packet counts as dropped_no_route in
+// both backends), then the SYN check (a TCP packet other than a pure SYN
+// is dropped as drop_tcp_not_syn, or, with sessions.tcp_pickup and no
+// RST, creates an established, unassured session), then the policy, then
+// the session, recording the ingress and egress interfaces' zones. A full
+// table early-drops an unassured session (session_early_drop) or refuses
+// the flow (session_table_full). Zones are numbered once per backend and
+// never renumbered, so a session keeps its zones' names across Applies.
+//
+// The flow cache only serves packets that cannot change a session's
+// state: TCP SYN, FIN and RST always take the full path, and an entry is
+// made only for an established, assured TCP flow, a replied flow, or the
+// initiator's direction of an unreplied one.
+//
+// On Apply every session is judged as its first packet would be under
+// the new config (its initiator's tuple, from an interface of its
+// FromZone to one of its ToZone); those the new policy denies, or whose
+// zones have no interface any more, are ended right after the swap
+// (sessions_ended_by_policy) unless sessions.keep_on_policy_change. Their
+// next packet meets the new policy. [Backend.ClearSessions] ends the
+// sessions a filter selects (sessions_cleared).
+//
 // Flow-cache entries (egress, MACs, session ref) are reused for at most
 // Options.CacheRefresh (one second by default, like the eBPF backend's FIB
 // cache) and dropped by every Apply: the caches share an epoch that both
@@ -185,7 +215,9 @@
 // umem_frames (capacity = frames of all live bindings, used = frames not
 // free, with the breakdown free/fill/rx/tx/completion), fill_ring_empty (fill ring slots without a buffer: high = RX starving),
 // worker_queue (RX ring depth), pending_tx (TX ring depth), sessions,
-// flow_cache (all workers), neighbors. Detail rows: per binding
+// sessions_unassured (half-open and unanswered sessions against the same
+// capacity: a flood shows as a level of its own), flow_cache (all
+// workers), neighbors. Detail rows: per binding
 // (scope "ifname/qN") umem_frames with the breakdown (it always sums to
 // the capacity: the ledger is read under a sequence counter), fill, RX,
 // TX and completion ring depth vs size, flow_cache; per session shard
@@ -196,7 +228,7 @@
 // retired bindings and closed sockets are kept, so global counters never
 // go backwards (a report racing with a link flap may count one socket's
 // kernel statistics twice). Sessions come from the table's per-family
-// counts.
+// counts, with the unassured count and whether early aging is on.
 //
 // A report of 4 bindings and 64 shards is about 25 KB of rows, and
 // allocating and collecting them is half its cost: a poller that keeps no
@@ -210,7 +242,10 @@
 // is built beside the running one and swapped in with one pointer store;
 // any failure undoes what was built and the running generation is
 // untouched. Kept interfaces keep their shim and sockets; removed ones are
-// retired after the swap. Timeouts change in place. Changing the session
+// retired after the swap. Timeouts (every state's, and the early aging
+// factor) and the session switches change in place; a larger
+// userspace.batch_size grows every worker's scratch space at its next
+// batch. Changing the session
 // table size or shard count, or the UMEM or ring size of running bindings,
 // is refused with a *dataplane.NotSupportedError (Close and start a new
 // backend), like the eBPF backend's session table size. A new flow cache

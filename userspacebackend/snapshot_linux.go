@@ -79,7 +79,7 @@ type snapshot struct {
 }
 
 func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table, st *session.Table, rt router, batch int) *snapshot {
-	s := &snapshot{gen: gen, policy: pol, neigh: nt, sessions: st, router: rt, batch: min(batch, session.BatchSize)}
+	s := &snapshot{gen: gen, policy: pol, neigh: nt, sessions: st, router: rt, batch: max(batch, 1)}
 	maxIdx := 0
 	for _, pl := range plans {
 		v := &portView{port: pl.p, mac: pl.mac, zone: pl.zone}

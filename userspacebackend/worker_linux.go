@@ -70,22 +70,35 @@ type worker struct {
 }
 
 func newWorker(bd *binding) *worker {
-	n := 64
-	return &worker{
-		bd:    bd,
-		fc:    flowcache.New(bd.be.flowCacheSize()),
-		rx:    make([]xsk.Desc, n),
-		tx:    make([]xsk.Desc, 0, n),
-		fwds:  make([]fwd, 0, n),
-		group: make([]fwd, 0, n),
-		done:  make([]bool, n),
-		msel:  make([]int, 0, n),
-		mtx:   make([]xsk.Desc, 0, n),
-		// One error per frame of a batch at most; the rate limits keep
-		// far fewer in practice.
-		gen:    make([][genSlot]byte, n),
-		genLen: make([]uint16, n),
+	w := &worker{
+		bd:     bd,
+		fc:     flowcache.New(bd.be.flowCacheSize()),
+		gen:    make([][genSlot]byte, genSlots),
+		genLen: make([]uint16, genSlots),
 	}
+	w.size(dataplane.DefaultBatchSize)
+	return w
+}
+
+// genSlots bounds the ICMP errors one batch sends: more than the global
+// rate limit's burst (50), so the limit, not this, is what an operator
+// sees (icmp_errors_rate_limited).
+const genSlots = 64
+
+// size makes the per-batch scratch space hold n frames (a config's
+// userspace.batch_size). It allocates only when n grows, which happens
+// at a config change, not per packet.
+func (w *worker) size(n int) {
+	if n <= len(w.rx) {
+		return
+	}
+	w.rx = make([]xsk.Desc, n)
+	w.tx = make([]xsk.Desc, 0, n)
+	w.fwds = make([]fwd, 0, n)
+	w.group = make([]fwd, 0, n)
+	w.done = make([]bool, n)
+	w.msel = make([]int, 0, n)
+	w.mtx = make([]xsk.Desc, 0, n)
 }
 
 // loop forwards until the binding must stop, its link went down, or a
@@ -168,7 +181,8 @@ func (w *worker) iterate() bool {
 	bd := w.bd
 	snap := bd.be.snap.Load()
 	epoch := bd.be.epoch.Load()
-	batch := w.rx[:min(snap.batch, len(w.rx))]
+	w.size(snap.batch)
+	batch := w.rx[:snap.batch]
 
 	bd.mu.Lock()
 	xb := bd.xb
