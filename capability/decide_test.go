@@ -175,6 +175,10 @@ func TestDecideCoversEveryFeature(t *testing.T) {
 		cfg.PortMirroring = []dataplane.MirrorRule{{Input: "eth0", Output: "m", Rate: 5}}
 		cfg.Userspace.Queues = []int{0}
 		cfg.Interfaces[0].Attach = dataplane.AttachTC
+		cfg.NAT = []dataplane.NATRule{
+			{Type: dataplane.NATSource, FromZone: cfg.Zones[0].Name, ToZone: cfg.Zones[0].Name, Pool: []string{"2001:db8::1"}},
+			{Type: dataplane.NATDestination, Destination: "192.0.2.1", TranslateTo: "10.0.0.1"},
+		}
 		v := Evaluate(cfg, fullHost(), b)
 		if !strings.Contains(strings.Join(v.Reasons, "\n"), "config needs "+string(f)+":") {
 			t.Errorf("feature %s missing from reasons %q", f, v.Reasons)
