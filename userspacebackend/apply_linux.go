@@ -474,24 +474,17 @@ func (b *Backend) assignZones(cfg *dataplane.Config) (ids map[string]uint16, nam
 }
 
 // endDenied ends, after the swap, every session that the new generation
-// would not create: its zones have no interface any more, or the policy
-// denies its first packet (the initiator's tuple, from its FromZone to its
-// ToZone). Their next packets meet the new policy. The count is
-// sessions_ended_by_policy.
+// would not create: one of its zones is gone from the config, or the
+// policy denies its first packet (the initiator's tuple, from its
+// FromZone to its ToZone). Their next packets meet the new policy. The
+// count is sessions_ended_by_policy.
 func (b *Backend) endDenied(p *applyPlan, nx *nextGen) {
-	rep := map[uint16]int{} // a managed interface of each zone
-	for _, pl := range nx.ports {
-		if _, ok := rep[pl.zone]; !ok {
-			rep[pl.zone] = pl.p.ifindex
-		}
-	}
+	names := p.zoneNames
 	n := nx.sessions.EndIf(func(e *session.Entry) bool {
-		in, ok1 := rep[e.FromZone]
-		out, ok2 := rep[e.ToZone]
-		if !ok1 || !ok2 {
+		if int(e.FromZone) >= len(names) || int(e.ToZone) >= len(names) {
 			return true
 		}
-		allow, _ := p.policy.Decide(in, out, e.Tuple)
+		allow, _ := p.policy.DecideZones(names[e.FromZone], names[e.ToZone], e.Tuple)
 		return !allow
 	})
 	b.endedByPolicy.Add(uint64(n))

@@ -90,11 +90,11 @@
 // (see its doc for the table's side). Per frame, after the flow cache:
 // the session lookup applies the packet (zone check, TCP flags, idle
 // timer); a packet with a live session's tuple from an interface of
-// neither of its zones is dropped (drop_zone_mismatch) and changes
+// neither of its zones is dropped (dropped_zone_mismatch) and changes
 // nothing. A miss goes on as a new flow: route, fragment and egress
 // checks first (so an unroutable packet counts as dropped_no_route in
 // both backends), then the SYN check (a TCP packet other than a pure SYN
-// is dropped as drop_tcp_not_syn, or, with sessions.tcp_pickup and no
+// is dropped as dropped_tcp_not_syn, or, with sessions.tcp_pickup and no
 // RST, creates an established, unassured session), then the policy, then
 // the session, recording the ingress and egress interfaces' zones. A full
 // table early-drops an unassured session (session_early_drop) or refuses
@@ -108,8 +108,8 @@
 //
 // On Apply every session is judged as its first packet would be under
 // the new config (its initiator's tuple, from an interface of its
-// FromZone to one of its ToZone); those the new policy denies, or whose
-// zones have no interface any more, are ended right after the swap
+// FromZone to one of its ToZone); those the new policy denies, or one of
+// whose zones is gone from the config, are ended right after the swap
 // (sessions_ended_by_policy) unless sessions.keep_on_policy_change. Their
 // next packet meets the new policy. [Backend.ClearSessions] ends the
 // sessions a filter selects (sessions_cleared).

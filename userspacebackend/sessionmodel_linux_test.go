@@ -96,7 +96,7 @@ func waitSession(t testing.TB, b *Backend, proto, src string, what string, ok fu
 }
 
 // TestIntegrationTCPStates: a TCP ACK without a session creates none and
-// is dropped (drop_tcp_not_syn), unless tcp_pickup, which creates an
+// is dropped (dropped_tcp_not_syn), unless tcp_pickup, which creates an
 // established, unassured session; SYN, SYN-ACK, ACK (a real connection)
 // make an assured, established session between the two zones; FIN both
 // ways and an RST move it to closed, whose short timeout ends it.

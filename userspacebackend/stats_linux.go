@@ -128,7 +128,7 @@ func (r *reportRows) size(res []dataplane.Resource, cnt []dataplane.Counter, nb 
 	if n := 9 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
 		res = make([]dataplane.Resource, 0, n)
 	}
-	if n := numCounters + 6 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
+	if n := numCounters + 7 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
 		cnt = make([]dataplane.Counter, 0, n)
 	}
 	r.res, r.cnt = res, cnt
@@ -295,6 +295,7 @@ func (r *reportRows) tableCounters(b *Backend) {
 		dataplane.Counter{Name: dataplane.CounterSessionEarlyDrop, Scope: g, Value: st.EarlyDrops()},
 		dataplane.Counter{Name: dataplane.CounterSessionsEndedByPolicy, Scope: g, Value: b.endedByPolicy.Load()},
 		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: g, Value: b.cleared.Load()},
+		dataplane.Counter{Name: "sessions_reopened", Scope: g, Value: st.Reopened()},
 		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
 		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
 		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},

@@ -126,8 +126,8 @@ func TestTCPStates(t *testing.T) {
 			{false, zoneDMZ, syn, WrongZone, cd, false}, // not from the session's zones: left alone
 			{false, zoneIn, syn, Miss, cd, false},
 		})
-		if tb.Used() != 0 || tb.Unassured() != 0 {
-			t.Errorf("after the SYN on closed: used %d unassured %d", tb.Used(), tb.Unassured())
+		if tb.Used() != 0 || tb.Unassured() != 0 || tb.Reopened() != 1 {
+			t.Errorf("after the SYN on closed: used %d unassured %d reopened %d", tb.Used(), tb.Unassured(), tb.Reopened())
 		}
 	})
 }

@@ -152,6 +152,7 @@ type shard struct {
 	expired   atomic.Uint64
 	refused   atomic.Uint64
 	earlyDrop atomic.Uint64
+	reopened  atomic.Uint64
 	cap       uint32
 	hwm       uint32 // slots [0, hwm) have been handed out at least once
 	free      uint32 // head of the free list, slot+1; 0 = empty
@@ -657,6 +658,7 @@ func (t *Table) trackLocked(s *shard, si int, k *key, h uint64, rev bool, p *Pac
 		if end {
 			s.unindex(pos)
 			t.release(s, n)
+			s.reopened.Add(1)
 			return Result{}
 		}
 		if nk4 != k4 && !atomic.CompareAndSwapUint64(&sl.key[4], k4, nk4) {
@@ -1097,6 +1099,16 @@ func (t *Table) EarlyDrops() uint64 {
 	var n uint64
 	for i := range t.shards {
 		n += t.shards[i].earlyDrop.Load()
+	}
+	return n
+}
+
+// Reopened returns how many closed TCP sessions a SYN ended (a new
+// connection reusing the tuple).
+func (t *Table) Reopened() uint64 {
+	var n uint64
+	for i := range t.shards {
+		n += t.shards[i].reopened.Load()
 	}
 	return n
 }
