@@ -92,3 +92,46 @@ func TestIntegrationApplyFaultUndo(t *testing.T) {
 		t.Error("the applied config has no policy, yet a new flow passed")
 	}
 }
+
+// TestIntegrationFlowCacheResize: a new tables.flow_cache reaches the
+// running workers (their caches are replaced at the next batch), as the
+// flow_cache rows show; traffic keeps flowing.
+func TestIntegrationFlowCacheResize(t *testing.T) {
+	e := newLabEnv(t, 0)
+	l := e.l
+	cfg := netlabConfig(l)
+	cfg.Tables.FlowCache = 1024
+	b := newBackend(t, e, nil, cfg)
+	caps := func() map[string]uint64 {
+		out := map[string]uint64{}
+		for _, r := range report(t, b).Resources {
+			if r.Name == "flow_cache" && r.Detail {
+				out[r.Scope] = r.Capacity
+			}
+		}
+		return out
+	}
+	for _, size := range []uint32{1024, 8192} {
+		cfg.Tables.FlowCache = size
+		if _, err := b.Apply(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			got, ok := caps(), true
+			for _, c := range got {
+				ok = ok && c == uint64(size)
+			}
+			if ok && len(got) == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("flow_cache %d: rows %v", size, got)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {
+			t.Errorf("flow_cache %d: %v", size, err)
+		}
+	}
+}

@@ -245,11 +245,11 @@
 // retired after the swap. Timeouts (every state's, and the early aging
 // factor) and the session switches change in place; a larger
 // userspace.batch_size grows every worker's scratch space at its next
-// batch. Changing the session
+// batch, and a new tables.flow_cache replaces every worker's cache at its
+// next batch. Changing the session
 // table size or shard count, or the UMEM or ring size of running bindings,
 // is refused with a *dataplane.NotSupportedError (Close and start a new
-// backend), like the eBPF backend's session table size. A new flow cache
-// size applies to workers started afterwards.
+// backend), like the eBPF backend's session table size.
 //
 // # Errors
 //

@@ -44,16 +44,18 @@ const genSlot = 14 + 4 + 1280
 // worker is the per-binding datapath state. Everything here belongs to
 // the binding's goroutine; nothing allocates per packet.
 type worker struct {
-	bd    *binding
-	fc    *flowcache.Cache
-	xb    *xsk.Binding // the socket of the batch in flight
-	rx    []xsk.Desc
-	tx    []xsk.Desc
-	fwds  []fwd
-	group []fwd
-	done  []bool
-	info  pkt.Info
-	c     [numCounters]uint64
+	bd *binding
+	fc *flowcache.Cache
+	// fcSize is the tables.flow_cache fc was made for.
+	fcSize uint32
+	xb     *xsk.Binding // the socket of the batch in flight
+	rx     []xsk.Desc
+	tx     []xsk.Desc
+	fwds   []fwd
+	group  []fwd
+	done   []bool
+	info   pkt.Info
+	c      [numCounters]uint64
 	// Port mirroring: the 1-in-N counter, and scratch for the selected
 	// frames and their clones.
 	mseq uint64
@@ -70,9 +72,11 @@ type worker struct {
 }
 
 func newWorker(bd *binding) *worker {
+	n := bd.be.flowCacheSize()
 	w := &worker{
 		bd:     bd,
-		fc:     flowcache.New(bd.be.flowCacheSize()),
+		fc:     flowcache.New(n),
+		fcSize: n,
 		gen:    make([][genSlot]byte, genSlots),
 		genLen: make([]uint16, genSlots),
 	}
@@ -182,6 +186,12 @@ func (w *worker) iterate() bool {
 	snap := bd.be.snap.Load()
 	epoch := bd.be.epoch.Load()
 	w.size(snap.batch)
+	if n := bd.be.flowCacheSize(); n != w.fcSize {
+		// tables.flow_cache changed: a new, empty cache (the epoch bump
+		// of that Apply emptied the old one anyway).
+		w.fc, w.fcSize = flowcache.New(n), n
+		bd.fc.Store(w.fc)
+	}
 	batch := w.rx[:snap.batch]
 
 	bd.mu.Lock()
