@@ -383,6 +383,25 @@ func TestConcurrentTransitions(t *testing.T) {
 		}
 	}
 	var wg sync.WaitGroup
+	// Walkers under the shard locks (listing, sweeping, judging) while the
+	// hit paths move state bits without them: -race checks every read.
+	stop := make(chan struct{})
+	var walkers sync.WaitGroup
+	walkers.Add(1)
+	go func() {
+		defer walkers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tb.Snapshot(0)
+			tb.Expire(sec, 256)
+			tb.EndIf(func(*Entry) bool { return false })
+			tb.Related(genTuple(7, false), zoneOut, sec)
+		}
+	}()
 	for w := range 2 {
 		wg.Add(1)
 		go func() {
@@ -403,6 +422,8 @@ func TestConcurrentTransitions(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	walkers.Wait()
 	if tb.Unassured() != 0 || tb.Used() != flows {
 		t.Errorf("unassured %d used %d", tb.Unassured(), tb.Used())
 	}

@@ -135,6 +135,24 @@ func (sl *slot) store(k *key, zones uint32, last int64, packets, bytes uint64) {
 	atomic.AddUint32(&sl.seq, 1)
 }
 
+// Every read of key[4] is atomic, under the shard lock too: the lock-free
+// hit path moves its state bits by compare-and-swap without the lock.
+
+// loadKey copies the slot's key.
+func (sl *slot) loadKey() key {
+	return key{atomic.LoadUint64(&sl.key[0]), atomic.LoadUint64(&sl.key[1]), atomic.LoadUint64(&sl.key[2]),
+		atomic.LoadUint64(&sl.key[3]), atomic.LoadUint64(&sl.key[4])}
+}
+
+// keyEqual reports whether the slot holds key k (flags aside); the shard
+// lock is held, so only key[4] can change meanwhile.
+func (sl *slot) keyEqual(k *key) bool {
+	return sl.key[0] == k[0] && sl.key[1] == k[1] && sl.key[2] == k[2] && sl.key[3] == k[3] &&
+		(atomic.LoadUint64(&sl.key[4])^k[4])&keyMask == 0
+}
+
+func (sl *slot) live() bool { return atomic.LoadUint64(&sl.key[4])&flagLive != 0 }
+
 // account records one packet on a live slot.
 func (sl *slot) account(now int64, size uint32) {
 	if now > atomic.LoadInt64(&sl.last) {
@@ -325,10 +343,6 @@ func (k *key) tuple(reversed bool) Tuple {
 	return tp
 }
 
-func (k *key) equal(o *key) bool {
-	return k[0] == o[0] && k[1] == o[1] && k[2] == o[2] && k[3] == o[3] && (k[4]^o[4])&keyMask == 0
-}
-
 func mix(a, b uint64) uint64 {
 	hi, lo := bits.Mul64(a, b)
 	return hi ^ lo
@@ -360,7 +374,7 @@ func (s *shard) find(k *key, h uint64) (pos int, sl int) {
 		}
 		if uint32(e>>32) == h32 {
 			n := int(uint32(e)) - 1
-			if s.slots[n].key.equal(k) {
+			if s.slots[n].keyEqual(k) {
 				return int(i), n
 			}
 		}
@@ -397,7 +411,7 @@ func (s *shard) unindex(pos int) {
 // release frees slot n (already unindexed).
 func (t *Table) release(s *shard, n int) {
 	sl := &s.slots[n]
-	if sl.key.fam() == policy.FamilyIPv4 {
+	if uint8(atomic.LoadUint64(&sl.key[4])>>40) == policy.FamilyIPv4 {
 		s.v4.Add(^uint32(0))
 	} else {
 		s.v6.Add(^uint32(0))
@@ -413,7 +427,8 @@ func (t *Table) release(s *shard, n int) {
 
 // removeSlot removes live slot n, finding its index position by hashing.
 func (t *Table) removeSlot(s *shard, n int) {
-	pos, _ := s.find(&s.slots[n].key, t.hash(&s.slots[n].key))
+	k := s.slots[n].loadKey()
+	pos, _ := s.find(&k, t.hash(&k))
 	s.unindex(pos)
 	t.release(s, n)
 }
@@ -424,10 +439,11 @@ func (t *Table) expiredAt(sl *slot, now int64) bool {
 
 func (s *shard) entry(n int, shardIdx int) Entry {
 	sl := &s.slots[n]
-	k4 := atomic.LoadUint64(&sl.key[4])
+	k := sl.loadKey()
+	k4 := k[4]
 	z := atomic.LoadUint32(&sl.zones)
 	return Entry{
-		Tuple: sl.key.tuple(k4&flagReversed != 0), FromZone: uint16(z), ToZone: uint16(z >> 16),
+		Tuple: k.tuple(k4&flagReversed != 0), FromZone: uint16(z), ToZone: uint16(z >> 16),
 		State: stateOf(k4), Assured: k4&flagAssured != 0,
 		LastSeen: atomic.LoadInt64(&sl.last), Packets: atomic.LoadUint64(&sl.packets), Bytes: atomic.LoadUint64(&sl.bytes),
 		Ref: Ref{Shard: uint32(shardIdx), Slot: uint32(n), Gen: sl.seq},
@@ -769,7 +785,7 @@ func (t *Table) Get(ref Ref) (Entry, bool) {
 	s := &t.shards[ref.Shard]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ref.Slot >= s.hwm || s.slots[ref.Slot].key[4]&flagLive == 0 || s.slots[ref.Slot].seq != ref.Gen {
+	if ref.Slot >= s.hwm || !s.slots[ref.Slot].live() || s.slots[ref.Slot].seq != ref.Gen {
 		return Entry{}, false
 	}
 	return s.entry(int(ref.Slot), int(ref.Shard)), true
@@ -920,7 +936,7 @@ func (t *Table) Touch(ref Ref, now int64, size uint32) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sl.seq != ref.Gen || sl.key[4]&flagLive == 0 {
+	if sl.seq != ref.Gen || !sl.live() {
 		return false
 	}
 	if !t.expiredAt(sl, now) { // refreshed by another packet meanwhile
@@ -959,7 +975,7 @@ func (t *Table) EndIf(end func(*Entry) bool) int {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for n := 0; n < int(s.hwm); n++ {
-			if s.slots[n].key[4]&flagLive == 0 {
+			if !s.slots[n].live() {
 				continue
 			}
 			e := s.entry(n, i)
@@ -985,7 +1001,7 @@ func (t *Table) sweep(s *shard, now int64, budget int) (examined, removed int) {
 		s.cursor++
 		examined++
 		sl := &s.slots[n]
-		if sl.key[4]&flagLive != 0 && t.expiredAt(sl, now) {
+		if sl.live() && t.expiredAt(sl, now) {
 			t.removeSlot(s, n)
 			s.expired.Add(1)
 			removed++
@@ -1033,7 +1049,7 @@ func (t *Table) Snapshot(limit int) []Entry {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for n := 0; n < int(s.hwm) && len(out) < cap(out); n++ {
-			if s.slots[n].key[4]&flagLive != 0 {
+			if s.slots[n].live() {
 				out = append(out, s.entry(n, i))
 			}
 		}
