@@ -17,8 +17,8 @@ import (
 // Datapath constants mirrored from bpf/include/fw_common.h (limits.go has
 // the limits).
 const (
-	ifXDPTx      = 1    // FW_IF_XDP_TX
-	setTCPPickup = 1    // FW_SET_TCP_PICKUP
+	ifXDPTx      = 1 // FW_IF_XDP_TX
+	setTCPPickup = 1 // FW_SET_TCP_PICKUP
 )
 
 // plan is a config translated into what one slot of the datapath holds. It

@@ -84,6 +84,7 @@ func (bd *binding) open() error {
 		var err error
 		o := bd.xo
 		o.MirrorFrames = bd.mirrorReserve.Load()
+		o.FrameSize = max(o.FrameSize, bd.be.frameSize.Load())
 		xb, err = xsk.Open(bd.port.ifindex, bd.queue, &o)
 		return err
 	})

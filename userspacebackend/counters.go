@@ -1,6 +1,10 @@
 package userspacebackend
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/fwplane/fwplane/dataplane"
+)
 
 // Datapath counters, per binding (the worker that owns it) and summed.
 const (
@@ -19,7 +23,9 @@ const (
 	cDropFragment
 	cDropEgressUnmanaged
 	cDropEgressDown
-	cDropSessionsFull
+	cSessionTableFull
+	cDropTCPNotSYN
+	cDropZoneMismatch
 	cTXRingFull
 	cBackpressureDrops
 	cBackpressureEvents
@@ -29,6 +35,15 @@ const (
 	cLinkDown
 	cRebinds
 	cBindErrors
+	cRelatedICMP
+	cDropICMPUnrelated
+	cICMPTimeExceeded
+	cICMPTooBig
+	cICMPRateLimited
+	cICMPNoSource
+	cDropTooBig
+	cFragmented
+	cChecksumsCompleted
 	numCounters
 )
 
@@ -50,7 +65,9 @@ var counterNames = [numCounters]string{
 	cDropFragment:        "dropped_fragment",
 	cDropEgressUnmanaged: "dropped_egress_unmanaged",
 	cDropEgressDown:      "dropped_egress_down",
-	cDropSessionsFull:    "dropped_sessions_full",
+	cSessionTableFull:    dataplane.CounterSessionTableFull,
+	cDropTCPNotSYN:       dataplane.CounterDropTCPNotSYN,
+	cDropZoneMismatch:    dataplane.CounterDropZoneMismatch,
 	cTXRingFull:          "tx_ring_full",
 	cBackpressureDrops:   "backpressure_drops",
 	cBackpressureEvents:  "backpressure_events",
@@ -60,6 +77,15 @@ var counterNames = [numCounters]string{
 	cLinkDown:            "link_down_teardowns",
 	cRebinds:             "rebinds",
 	cBindErrors:          "bind_errors",
+	cRelatedICMP:         "related_icmp",
+	cDropICMPUnrelated:   "dropped_icmp_unrelated",
+	cICMPTimeExceeded:    "icmp_time_exceeded_sent",
+	cICMPTooBig:          "icmp_too_big_sent",
+	cICMPRateLimited:     "icmp_errors_rate_limited",
+	cICMPNoSource:        "icmp_errors_no_source",
+	cDropTooBig:          "dropped_too_big",
+	cFragmented:          "fragmented",
+	cChecksumsCompleted:  "checksums_completed",
 }
 
 // counterSet is written by one worker (batched, once per RX batch) and

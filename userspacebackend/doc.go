@@ -29,10 +29,91 @@
 // the worker asks the kernel to resolve it and drops the frame
 // (dropped_no_neighbor): passing it to the kernel would let the kernel
 // forward around the dataplane, and the flow's next packet finds the entry.
-// A TTL or hop limit of 1 or less is dropped (dropped_ttl_expired; the eBPF
-// backend hands those to the kernel, which answers ICMP time exceeded).
 // Non-first fragments are dropped (no ports to check). A VLAN tag is
 // removed on the way out: egress is the routed, untagged interface.
+//
+// # What the kernel's forwarding path would do
+//
+// The eBPF backend hands a packet it must not forward as it is (TTL
+// expired, above the egress MTU) to the kernel, which answers or
+// fragments. A frame in an AF_XDP socket cannot be handed back to the
+// kernel's forwarding path, so this backend does the same itself, with
+// the same outcome on the wire (icmp_linux.go):
+//
+//   - TTL or hop limit <= 1 on a packet that would be forwarded (its
+//     session or the policy allows it): dropped (dropped_ttl_expired) and
+//     answered with ICMP time exceeded (icmp_time_exceeded_sent) from the
+//     firewall's address on the ingress link, to the previous hop's MAC.
+//   - Above the egress interface's MTU: IPv4 without DF is fragmented
+//     (fragmented; fragments count in forwarded); IPv4 with DF and IPv6
+//     are dropped (dropped_too_big) and answered "fragmentation needed" /
+//     "packet too big" with the MTU (icmp_too_big_sent). The MTU is
+//     followed at run time (link notifications, the poll).
+//   - Errors are rate-limited like the kernel's own (1000/s, burst 50,
+//     overall; one per second, burst 6, per destination, except ICMPv6
+//     packet too big): icmp_errors_rate_limited. None is sent about an
+//     ICMP error or to a non-unicast source, nor without an address of
+//     the packet's family on the ingress link (icmp_errors_no_source).
+//   - ICMP errors in transit (unreachable, time exceeded, parameter
+//     problem, packet too big) never create or refresh a session: one that
+//     quotes a live session and travels to the quoted packet's sender is
+//     forwarded (related_icmp), any other is dropped
+//     (dropped_icmp_unrelated), whatever the policy says about ICMP.
+//
+// # Checksums left to offload
+//
+// A socket on an interface with TX checksum offload (veths as the kernel
+// makes them, containers) sends TCP and UDP with a partial checksum (the
+// pseudo-header sum only), and an AF_XDP copy keeps it partial: forwarded
+// as it is, the receiver drops it as corrupt. Every forwarded TCP/UDP
+// packet whose checksum field equals its folded pseudo-header sum has
+// its checksum completed before transmit (checksums_completed); a
+// complete checksum equal to that value by chance (1 in 65 536) is
+// rewritten with the same value. Cost: 5 ns per frame to check, about
+// 110 ns to complete a 1500-byte one (docs/benchmarks.md). The eBPF
+// backend attaches at TC on such interfaces instead.
+//
+// # Frame size and MTU
+//
+// Without AF_XDP multi-buffer (not used) a received frame must fit one
+// UMEM frame less the kernel's 256-byte headroom. Apply picks 2048-byte
+// frames while every managed interface's MTU is at most 1774, else
+// 4096-byte ones, and refuses an interface whose MTU exceeds [MaxMTU]
+// (3822) with a *dataplane.NotSupportedError naming it and its MTU. An
+// MTU that grows at run time reopens every socket with larger frames
+// (up to MaxMTU). A veth refuses a native XDP program without
+// multi-buffer support once its peer's MTU exceeds 3506: the shim then
+// runs in generic mode, with Apply's warning.
+//
+// # Sessions
+//
+// The session model is dataplane/session.go's, kept by internal/session
+// (see its doc for the table's side). Per frame, after the flow cache:
+// the session lookup applies the packet (zone check, TCP flags, idle
+// timer); a packet with a live session's tuple from an interface of
+// neither of its zones is dropped (dropped_zone_mismatch) and changes
+// nothing. A miss goes on as a new flow: route, fragment and egress
+// checks first (so an unroutable packet counts as dropped_no_route in
+// both backends), then the SYN check (a TCP packet other than a pure SYN
+// is dropped as dropped_tcp_not_syn, or, with sessions.tcp_pickup and no
+// RST, creates an established, unassured session), then the policy, then
+// the session, recording the ingress and egress interfaces' zones. A full
+// table early-drops an unassured session (session_early_drop) or refuses
+// the flow (session_table_full). Zones are numbered once per backend and
+// never renumbered, so a session keeps its zones' names across Applies.
+//
+// The flow cache only serves packets that cannot change a session's
+// state: TCP SYN, FIN and RST always take the full path, and an entry is
+// made only for an established, assured TCP flow, a replied flow, or the
+// initiator's direction of an unreplied one.
+//
+// On Apply every session is judged as its first packet would be under
+// the new config (its initiator's tuple, from an interface of its
+// FromZone to one of its ToZone); those the new policy denies, or one of
+// whose zones is gone from the config, are ended right after the swap
+// (sessions_ended_by_policy) unless sessions.keep_on_policy_change. Their
+// next packet meets the new policy. [Backend.ClearSessions] ends the
+// sessions a filter selects (sessions_cleared).
 //
 // Flow-cache entries (egress, MACs, session ref) are reused for at most
 // Options.CacheRefresh (one second by default, like the eBPF backend's FIB
@@ -135,7 +216,9 @@
 // umem_frames (capacity = frames of all live bindings, used = frames not
 // free, with the breakdown free/fill/rx/tx/completion), fill_ring_empty (fill ring slots without a buffer: high = RX starving),
 // worker_queue (RX ring depth), pending_tx (TX ring depth), sessions,
-// flow_cache (all workers), neighbors. Detail rows: per binding
+// sessions_unassured (half-open and unanswered sessions against the same
+// capacity: a flood shows as a level of its own), flow_cache (all
+// workers), neighbors. Detail rows: per binding
 // (scope "ifname/qN") umem_frames with the breakdown (it always sums to
 // the capacity: the ledger is read under a sequence counter), fill, RX,
 // TX and completion ring depth vs size, flow_cache; per session shard
@@ -147,7 +230,7 @@
 // retired bindings and closed sockets are kept, so global counters never
 // go backwards (a report racing with a link flap may count one socket's
 // kernel statistics twice). Sessions come from the table's per-family
-// counts.
+// counts, with the unassured count and whether early aging is on.
 //
 // A report of 4 bindings and 64 shards is about 25 KB of rows, and
 // allocating and collecting them is half its cost: a poller that keeps no
@@ -161,11 +244,14 @@
 // is built beside the running one and swapped in with one pointer store;
 // any failure undoes what was built and the running generation is
 // untouched. Kept interfaces keep their shim and sockets; removed ones are
-// retired after the swap. Timeouts change in place. Changing the session
+// retired after the swap. Timeouts (every state's, and the early aging
+// factor) and the session switches change in place; a larger
+// userspace.batch_size grows every worker's scratch space at its next
+// batch, and a new tables.flow_cache replaces every worker's cache at its
+// next batch. Changing the session
 // table size or shard count, or the UMEM or ring size of running bindings,
 // is refused with a *dataplane.NotSupportedError (Close and start a new
-// backend), like the eBPF backend's session table size. A new flow cache
-// size applies to workers started afterwards.
+// backend), like the eBPF backend's session table size.
 //
 // # Errors
 //

@@ -32,6 +32,8 @@ func unsupported(cfg *dataplane.Config) []string {
 	}
 	why := map[dataplane.Feature]string{
 		dataplane.FeatureStaticRoutes: "forwarding.routes: static routes are not implemented by the userspace backend (it forwards with the host's routing table; add the routes to the host)",
+		dataplane.FeatureTCAttach: "interfaces[].attach: \"tc\" is an attach mode of the eBPF backend; the userspace backend always attaches an XDP shim " +
+			"(on interfaces with checksum offload it completes the partial checksums itself)",
 	}
 	var reasons []string
 	for _, f := range cfg.Features() {

@@ -52,6 +52,7 @@ func (w *linkWatch) run(b *Backend) {
 			}
 			if p := s.linkPort(int(u.Index)); p != nil {
 				p.setLink(u.Header.Type != 17 /* RTM_DELLINK */ && linkUsable(u.Link.Attrs()))
+				b.setMTU(s, p.port, uint32(u.Link.Attrs().MTU))
 			}
 		case _, ok := <-addrs:
 			if !ok {
@@ -74,13 +75,17 @@ func (w *linkWatch) stop() {
 	<-w.ended
 }
 
-// refreshLocal reprograms every shim with the namespace's addresses.
+// refreshLocal reprograms every shim with the namespace's addresses and
+// rereads every port's own addresses (the sources of its ICMP errors).
 func (b *Backend) refreshLocal() {
 	s := b.snap.Load()
 	if s == nil {
 		return
 	}
 	_ = netnsutil.Do(b.opts.NetNS, func() error {
+		for _, p := range s.ports {
+			p.addrs.Store(readPortAddrs(p.ifindex))
+		}
 		local, err := localAddrs()
 		if err != nil {
 			return err
@@ -90,4 +95,17 @@ func (b *Backend) refreshLocal() {
 		}
 		return nil
 	})
+}
+
+// setMTU records a managed port's new MTU: egress checks use it from the
+// next packet on, and when its frames no longer fit the UMEM frames every
+// socket reopens with larger ones (up to MaxMTU; beyond it the kernel
+// drops what does not fit and counts it as xdp_rx_dropped).
+func (b *Backend) setMTU(s *snapshot, p *port, mtu uint32) {
+	if mtu == 0 || p.shim == nil || p.mtu.Swap(mtu) == mtu {
+		return
+	}
+	if fs := frameSizeFor(mtu); fs > b.frameSize.Load() {
+		b.growFrames(s, fs)
+	}
 }

@@ -112,7 +112,7 @@ func mirrorScope(in, out string) string { return "mirror " + in + "->" + out }
 // generation when it is the same interface, else opened here (and undone
 // by the caller on failure).
 func (b *Backend) planMirrors(cfg *dataplane.Config, byName map[string]int, res *dataplane.ApplyResult, xo *xsk.Options,
-	undo *[]func(), started *[]*binding) ([]mirrorPlan, map[string]*port, error) {
+	undo *undoStack, started *[]*binding) ([]mirrorPlan, map[string]*port, error) {
 	var plans []mirrorPlan
 	spans := map[string]*port{}
 	for i, r := range cfg.PortMirroring {
@@ -153,7 +153,7 @@ func (b *Backend) planMirrors(cfg *dataplane.Config, byName map[string]int, res 
 					return nil, nil, fmt.Errorf("bind mirror output %s queue 0: %w", r.Output, err)
 				}
 			}
-			*undo = append(*undo, func() { bd.closeSocket() })
+			undo.push(func() { bd.closeSocket() })
 			*started = append(*started, bd)
 			sp.bindings = map[int]*binding{0: bd}
 		}

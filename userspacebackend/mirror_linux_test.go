@@ -203,8 +203,10 @@ func bindingReceived(t testing.TB, b *Backend, scope string) uint64 {
 }
 
 // TestIntegrationMirrorSampling: at rate 10, over 100 000 flooded frames,
-// the sink receives one in ten of the frames the ingress binding received
-// (within 2 %), and the counters account for every selected one.
+// exactly one in ten of the frames the ingress binding received is
+// selected, the sink receives every clone queued (within 2 %: the
+// client's own ND/MLD frames), and the counters account for every
+// selected one.
 func TestIntegrationMirrorSampling(t *testing.T) {
 	e := newMirrorEnv(t)
 	l := e.l
@@ -217,12 +219,12 @@ func TestIntegrationMirrorSampling(t *testing.T) {
 	pacedFlood(t, l, floodFrame(l, 40000), n, 1024)
 	time.Sleep(100 * time.Millisecond)
 	rx := bindingReceived(t, b, scope) - rx0
-	sink := waitSink(t, e.sinkCnt, sink0+rx/rate-(rx-min(rx, n))) - sink0
 	c1 := mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	var c [numMirror]uint64
 	for i := range c {
 		c[i] = c1[i] - c0[i]
 	}
+	sink := waitSink(t, e.sinkCnt, sink0+c[mMirrored]-(rx-min(rx, n))) - sink0
 	checkMirrorAccounting(t, c)
 	want := float64(rx) / rate
 	t.Logf("received %d at the ingress, selected %d, sink %d (%.3f of 1/%d), drops %v", rx, c[mSelected], sink, float64(sink)/want, rate, c)
@@ -232,8 +234,10 @@ func TestIntegrationMirrorSampling(t *testing.T) {
 	if d := float64(c[mSelected]) - want; d > 1 || d < -1 {
 		t.Errorf("selected %d, want %.1f", c[mSelected], want)
 	}
-	if r := float64(sink) / want; r < 0.98 || r > 1.02 {
-		t.Errorf("sink received %d, want %.0f ±2%%", sink, want)
+	// A worker starved of CPU (a loaded machine) sheds clones by design
+	// (primary_backlog, counted): every clone not shed must arrive.
+	if r := float64(sink) / float64(c[mMirrored]); r < 0.98 || r > 1.02 {
+		t.Errorf("sink received %d, want the %d mirrored ±2%% (selected %.0f, shed %d)", sink, c[mMirrored], want, c[mDropBacklog])
 	}
 	// The sink counts the flood's UDP; mirrored also counts whatever
 	// else the client's kernel sent to the socket (MLD reports).

@@ -19,7 +19,15 @@ type port struct {
 	shim    *xsk.Shim
 	// linkUp is the link state the workers follow: set by the link
 	// watcher and the housekeeping poll, read once per worker loop.
-	linkUp   atomic.Bool
+	linkUp atomic.Bool
+	// mtu is the interface's MTU (Apply, the link watcher and the poll
+	// keep it current): packets routed out of this port above it are
+	// fragmented or answered "too big".
+	mtu atomic.Uint32
+	// addrs are the interface's own addresses, the sources of the ICMP
+	// errors the datapath sends out of it (same updates as the shim's
+	// local-address map).
+	addrs    atomic.Pointer[portAddrs]
 	bindings map[int]*binding
 }
 
@@ -30,13 +38,15 @@ type portPlan struct {
 	p        *port
 	mac      [6]byte
 	up       bool
+	zone     uint16 // the backend's id of the interface's zone
 	bindings map[int]*binding
 }
 
 // portView is a port as one generation sees it. Immutable.
 type portView struct {
 	*port
-	mac [6]byte
+	mac  [6]byte
+	zone uint16
 	// txq are the bindings egress traffic to this port is spread over,
 	// by queue.
 	txq []*binding
@@ -61,13 +71,18 @@ type snapshot struct {
 	mirrors    map[int]*mirrorView
 	mirrorList []*mirrorView
 	spans      []*portView
+	// zoneNames are the zone names by the backend's zone id (ids are never
+	// reused, so a session's zones keep their names); tcpPickup is
+	// sessions.tcp_pickup.
+	zoneNames []string
+	tcpPickup bool
 }
 
 func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table, st *session.Table, rt router, batch int) *snapshot {
-	s := &snapshot{gen: gen, policy: pol, neigh: nt, sessions: st, router: rt, batch: min(batch, session.BatchSize)}
+	s := &snapshot{gen: gen, policy: pol, neigh: nt, sessions: st, router: rt, batch: max(batch, 1)}
 	maxIdx := 0
 	for _, pl := range plans {
-		v := &portView{port: pl.p, mac: pl.mac}
+		v := &portView{port: pl.p, mac: pl.mac, zone: pl.zone}
 		for _, bd := range pl.bindings {
 			v.txq = append(v.txq, bd)
 		}
@@ -91,6 +106,14 @@ func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table,
 
 // denseLimit bounds the dense ifindex table (8 B per slot).
 const denseLimit = 1 << 14
+
+// zoneName returns the name of zone id, or "".
+func (s *snapshot) zoneName(id uint16) string {
+	if int(id) < len(s.zoneNames) {
+		return s.zoneNames[id]
+	}
+	return ""
+}
 
 // port returns the managed port with that ifindex, or nil.
 func (s *snapshot) port(ifindex int) *portView {

@@ -49,61 +49,122 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 	}
 	rep.Generation = s.gen
 	bindings := s.bindings()
-	u := &arena{buf: make([]uint64, 0, 8+len(bindings)*8+s.sessions.Shards()+s.neigh.Shards()+2*len(s.mirrorList))}
-	mirrorOut := 0
-	for _, mv := range s.mirrorList {
-		mirrorOut += len(mv.out.txq)
-	}
-	// Sized for every row, so no append copies the rows again.
-	if n := 8 + len(bindings)*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
-		res = make([]dataplane.Resource, 0, n)
-	}
-	if n := numCounters + 4 + numKernel + len(bindings)*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
-		cnt = make([]dataplane.Counter, 0, n)
-	}
-	rep.Resources, rep.Counters = res, cnt
-
-	// Per binding, read once; aggregate rows are sums of these. Up to
-	// eight bindings live on the stack.
+	// Up to eight bindings' statistics live on the stack.
 	var bsArr [8]bindingStat
 	bs := bsArr[:0]
 	if len(bindings) > len(bsArr) {
 		bs = make([]bindingStat, 0, len(bindings))
 	}
+	// bs stays out of reportRows: escape analysis does not tell a
+	// struct's fields apart, and the rows it holds go to the heap.
+	bs = readBindings(bs, bindings)
+	r := reportRows{s: s}
+	r.size(res, cnt, len(bs))
+
+	// Aggregate rows, then detail rows, then counters: the order the
+	// renderers and the reuse test rely on.
+	r.bindingTotals(bs)
+	r.tableTotals(bs)
+	r.bindingDetail(bs)
+	r.sessionShardDetail()
+	r.neighborShardDetail()
+	r.res, r.cnt = mirrorRows(r.res, r.cnt, &r.u, s, bs)
+	r.datapathCounters(b, bs)
+	r.tableCounters(b)
+	r.kernelCounters()
+	r.shimCounters()
+
+	rep.Resources, rep.Counters = r.res, r.cnt
+	rep.Interfaces = interfaceRows(ifs, s)
+	if sess == nil {
+		sess = new(dataplane.SessionCounts)
+	}
+	*sess = sessionCounts(s.sessions)
+	rep.Sessions = sess
+	rep.Took = time.Since(start)
+	return nil
+}
+
+// readBindings reads every binding's socket statistics once into bs
+// (len(bindings) long): every row of a report derives from this one read.
+func readBindings(bs []bindingStat, bindings []*binding) []bindingStat {
 	bs = bs[:len(bindings)]
-	// The breakdowns of the aggregate and the per-binding UMEM rows share
-	// one allocation.
-	parts := make([]dataplane.Part, 0, numFrameParts*(1+len(bindings)))
-	var frames, free, fill, rx, tx, comp uint64
-	var fillSz, fillD, rxSz, rxD, txSz, txD uint64
 	for i, bd := range bindings {
-		bs[i].bd = bd
+		bs[i] = bindingStat{bd: bd}
 		if xb := bd.live.Load(); xb != nil {
 			st, err := xb.Stats()
 			// A socket closed under us (link flap) reports ErrClosed:
 			// show the binding as down rather than fail the report.
 			bs[i].st, bs[i].ok = st, err == nil || st.Frames.Total != 0
 		}
-		if !bs[i].ok {
+	}
+	return bs
+}
+
+// reportRows builds one report's rows and counters from one snapshot and
+// one read of its bindings, group by group.
+type reportRows struct {
+	s     *snapshot
+	res   []dataplane.Resource
+	cnt   []dataplane.Counter
+	u     arena
+	parts []dataplane.Part
+	// sums are the datapath counters summed over live and retired
+	// bindings; ksums the same for XDP_STATISTICS.
+	sums  [numCounters]uint64
+	ksums [numKernel]uint64
+}
+
+// size makes room for every row and counter in one allocation each
+// (reusing res and cnt when they are large enough), so no append copies
+// the rows again.
+func (r *reportRows) size(res []dataplane.Resource, cnt []dataplane.Counter, nb int) {
+	s := r.s
+	r.u = arena{buf: make([]uint64, 0, 9+nb*8+s.sessions.Shards()+s.neigh.Shards()+2*len(s.mirrorList))}
+	mirrorOut := 0
+	for _, mv := range s.mirrorList {
+		mirrorOut += len(mv.out.txq)
+	}
+	if n := 9 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
+		res = make([]dataplane.Resource, 0, n)
+	}
+	if n := numCounters + 7 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
+		cnt = make([]dataplane.Counter, 0, n)
+	}
+	r.res, r.cnt = res, cnt
+	// The breakdowns of the aggregate and the per-binding UMEM rows
+	// share one allocation.
+	r.parts = make([]dataplane.Part, 0, numFrameParts*(1+nb))
+}
+
+const scopeGlobal = "global"
+
+// bindingTotals: umem_frames (with the breakdown), fill_ring_empty,
+// worker_queue and pending_tx over every live binding.
+func (r *reportRows) bindingTotals(bs []bindingStat) {
+	var frames, free, fill, rx, tx, comp uint64
+	var fillSz, fillD, rxSz, rxD, txSz, txD uint64
+	for _, x := range bs {
+		if !x.ok {
 			continue
 		}
-		f := bs[i].st.Frames
+		f := x.st.Frames
 		frames += uint64(f.Total)
 		free += uint64(f.Free)
 		fill += uint64(f.FillRing)
 		rx += uint64(f.RXRing + f.App)
 		tx += uint64(f.TXRing)
 		comp += uint64(f.Completion)
-		st := bs[i].st
+		st := x.st
 		fillSz, fillD = fillSz+uint64(st.Fill.Size), fillD+uint64(st.Fill.Depth())
 		rxSz, rxD = rxSz+uint64(st.RX.Size), rxD+uint64(st.RX.Depth())
 		txSz, txD = txSz+uint64(st.TX.Size), txD+uint64(st.TX.Depth())
 	}
-	const g = "global"
-	rep.Resources = append(rep.Resources,
+	u, g := &r.u, scopeGlobal
+	r.res = append(r.res,
 		dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: g, Capacity: frames,
 			Used: u.used(frames - free), Method: dataplane.MethodSnapshot,
-			Breakdown: framesParts(&parts, free, fill, rx, tx, comp)},
+			Breakdown: framesParts(&r.parts, free, fill, rx, tx, comp)},
 		// A full fill ring is healthy; what starves RX is an empty one. So
 		// the row counts the slots the kernel has no buffer for, and a
 		// high utilisation means what operators fear (seed 001).
@@ -111,52 +172,71 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 		dataplane.Resource{Name: "worker_queue", Kind: dataplane.KindRing, Scope: g, Capacity: rxSz, Used: u.used(rxD), Method: dataplane.MethodRing},
 		dataplane.Resource{Name: "pending_tx", Kind: dataplane.KindRing, Scope: g, Capacity: txSz, Used: u.used(txD), Method: dataplane.MethodRing},
 	)
-	st := s.sessions
-	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: g,
-		Capacity: st.Capacity(), Used: u.used(st.Used()), Method: dataplane.MethodCounter})
+}
+
+// tableTotals: the session table, every flow cache and the neighbour
+// table, aggregated.
+func (r *reportRows) tableTotals(bs []bindingStat) {
+	u, g, st := &r.u, scopeGlobal, r.s.sessions
+	r.res = append(r.res, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: g,
+		Capacity: st.Capacity(), Used: u.used(st.Used()), Method: dataplane.MethodCounter},
+		// Half-open and unanswered flows against the same capacity: a
+		// flood shows as a level of its own.
+		dataplane.Resource{Name: dataplane.ResourceSessionsUnassured, Kind: dataplane.KindTable, Scope: g,
+			Capacity: st.Capacity(), Used: u.used(st.Unassured()), Method: dataplane.MethodCounter})
 	var fcCap, fcUsed uint64
-	for _, bd := range bindings {
-		if fc := bd.fc.Load(); fc != nil {
+	for _, x := range bs {
+		if fc := x.bd.fc.Load(); fc != nil {
 			fcCap += uint64(fc.Capacity())
 			fcUsed += uint64(fc.Occupancy())
 		}
 	}
-	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: g,
-		Capacity: fcCap, Used: u.used(fcUsed), Method: dataplane.MethodCounter})
-	rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: g,
-		Capacity: uint64(s.neigh.Capacity()), Used: u.used(uint64(s.neigh.Used())), Method: dataplane.MethodCounter})
+	r.res = append(r.res,
+		dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: g, Capacity: fcCap, Used: u.used(fcUsed), Method: dataplane.MethodCounter},
+		dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: g,
+			Capacity: uint64(r.s.neigh.Capacity()), Used: u.used(uint64(r.s.neigh.Used())), Method: dataplane.MethodCounter})
+}
 
-	// Detail: per binding.
+// bindingDetail: per binding, the UMEM with its breakdown (or the
+// binding's state when it has no socket) and its four rings; then every
+// binding's flow cache.
+func (r *reportRows) bindingDetail(bs []bindingStat) {
+	u := &r.u
 	for _, x := range bs {
 		bd := x.bd
 		scope := bd.name
 		if !x.ok {
-			rep.Resources = append(rep.Resources, dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true,
+			r.res = append(r.res, dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true,
 				Error: "binding " + stateNames[bd.state.Load()] + errSuffix(bd)})
 			continue
 		}
 		f := x.st.Frames
-		rep.Resources = append(rep.Resources,
+		r.res = append(r.res,
 			dataplane.Resource{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: scope, Detail: true, Capacity: uint64(f.Total),
 				Used: u.used(uint64(f.Total - f.Free)), Method: dataplane.MethodSnapshot,
-				Breakdown: framesParts(&parts, uint64(f.Free), uint64(f.FillRing), uint64(f.RXRing+f.App), uint64(f.TXRing), uint64(f.Completion))},
+				Breakdown: framesParts(&r.parts, uint64(f.Free), uint64(f.FillRing), uint64(f.RXRing+f.App), uint64(f.TXRing), uint64(f.Completion))},
 			fillEmptyRow(u, scope, x.st.Fill),
 			ringRow(u, "rx_ring", scope, x.st.RX),
 			ringRow(u, "tx_ring", scope, x.st.TX),
 			ringRow(u, "completion_ring", scope, x.st.Completion),
 		)
 	}
-	for _, bd := range bindings {
-		if fc := bd.fc.Load(); fc != nil {
-			rep.Resources = append(rep.Resources, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: bd.name, Detail: true,
+	for _, x := range bs {
+		if fc := x.bd.fc.Load(); fc != nil {
+			r.res = append(r.res, dataplane.Resource{Name: "flow_cache", Kind: dataplane.KindCache, Scope: x.bd.name, Detail: true,
 				Capacity: uint64(fc.Capacity()), Used: u.used(uint64(fc.Occupancy())), Method: dataplane.MethodCounter})
 		}
 	}
-	// Detail: per session shard, and the fullest shard with the skew.
+}
+
+// sessionShardDetail: per session shard, and the fullest shard with the
+// table's max skew.
+func (r *reportRows) sessionShardDetail() {
+	u, st := &r.u, r.s.sessions
 	fullest, fullestFill := -1, -1.0
 	for i := range st.Shards() {
 		n, c := st.ShardUsed(i)
-		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
+		r.res = append(r.res, dataplane.Resource{Name: "sessions", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
 			Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter})
 		if fl := float64(n) / float64(c); fl > fullestFill {
 			fullest, fullestFill = i, fl
@@ -167,54 +247,76 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 		// the row's identity (a metric label) and must not change with
 		// the fill.
 		n, c := st.ShardUsed(fullest)
-		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Detail: true,
-			Scope: g, Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter,
+		r.res = append(r.res, dataplane.Resource{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Detail: true,
+			Scope: scopeGlobal, Capacity: uint64(c), Used: r.u.used(uint64(n)), Method: dataplane.MethodCounter,
 			Figures: []dataplane.Figure{{Name: "shard", Value: float64(fullest)}, {Name: "max_skew", Value: st.MaxSkew()}}})
 	}
-	for i := range s.neigh.Shards() {
-		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
-			Capacity: uint64(s.neigh.ShardCapacity(i)), Used: u.used(uint64(s.neigh.ShardUsed(i))), Method: dataplane.MethodCounter})
-	}
+}
 
-	rep.Resources, rep.Counters = mirrorRows(rep.Resources, rep.Counters, u, s, bs)
-
-	// Counters: datapath (retired bindings included), kernel, shim.
-	var sums [numCounters]uint64
-	for i := range sums {
-		sums[i] = b.retired[i].Load()
+// neighborShardDetail: per neighbour shard.
+func (r *reportRows) neighborShardDetail() {
+	nt := r.s.neigh
+	for i := range nt.Shards() {
+		r.res = append(r.res, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
+			Capacity: uint64(nt.ShardCapacity(i)), Used: r.u.used(uint64(nt.ShardUsed(i))), Method: dataplane.MethodCounter})
 	}
-	var ksums [numKernel]uint64
-	for i := range ksums {
-		ksums[i] = b.retiredKernel[i].Load()
+}
+
+// datapathCounters: per binding (detail) its XDP_STATISTICS and its
+// main datapath counters; then every datapath counter summed over live
+// and retired bindings (so global counters never go backwards).
+func (r *reportRows) datapathCounters(b *Backend, bs []bindingStat) {
+	for i := range r.sums {
+		r.sums[i] = b.retired[i].Load()
+	}
+	for i := range r.ksums {
+		r.ksums[i] = b.retiredKernel[i].Load()
 	}
 	for _, x := range bs {
 		bd := x.bd
-		for i := range sums {
-			sums[i] += bd.cnt[i].Load()
+		for i := range r.sums {
+			r.sums[i] += bd.cnt[i].Load()
 		}
 		k := bindingKernel(x.bd, x.st, x.ok)
 		for i, v := range k {
-			ksums[i] += v
-			rep.Counters = append(rep.Counters, dataplane.Counter{Name: kernelNames[i], Scope: bd.name, Detail: true, Value: v})
+			r.ksums[i] += v
+			r.cnt = append(r.cnt, dataplane.Counter{Name: kernelNames[i], Scope: bd.name, Detail: true, Value: v})
 		}
 		for _, i := range []int{cForwarded, cTXRingFull, cBackpressureDrops, cWorkerPanics, cLinkDown, cRebinds} {
-			rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: bd.name, Detail: true, Value: bd.cnt[i].Load()})
+			r.cnt = append(r.cnt, dataplane.Counter{Name: counterNames[i], Scope: bd.name, Detail: true, Value: bd.cnt[i].Load()})
 		}
 	}
-	for i, v := range sums {
-		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: g, Value: v})
+	for i, v := range r.sums {
+		r.cnt = append(r.cnt, dataplane.Counter{Name: counterNames[i], Scope: scopeGlobal, Value: v})
 	}
-	rep.Counters = append(rep.Counters,
-		dataplane.Counter{Name: "sessions_refused", Scope: g, Value: st.Refused()},
+}
+
+// tableCounters: what the session and neighbour tables count themselves,
+// and the sessions Apply and ClearSessions ended.
+func (r *reportRows) tableCounters(b *Backend) {
+	g, st, nt := scopeGlobal, r.s.sessions, r.s.neigh
+	r.cnt = append(r.cnt,
+		dataplane.Counter{Name: dataplane.CounterSessionEarlyDrop, Scope: g, Value: st.EarlyDrops()},
+		dataplane.Counter{Name: dataplane.CounterSessionsEndedByPolicy, Scope: g, Value: b.endedByPolicy.Load()},
+		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: g, Value: b.cleared.Load()},
+		dataplane.Counter{Name: "sessions_reopened", Scope: g, Value: st.Reopened()},
 		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
-		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: s.neigh.Refused()},
-		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: s.neigh.ResolveDropped()},
+		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
+		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},
 	)
-	for i, v := range ksums {
-		rep.Counters = append(rep.Counters, dataplane.Counter{Name: kernelNames[i], Scope: g, Value: v})
+}
+
+// kernelCounters: XDP_STATISTICS summed (datapathCounters read them).
+func (r *reportRows) kernelCounters() {
+	for i, v := range r.ksums {
+		r.cnt = append(r.cnt, dataplane.Counter{Name: kernelNames[i], Scope: scopeGlobal, Value: v})
 	}
+}
+
+// shimCounters: the shims' verdicts per interface (detail) and summed.
+func (r *reportRows) shimCounters() {
 	var sh xsk.ShimCounters
-	for _, p := range s.ports {
+	for _, p := range r.s.ports {
 		c, err := p.shim.Counters()
 		if err != nil {
 			continue
@@ -224,20 +326,9 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 		sh.PassND += c.PassND
 		sh.PassLocal += c.PassLocal
 		sh.DropNoSocket += c.DropNoSocket
-		rep.Counters = append(rep.Counters, shimCounters(c, p.name, true)...)
+		r.cnt = append(r.cnt, shimCounters(c, p.name, true)...)
 	}
-	rep.Counters = append(rep.Counters, shimCounters(sh, g, false)...)
-
-	rep.Interfaces = interfaceRows(ifs, s)
-
-	v4, v6 := st.Counts()
-	if sess == nil {
-		sess = new(dataplane.SessionCounts)
-	}
-	*sess = dataplane.SessionCounts{IPv4: v4, IPv6: v6, Total: v4 + v6}
-	rep.Sessions = sess
-	rep.Took = time.Since(start)
-	return nil
+	r.cnt = append(r.cnt, shimCounters(sh, scopeGlobal, false)...)
 }
 
 // arena hands out the Used pointers of one report from one allocation: a

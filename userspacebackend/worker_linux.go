@@ -6,6 +6,9 @@ import (
 	"runtime"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/policy"
 	"github.com/fwplane/fwplane/userspacebackend/internal/flowcache"
 	"github.com/fwplane/fwplane/userspacebackend/internal/pkt"
@@ -13,27 +16,46 @@ import (
 	"github.com/fwplane/fwplane/userspacebackend/internal/xsk"
 )
 
-// fwd is one frame of a batch that is to be forwarded.
+// Ways a frame of a batch leaves.
+const (
+	opForward  uint8 = iota // the frame, its MACs rewritten (and its tag dropped)
+	opFragment              // the frame as IPv4 fragments of at most mtu bytes
+	opICMP                  // an ICMP error built in the worker's scratch slot gen
+)
+
+// fwd is one frame of a batch that is to be transmitted.
 type fwd struct {
 	idx        int // in worker.rx
+	op         uint8
 	vlan       bool
+	gen        uint16 // opICMP: scratch slot
+	mtu        uint16 // opFragment: the egress MTU
+	l3, l4     uint16 // opFragment: header offsets in the frame
+	ipLen      uint16 // opFragment: IP datagram length
 	dmac, smac [6]byte
 	eg         *portView
 }
 
+// genSlot is the size of one scratch buffer for a generated ICMP error:
+// Ethernet, a VLAN tag and the largest error (an ICMPv6 one fits 1280
+// bytes, the IPv6 minimum MTU).
+const genSlot = 14 + 4 + 1280
+
 // worker is the per-binding datapath state. Everything here belongs to
 // the binding's goroutine; nothing allocates per packet.
 type worker struct {
-	bd    *binding
-	fc    *flowcache.Cache
-	xb    *xsk.Binding // the socket of the batch in flight
-	rx    []xsk.Desc
-	tx    []xsk.Desc
-	fwds  []fwd
-	group []fwd
-	done  []bool
-	info  pkt.Info
-	c     [numCounters]uint64
+	bd *binding
+	fc *flowcache.Cache
+	// fcSize is the tables.flow_cache fc was made for.
+	fcSize uint32
+	xb     *xsk.Binding // the socket of the batch in flight
+	rx     []xsk.Desc
+	tx     []xsk.Desc
+	fwds   []fwd
+	group  []fwd
+	done   []bool
+	info   pkt.Info
+	c      [numCounters]uint64
 	// Port mirroring: the 1-in-N counter, and scratch for the selected
 	// frames and their clones.
 	mseq uint64
@@ -41,21 +63,46 @@ type worker struct {
 	mtx  []xsk.Desc
 	// napTXCons is the socket's TX consumer index at the last nap.
 	napTXCons uint32
+	// ICMP errors generated in this batch: frames, lengths, count, and
+	// the IPv4 identification of the next one.
+	gen    [][genSlot]byte
+	genLen []uint16
+	ngen   int
+	icmpID uint16
 }
 
 func newWorker(bd *binding) *worker {
-	n := 64
-	return &worker{
-		bd:    bd,
-		fc:    flowcache.New(bd.be.flowCacheSize()),
-		rx:    make([]xsk.Desc, n),
-		tx:    make([]xsk.Desc, 0, n),
-		fwds:  make([]fwd, 0, n),
-		group: make([]fwd, 0, n),
-		done:  make([]bool, n),
-		msel:  make([]int, 0, n),
-		mtx:   make([]xsk.Desc, 0, n),
+	n := bd.be.flowCacheSize()
+	w := &worker{
+		bd:     bd,
+		fc:     flowcache.New(n),
+		fcSize: n,
+		gen:    make([][genSlot]byte, genSlots),
+		genLen: make([]uint16, genSlots),
 	}
+	w.size(dataplane.DefaultBatchSize)
+	return w
+}
+
+// genSlots bounds the ICMP errors one batch sends: more than the global
+// rate limit's burst (50), so the limit, not this, is what an operator
+// sees (icmp_errors_rate_limited).
+const genSlots = 64
+
+// size makes the per-batch scratch space hold n frames (a config's
+// userspace.batch_size). It allocates only when n grows, which happens
+// at a config change, not per packet.
+func (w *worker) size(n int) {
+	if n <= len(w.rx) {
+		return
+	}
+	w.rx = make([]xsk.Desc, n)
+	w.tx = make([]xsk.Desc, 0, n)
+	w.fwds = make([]fwd, 0, n)
+	w.group = make([]fwd, 0, n)
+	w.done = make([]bool, n)
+	w.msel = make([]int, 0, n)
+	w.mtx = make([]xsk.Desc, 0, n)
 }
 
 // loop forwards until the binding must stop, its link went down, or a
@@ -138,7 +185,14 @@ func (w *worker) iterate() bool {
 	bd := w.bd
 	snap := bd.be.snap.Load()
 	epoch := bd.be.epoch.Load()
-	batch := w.rx[:min(snap.batch, len(w.rx))]
+	w.size(snap.batch)
+	if n := bd.be.flowCacheSize(); n != w.fcSize {
+		// tables.flow_cache changed: a new, empty cache (the epoch bump
+		// of that Apply emptied the old one anyway).
+		w.fc, w.fcSize = flowcache.New(n), n
+		bd.fc.Store(w.fc)
+	}
+	batch := w.rx[:snap.batch]
 
 	bd.mu.Lock()
 	xb := bd.xb
@@ -179,14 +233,20 @@ func (w *worker) iterate() bool {
 // egress binding.
 func (w *worker) process(snap *snapshot, epoch uint64, xb *xsk.Binding, batch []xsk.Desc) {
 	now := w.bd.be.now()
-	in := w.bd.port.ifindex
+	in := snap.port(w.bd.port.ifindex)
+	if in == nil {
+		// The port left the config; its worker is being retired.
+		w.c[cDropEgressUnmanaged] += uint64(len(batch))
+		return
+	}
 	if snap.mirrors != nil {
 		// Before classify: it decrements the TTL in place.
-		if mv := snap.mirrors[in]; mv != nil {
+		if mv := snap.mirrors[in.ifindex]; mv != nil {
 			w.mirror(mv, xb, batch)
 		}
 	}
 	w.fwds = w.fwds[:0]
+	w.ngen = 0
 	for i, d := range batch {
 		frame := xb.Frame(d)
 		if f, ok := w.classify(snap, epoch, in, frame, now); ok {
@@ -218,9 +278,11 @@ func (w *worker) process(snap *snapshot, epoch uint64, xb *xsk.Binding, batch []
 	}
 }
 
-// classify decides one frame: forward (with the rewrite to apply) or drop
-// (counted). The frame's TTL is decremented in place when it is forwarded.
-func (w *worker) classify(snap *snapshot, epoch uint64, in int, frame []byte, now int64) (fwd, bool) {
+// classify decides one frame: forward (with the rewrite to apply), answer
+// (an ICMP error back out of the ingress port) or drop (counted). A
+// forwarded frame has its TTL decremented and a partial checksum
+// completed in place.
+func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []byte, now int64) (fwd, bool) {
 	info := &w.info
 	if err := pkt.Parse(frame, info); err != nil {
 		if errors.Is(err, pkt.ErrNotIP) {
@@ -232,18 +294,31 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in int, frame []byte, no
 	}
 	t := &info.Tuple
 	size := uint32(len(frame))
-	var f fwd
-	if d, ok := w.fc.Lookup(in, t, epoch); ok {
-		if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) {
-			w.c[cFlowCacheHits]++
-			w.c[cSessionHits]++
-			f = fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: d.DstMAC, smac: eg.mac, eg: eg}
-			return w.finish(f, frame)
+	icmpErr := info.Flags&pkt.FlagICMPError != 0
+	// SYN, FIN and RST move a session's state: never from the cache.
+	tcpCtl := t.Proto == unix.IPPROTO_TCP && info.TCPFlags&(session.TCPSyn|session.TCPFin|session.TCPRst) != 0
+	if !icmpErr && !tcpCtl {
+		if d, ok := w.fc.Lookup(in.ifindex, t, epoch); ok {
+			if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) {
+				w.c[cFlowCacheHits]++
+				w.c[cSessionHits]++
+				return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: d.DstMAC, smac: eg.mac, eg: eg}, frame, now)
+			}
+			w.fc.Invalidate(in.ifindex, t)
 		}
-		w.fc.Invalidate(in, t)
 	}
 
-	hit, _, live := snap.sessions.Lookup(*t, now, size)
+	// An ICMP error is never a flow of its own: no session lookup.
+	var res session.Result
+	sp := session.Packet{Tuple: *t, Zone: in.zone, TCPFlags: info.TCPFlags, Size: size}
+	if !icmpErr {
+		res = snap.sessions.Track(&sp, now)
+		if res.Verdict == session.WrongZone {
+			// Anti-spoofing: the tuple's session belongs to other zones.
+			w.c[cDropZoneMismatch]++
+			return fwd{}, false
+		}
+	}
 	w.c[cRouteLookups]++
 	dst := t.DstAddr()
 	out, gw, err := snap.router.Lookup(dst)
@@ -266,27 +341,20 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in int, frame []byte, no
 		w.c[cDropEgressUnmanaged]++
 		return fwd{}, false
 	}
-	ref := hit.Ref
-	if live {
+	switch {
+	case icmpErr:
+		if !w.relatedError(snap, in, frame, now) {
+			w.c[cDropICMPUnrelated]++
+			return fwd{}, false
+		}
+		w.c[cRelatedICMP]++
+	case res.Verdict == session.Hit:
 		w.c[cSessionHits]++
-	} else {
-		if allow, _ := snap.policy.Decide(in, out, *t); !allow {
-			w.c[cDropPolicy]++
+	default:
+		var ok bool
+		if res, ok = w.newSession(snap, in, eg, &sp, now); !ok {
 			return fwd{}, false
 		}
-		e, created, err := snap.sessions.Insert(*t, now, size, uint32(snap.gen))
-		if err != nil {
-			w.c[cDropSessionsFull]++
-			return fwd{}, false
-		}
-		if created {
-			if t.Family == policy.FamilyIPv4 {
-				w.c[cSessionsCreated4]++
-			} else {
-				w.c[cSessionsCreated6]++
-			}
-		}
-		ref = e.Ref
 	}
 	nh := gw
 	if !nh.IsValid() {
@@ -301,18 +369,106 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in int, frame []byte, no
 		w.c[cDropNoNeighbor]++
 		return fwd{}, false
 	}
-	w.fc.Insert(in, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: ref, Dir: session.Forward})
-	f = fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}
-	return w.finish(f, frame)
+	if !icmpErr && settled(&res, t.Proto, info.TCPFlags) {
+		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir})
+	}
+	return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}, frame, now)
 }
 
-// finish applies the TTL rule to a frame that is to be forwarded.
-func (w *worker) finish(f fwd, frame []byte) (fwd, bool) {
-	if w.info.TTL <= 1 {
-		w.c[cDropTTL]++
-		return fwd{}, false
+// newSession judges the first packet of a flow, sp, arriving on in and
+// routed to eg: the SYN check (TCP), the policy, and the session it
+// creates, between the two ports' zones. ok is false when it is dropped
+// (counted).
+func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet, now int64) (session.Result, bool) {
+	t := &sp.Tuple
+	st := dataplane.StateUnreplied
+	if t.Proto == unix.IPPROTO_TCP {
+		switch f := sp.TCPFlags; {
+		case f&(session.TCPSyn|session.TCPAck|session.TCPRst) == session.TCPSyn:
+			st = dataplane.StateOpening
+		case snap.tcpPickup && f&session.TCPRst == 0:
+			st = dataplane.StateEstablished // picked up mid-stream, not assured
+		default:
+			w.c[cDropTCPNotSYN]++
+			return session.Result{}, false
+		}
 	}
-	if err := pkt.DecTTL(frame, int(w.info.L3Off)); err != nil {
+	if allow, _ := snap.policy.Decide(in.ifindex, eg.ifindex, *t); !allow {
+		w.c[cDropPolicy]++
+		return session.Result{}, false
+	}
+	e, created, err := snap.sessions.Create(sp, st, in.zone, eg.zone, now)
+	if err != nil {
+		w.c[cSessionTableFull]++
+		return session.Result{}, false
+	}
+	if created {
+		if t.Family == policy.FamilyIPv4 {
+			w.c[cSessionsCreated4]++
+		} else {
+			w.c[cSessionsCreated6]++
+		}
+	}
+	r := session.Result{Verdict: session.Hit, Ref: e.Ref, State: e.State, Assured: e.Assured}
+	if e.Tuple != *t {
+		r.Dir = session.Reverse // another worker created it from the other side
+	}
+	return r, true
+}
+
+// settled reports whether the flow cache may serve the packets of this
+// (ingress, direction) from now on: nothing they can carry changes the
+// session's state (TCP: established and assured, and SYN, FIN and RST
+// never use the cache; others: replied, or unreplied seen from the
+// initiator's side).
+func settled(r *session.Result, proto, flags uint8) bool {
+	if proto == unix.IPPROTO_TCP {
+		return r.State == dataplane.StateEstablished && r.Assured && flags&(session.TCPSyn|session.TCPFin|session.TCPRst) == 0
+	}
+	return r.State == dataplane.StateReplied || r.State == dataplane.StateUnreplied && r.Dir == session.Forward
+}
+
+// finish applies what the kernel's forwarding path would to a packet
+// that is to be forwarded (see icmp_linux.go): the TTL rule (drop and
+// answer time exceeded), the egress MTU (fragment, or drop and answer
+// too big), then it completes a checksum offload left partial and
+// decrements the TTL.
+func (w *worker) finish(in *portView, f fwd, frame []byte, now int64) (fwd, bool) {
+	info := &w.info
+	v4 := info.Tuple.Family == policy.FamilyIPv4
+	if info.TTL <= 1 {
+		w.c[cDropTTL]++
+		typ := uint8(pkt.ICMPTimeExceeded)
+		if !v4 {
+			typ = pkt.ICMPv6TimeExceeded
+		}
+		r, ok := w.icmpError(in, frame, now, typ, 0, 0)
+		if ok {
+			w.c[cICMPTimeExceeded]++
+		}
+		return r, ok
+	}
+	if mtu := f.eg.mtu.Load(); mtu != 0 && uint32(info.IPLen) > mtu {
+		if pkt.Fragments(info, int(mtu)) == 0 {
+			w.c[cDropTooBig]++
+			typ, code := uint8(pkt.ICMPDestUnreach), uint8(pkt.ICMPFragNeeded)
+			if !v4 {
+				typ, code = pkt.ICMPv6PacketTooBig, 0
+			}
+			r, ok := w.icmpError(in, frame, now, typ, code, mtu)
+			if ok {
+				w.c[cICMPTooBig]++
+			}
+			return r, ok
+		}
+		w.c[cFragmented]++
+		f.op, f.mtu = opFragment, uint16(mtu)
+		f.l3, f.l4, f.ipLen = info.L3Off, info.L4Off, info.IPLen
+	}
+	if pkt.CompletePartialChecksum(frame, info) {
+		w.c[cChecksumsCompleted]++
+	}
+	if err := pkt.DecTTL(frame, int(info.L3Off)); err != nil {
 		w.c[cDropParse]++
 		return fwd{}, false
 	}
@@ -353,26 +509,11 @@ func (w *worker) enqueue(eb *binding, src *xsk.Binding, items []fwd) *xsk.Bindin
 	handed := 0
 	defer releaseOnPanic(exb, &descs, &handed)
 	for k, it := range items {
-		td, ok := exb.AllocTX()
-		if !ok {
+		if !w.stage(exb, src, it, &descs) {
 			w.c[cBackpressureDrops] += uint64(len(items) - k)
 			w.c[cBackpressureEvents]++
 			break
 		}
-		in := src.Frame(w.rx[it.idx])
-		out := exb.Frame(td)
-		out = out[:cap(out)]
-		copy(out[0:6], it.dmac[:])
-		copy(out[6:12], it.smac[:])
-		var n int
-		if it.vlan {
-			// Egress is the routed interface, untagged: drop the tag.
-			n = 12 + copy(out[12:], in[16:])
-		} else {
-			n = 12 + copy(out[12:], in[12:])
-		}
-		td.Len = uint32(n)
-		descs = append(descs, td)
 	}
 	if len(descs) == 0 {
 		return nil
@@ -388,6 +529,65 @@ func (w *worker) enqueue(eb *binding, src *xsk.Binding, items []fwd) *xsk.Bindin
 	w.c[cForwarded] += uint64(q)
 	w.tx = descs[:0]
 	return exb
+}
+
+// stage allocates the egress frames of one item in exb's UMEM, writes
+// them and appends them to *descs. It reports false, having allocated
+// nothing for the item, when exb has too few free frames.
+func (w *worker) stage(exb *xsk.Binding, src *xsk.Binding, it fwd, descs *[]xsk.Desc) bool {
+	switch it.op {
+	case opICMP:
+		td, ok := exb.AllocTX()
+		if !ok {
+			return false
+		}
+		out := exb.Frame(td)
+		td.Len = uint32(copy(out[:cap(out)], w.gen[it.gen][:w.genLen[it.gen]]))
+		*descs = append(*descs, td)
+		return true
+	case opFragment:
+		in := src.Frame(w.rx[it.idx])
+		info := pkt.Info{L3Off: it.l3, L4Off: it.l4, IPLen: it.ipLen}
+		info.Tuple.Family = policy.FamilyIPv4
+		n := pkt.Fragments(&info, int(it.mtu))
+		first := len(*descs)
+		for k := range n {
+			td, ok := exb.AllocTX()
+			if !ok {
+				// All of the packet's fragments or none.
+				_ = exb.Release((*descs)[first:])
+				*descs = (*descs)[:first]
+				return false
+			}
+			out := exb.Frame(td)
+			out = out[:cap(out)]
+			copy(out[0:6], it.dmac[:])
+			copy(out[6:12], it.smac[:])
+			out[12], out[13] = 0x08, 0x00 // untagged IPv4
+			td.Len = uint32(14 + pkt.WriteFragment(out[14:], in, &info, int(it.mtu), k))
+			*descs = append(*descs, td)
+		}
+		return true
+	}
+	td, ok := exb.AllocTX()
+	if !ok {
+		return false
+	}
+	in := src.Frame(w.rx[it.idx])
+	out := exb.Frame(td)
+	out = out[:cap(out)]
+	copy(out[0:6], it.dmac[:])
+	copy(out[6:12], it.smac[:])
+	var n int
+	if it.vlan {
+		// Egress is the routed interface, untagged: drop the tag.
+		n = 12 + copy(out[12:], in[16:])
+	} else {
+		n = 12 + copy(out[12:], in[12:])
+	}
+	td.Len = uint32(n)
+	*descs = append(*descs, td)
+	return true
 }
 
 // releaseOnPanic, deferred by code that allocates frames of another

@@ -55,6 +55,9 @@ func specFrame(r *rand.Rand) (f []byte, want Info) {
 			want.Tuple.Proto = packet.ProtoICMPv6
 		}
 	}
+	if !v6 {
+		want.Flags |= FlagDontFragment // the builder sets DF on every IPv4 frame
+	}
 	want.TTL = s.TTL
 	if want.TTL == 0 {
 		want.TTL = packet.DefaultTTL

@@ -54,6 +54,13 @@ const (
 	FlagLaterFragment
 	// FlagIPv4Options: the IPv4 header has options (IHL > 5).
 	FlagIPv4Options
+	// FlagDontFragment: an IPv4 packet with DF set. (IPv6 packets are
+	// never fragmented on the way.)
+	FlagDontFragment
+	// FlagICMPError: an ICMP error about another packet (ICMP destination
+	// unreachable, time exceeded, parameter problem; ICMPv6 types 1-4),
+	// whose quote QuotedTuple reads.
+	FlagICMPError
 )
 
 // Info is the result of Parse. It is a plain value: reuse one per worker.
@@ -69,6 +76,11 @@ type Info struct {
 	// TTL is the IPv4 TTL or IPv6 hop limit.
 	TTL   uint8
 	Flags Flags
+	// TCPFlags is the TCP header's flags byte (FIN 0x01, SYN 0x02, RST
+	// 0x04, ACK 0x10); 0 for other protocols.
+	TCPFlags uint8
+	// ICMPType is the ICMP or ICMPv6 type; 0 for other protocols.
+	ICMPType uint8
 }
 
 // Parse parses frame into info. On error info is partly written and must
@@ -134,6 +146,9 @@ func parseIPv4(frame []byte, off int, info *Info) error {
 	info.IPLen = uint16(total)
 	info.L4Off = uint16(off + ihl)
 	frag := binary.BigEndian.Uint16(h[6:])
+	if frag&0x4000 != 0 {
+		info.Flags |= FlagDontFragment
+	}
 	if frag&0x3fff != 0 { // MF or a non-zero offset
 		info.Flags |= FlagFragment
 		if frag&0x1fff != 0 {
@@ -212,14 +227,20 @@ func parseL4(l4 []byte, info *Info, icmp uint8) error {
 		}
 		t.SrcPort = binary.BigEndian.Uint16(l4[0:])
 		t.DstPort = binary.BigEndian.Uint16(l4[2:])
+		if t.Proto == protoTCP {
+			info.TCPFlags = l4[13]
+		}
 	case icmp:
 		if len(l4) < 8 {
 			return ErrTruncated
 		}
 		typ := l4[0]
+		info.ICMPType = typ
 		if icmp == protoICMP && (typ == 8 || typ == 0) || icmp == protoICMPv6 && (typ == 128 || typ == 129) {
 			id := binary.BigEndian.Uint16(l4[4:])
 			t.SrcPort, t.DstPort = id, id
+		} else if isICMPError(icmp, typ) {
+			info.Flags |= FlagICMPError
 		}
 	}
 	return nil

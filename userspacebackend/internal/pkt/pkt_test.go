@@ -24,6 +24,7 @@ type frame struct {
 	extTypes []uint8
 	fragOff  uint16 // IPv4: offset in 8-byte units; IPv6: same
 	mf       bool
+	df       bool
 	options  int // IPv4 options, in 4-byte words
 	pad      int // Ethernet padding after the datagram
 }
@@ -56,6 +57,9 @@ func (f frame) bytes() []byte {
 		frag := f.fragOff
 		if f.mf {
 			frag |= 0x2000
+		}
+		if f.df {
+			frag |= 0x4000
 		}
 		binary.BigEndian.PutUint16(h[6:], frag|0x4000*0) // DF clear
 		h[8], h[9] = ttl, f.proto
@@ -101,6 +105,11 @@ func echo(typ uint8, id uint16) []byte {
 	return l
 }
 
+func tcpFlags(l []byte, flags byte) []byte {
+	l[13] = flags
+	return l
+}
+
 func fragExt(off uint16, mf bool) []byte {
 	e := make([]byte, 8)
 	v := off << 3
@@ -130,13 +139,19 @@ func TestParse(t *testing.T) {
 		{name: "tcp4 vlan, options, padding", f: frame{vlan: 0x2064, src: a4, dst: b4, proto: 6, ttl: 9, options: 2, pad: 10, l4: ports(1, 443, 20)},
 			want: Info{Tuple: tp(a4, b4, 6, 1, 443), L3Off: 18, L4Off: 46, IPLen: 48, TTL: 9, VLAN: 0x064, Flags: FlagVLAN | FlagIPv4Options}},
 		{name: "icmp4 echo request", f: frame{vlan: -1, src: a4, dst: b4, proto: 1, l4: echo(8, 0x1234)},
-			want: Info{Tuple: tp(a4, b4, 1, 0x1234, 0x1234), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64}},
+			want: Info{Tuple: tp(a4, b4, 1, 0x1234, 0x1234), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64, ICMPType: 8}},
 		{name: "icmp4 echo reply", f: frame{vlan: -1, src: b4, dst: a4, proto: 1, l4: echo(0, 0x1234)},
 			want: Info{Tuple: tp(b4, a4, 1, 0x1234, 0x1234), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64}},
 		{name: "icmp4 unreachable has no ports", f: frame{vlan: -1, src: a4, dst: b4, proto: 1, l4: echo(3, 0x1234)},
-			want: Info{Tuple: tp(a4, b4, 1, 0, 0), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64}},
+			want: Info{Tuple: tp(a4, b4, 1, 0, 0), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64, ICMPType: 3, Flags: FlagICMPError}},
+		{name: "icmp4 time exceeded is an error", f: frame{vlan: -1, src: a4, dst: b4, proto: 1, l4: echo(11, 0)},
+			want: Info{Tuple: tp(a4, b4, 1, 0, 0), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64, ICMPType: 11, Flags: FlagICMPError}},
+		{name: "icmpv6 packet too big is an error", f: frame{vlan: -1, src: a6, dst: b6, proto: 58, l4: echo(2, 0)},
+			want: Info{Tuple: tp(a6, b6, 58, 0, 0), L3Off: 14, L4Off: 54, IPLen: 48, TTL: 64, ICMPType: 2, Flags: FlagICMPError}},
+		{name: "tcp4 flags and DF", f: frame{vlan: -1, src: a4, dst: b4, proto: 6, df: true, l4: tcpFlags(ports(1, 443, 20), 0x12)},
+			want: Info{Tuple: tp(a4, b4, 6, 1, 443), L3Off: 14, L4Off: 34, IPLen: 40, TTL: 64, TCPFlags: 0x12, Flags: FlagDontFragment}},
 		{name: "icmpv6 type in ipv4 is not echo", f: frame{vlan: -1, src: a4, dst: b4, proto: 1, l4: echo(128, 5)},
-			want: Info{Tuple: tp(a4, b4, 1, 0, 0), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64}},
+			want: Info{Tuple: tp(a4, b4, 1, 0, 0), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64, ICMPType: 128}},
 		{name: "v4 first fragment", f: frame{vlan: -1, src: a4, dst: b4, proto: 17, mf: true, l4: ports(7, 8, 8)},
 			want: Info{Tuple: tp(a4, b4, 17, 7, 8), L3Off: 14, L4Off: 34, IPLen: 28, TTL: 64, Flags: FlagFragment}},
 		{name: "v4 later fragment", f: frame{vlan: -1, src: a4, dst: b4, proto: 17, fragOff: 100, l4: ports(7, 8, 8)},
@@ -146,9 +161,9 @@ func TestParse(t *testing.T) {
 		{name: "tcp6", f: frame{vlan: -1, src: a6, dst: b6, proto: 6, ttl: 3, l4: ports(5555, 22, 20)},
 			want: Info{Tuple: tp(a6, b6, 6, 5555, 22), L3Off: 14, L4Off: 54, IPLen: 60, TTL: 3}},
 		{name: "icmpv6 echo", f: frame{vlan: 5, src: a6, dst: b6, proto: 58, l4: echo(128, 77)},
-			want: Info{Tuple: tp(a6, b6, 58, 77, 77), L3Off: 18, L4Off: 58, IPLen: 48, TTL: 64, VLAN: 5, Flags: FlagVLAN}},
+			want: Info{Tuple: tp(a6, b6, 58, 77, 77), L3Off: 18, L4Off: 58, IPLen: 48, TTL: 64, VLAN: 5, Flags: FlagVLAN, ICMPType: 128}},
 		{name: "icmpv6 ns has no ports", f: frame{vlan: -1, src: a6, dst: b6, proto: 58, l4: echo(135, 77)},
-			want: Info{Tuple: tp(a6, b6, 58, 0, 0), L3Off: 14, L4Off: 54, IPLen: 48, TTL: 64}},
+			want: Info{Tuple: tp(a6, b6, 58, 0, 0), L3Off: 14, L4Off: 54, IPLen: 48, TTL: 64, ICMPType: 135}},
 		{name: "udp6 behind hop-by-hop and dest opts", f: frame{vlan: -1, src: a6, dst: b6, proto: 17, l4: ports(1, 2, 8),
 			ext: [][]byte{make([]byte, 8), {0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}, extTypes: []uint8{0, 60}},
 			want: Info{Tuple: tp(a6, b6, 17, 1, 2), L3Off: 14, L4Off: 78, IPLen: 72, TTL: 64}},

@@ -16,7 +16,7 @@ func filled(b *testing.B, sessions uint32) (*Table, []Tuple) {
 	for i := uint32(0); uint32(len(tuples)) < sessions; i++ {
 		tp := genTuple(i, i%4 == 0)
 		tp.DstPort = uint16(i >> 16)
-		if _, _, err := tb.Insert(tp, 0, 0, 1); err == nil {
+		if _, _, err := tb.Insert(tp, 0, 0); err == nil {
 			tuples = append(tuples, tp)
 		}
 	}
@@ -93,7 +93,7 @@ func BenchmarkInsertRemove(b *testing.B) {
 	ring := make([]Tuple, n*3/4)
 	for i := range ring {
 		ring[i] = genTuple(uint32(i), i%4 == 0)
-		if _, _, err := tb.Insert(ring[i], 0, 0, 1); err != nil {
+		if _, _, err := tb.Insert(ring[i], 0, 0); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -104,7 +104,7 @@ func BenchmarkInsertRemove(b *testing.B) {
 		tb.Remove(ring[i])
 		ring[i] = genTuple(next, next%4 == 0)
 		next++
-		if _, _, err := tb.Insert(ring[i], 0, 0, 1); err != nil {
+		if _, _, err := tb.Insert(ring[i], 0, 0); err != nil {
 			b.Fatal(err)
 		}
 		i++
@@ -125,12 +125,21 @@ func BenchmarkMemory(b *testing.B) {
 	}
 }
 
-// BenchmarkLookupBatch is the hit path through LookupBatch, 64 tuples per
+// packets makes a packet of every tuple, of any zone, 64 bytes.
+func packets(tuples []Tuple) []Packet {
+	ps := make([]Packet, len(tuples))
+	for i, tp := range tuples {
+		ps[i] = Packet{Tuple: tp, Zone: AnyZone, Size: 64}
+	}
+	return ps
+}
+
+// BenchmarkLookupBatch is the hit path through TrackBatch, 64 packets per
 // call, reported per lookup.
 func BenchmarkLookupBatch(b *testing.B) {
 	for _, n := range []uint32{4096, 65536, 1 << 20} {
 		tb, tuples := filled(b, n)
-		sizes := make([]uint32, BatchSize)
+		pkts := packets(tuples)
 		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			var batch Batch
@@ -139,7 +148,7 @@ func BenchmarkLookupBatch(b *testing.B) {
 				if i+BatchSize > len(tuples) {
 					i = 0
 				}
-				if h := tb.LookupBatch(&batch, tuples[i:i+BatchSize], 1, sizes); h != BatchSize {
+				if h := tb.TrackBatch(&batch, pkts[i:i+BatchSize], 1); h != BatchSize {
 					b.Fatalf("%d hits of %d", h, BatchSize)
 				}
 				i += BatchSize
@@ -154,14 +163,14 @@ func BenchmarkLookupBatch(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				w := int(worker.Add(1)-1) % par
 				chunk := len(tuples) / par
-				mine := tuples[w*chunk : (w+1)*chunk]
+				mine := pkts[w*chunk : (w+1)*chunk]
 				var batch Batch
 				i := 0
 				for pb.Next() {
 					if i+BatchSize > len(mine) {
 						i = 0
 					}
-					if h := tb.LookupBatch(&batch, mine[i:i+BatchSize], 1, sizes); h != BatchSize {
+					if h := tb.TrackBatch(&batch, mine[i:i+BatchSize], 1); h != BatchSize {
 						b.Errorf("%d hits", h)
 						return
 					}

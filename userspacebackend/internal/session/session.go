@@ -15,12 +15,27 @@ import (
 // Tuple is the flow key shared with the packet parser and policy matcher.
 type Tuple = policy.Tuple
 
-// ErrFull means the session's shard has no free slot and no expired session
-// to reclaim.
+// ErrFull means the session's shard has no free slot and no expired or
+// unassured session among the candidates examined.
 var ErrFull = errors.New("session table full")
 
-// reclaimBudget bounds the slots an Insert into a full shard examines.
-const reclaimBudget = 256
+// EarlyDropSample bounds the slots Create examines in a full shard for an
+// expired session (reclaimed) or an unassured one (early drop): the next
+// EarlyDropSample slots of the shard from its sweep cursor, which moves
+// on, so successive attempts examine the whole shard in turn.
+const EarlyDropSample = 64
+
+// AnyZone, as a packet's zone, skips the zone check; as a session's zones
+// (Insert) it accepts packets from any zone.
+const AnyZone = 0xffff
+
+// TCP flags Track reads.
+const (
+	TCPFin = 0x01
+	TCPSyn = 0x02
+	TCPRst = 0x04
+	TCPAck = 0x10
+)
 
 // Dir is the direction of a packet relative to its session's initiator.
 type Dir uint8
@@ -47,13 +62,15 @@ type Ref struct {
 // Entry is a copy of one session, seen from its initiator.
 type Entry struct {
 	Tuple Tuple // initiator -> responder
-	// ConfigGen is the config generation under which the flow was
-	// allowed; after an Apply the datapath re-decides older sessions.
-	ConfigGen uint32
-	LastSeen  int64
-	Packets   uint64
-	Bytes     uint64
-	Ref       Ref
+	// FromZone is the zone of the interface the first packet arrived on,
+	// ToZone the zone it was routed to (AnyZone: any).
+	FromZone, ToZone uint16
+	State            dataplane.SessionState
+	Assured          bool
+	LastSeen         int64
+	Packets          uint64
+	Bytes            uint64
+	Ref              Ref
 }
 
 // key is the canonical (direction-free) form of a tuple: side A is the
@@ -68,17 +85,34 @@ const (
 	keyMask      = 1<<48 - 1
 	flagLive     = 1 << 48
 	flagReversed = 1 << 49 // the initiator is side B
+	stateShift   = 50      // bits 50-52: the dataplane.SessionState
+	stateMask    = 7 << stateShift
+	flagAssured  = 1 << 53
+	flagReplied  = 1 << 54 // a packet of the reply direction was seen
+	flagFinFwd   = 1 << 55 // FIN seen from the initiator
+	flagFinRev   = 1 << 56 // FIN seen from the responder
 )
+
+func stateOf(k4 uint64) dataplane.SessionState {
+	return dataplane.SessionState((k4 & stateMask) >> stateShift)
+}
+
+func withState(k4 uint64, st dataplane.SessionState) uint64 {
+	return k4&^stateMask | uint64(st)<<stateShift
+}
 
 func (k *key) proto() uint8 { return uint8(k[4] >> 32) }
 func (k *key) fam() uint8   { return uint8(k[4] >> 40) }
 
 // slot is 72 bytes; see the package doc for the budget. Fields that the
 // lock-free hit path reads are written with atomic stores (under the shard
-// lock); last, packets and bytes are also updated atomically by that path.
+// lock); last, packets and bytes are also updated atomically by that path,
+// and the state bits of key[4] by compare-and-swap.
 type slot struct {
-	key    key    // 40, flags in key[4]
-	cfgGen uint32 // config generation; free-list link (slot+1) while free
+	key key // 40, flags and state in key[4]
+	// zones is FromZone | ToZone<<16; the free-list link (slot+1) while
+	// the slot is free.
+	zones uint32
 	// seq is a per-slot seqlock: odd while the slot is being rewritten,
 	// bumped by two on every insert and every free. A live slot's seq is
 	// the Ref generation.
@@ -89,17 +123,35 @@ type slot struct {
 }
 
 // store rewrites the whole slot inside its seqlock; the shard lock is held.
-func (sl *slot) store(k *key, cfgGen uint32, last int64, packets, bytes uint64) {
+func (sl *slot) store(k *key, zones uint32, last int64, packets, bytes uint64) {
 	atomic.AddUint32(&sl.seq, 1)
 	for j := range k {
 		atomic.StoreUint64(&sl.key[j], k[j])
 	}
-	atomic.StoreUint32(&sl.cfgGen, cfgGen)
+	atomic.StoreUint32(&sl.zones, zones)
 	atomic.StoreInt64(&sl.last, last)
 	atomic.StoreUint64(&sl.packets, packets)
 	atomic.StoreUint64(&sl.bytes, bytes)
 	atomic.AddUint32(&sl.seq, 1)
 }
+
+// Every read of key[4] is atomic, under the shard lock too: the lock-free
+// hit path moves its state bits by compare-and-swap without the lock.
+
+// loadKey copies the slot's key.
+func (sl *slot) loadKey() key {
+	return key{atomic.LoadUint64(&sl.key[0]), atomic.LoadUint64(&sl.key[1]), atomic.LoadUint64(&sl.key[2]),
+		atomic.LoadUint64(&sl.key[3]), atomic.LoadUint64(&sl.key[4])}
+}
+
+// keyEqual reports whether the slot holds key k (flags aside); the shard
+// lock is held, so only key[4] can change meanwhile.
+func (sl *slot) keyEqual(k *key) bool {
+	return sl.key[0] == k[0] && sl.key[1] == k[1] && sl.key[2] == k[2] && sl.key[3] == k[3] &&
+		(atomic.LoadUint64(&sl.key[4])^k[4])&keyMask == 0
+}
+
+func (sl *slot) live() bool { return atomic.LoadUint64(&sl.key[4])&flagLive != 0 }
 
 // account records one packet on a live slot.
 func (sl *slot) account(now int64, size uint32) {
@@ -111,19 +163,22 @@ func (sl *slot) account(now int64, size uint32) {
 }
 
 type shard struct {
-	mu      sync.Mutex
-	used    atomic.Uint32
-	v4, v6  atomic.Uint32
-	expired atomic.Uint64
-	refused atomic.Uint64
-	cap     uint32
-	hwm     uint32 // slots [0, hwm) have been handed out at least once
-	free    uint32 // head of the free list, slot+1; 0 = empty
-	cursor  uint32 // sweep position in [0, hwm)
-	mask    uint32
-	slots   []slot
-	index   []uint64 // hash32<<32 | slot+1; 0 = empty
-	_       [40]byte // keep neighbouring shards' hot words on other cache lines
+	mu        sync.Mutex
+	used      atomic.Uint32
+	v4, v6    atomic.Uint32
+	unassured atomic.Uint32
+	expired   atomic.Uint64
+	refused   atomic.Uint64
+	earlyDrop atomic.Uint64
+	reopened  atomic.Uint64
+	cap       uint32
+	hwm       uint32 // slots [0, hwm) have been handed out at least once
+	free      uint32 // head of the free list, slot+1; 0 = empty
+	cursor    uint32 // sweep and early-drop position in [0, hwm)
+	mask      uint32
+	slots     []slot
+	index     []uint64 // hash32<<32 | slot+1; 0 = empty
+	_         [32]byte // keep neighbouring shards' hot words on other cache lines
 }
 
 // Table is a sharded session table. See the package documentation.
@@ -132,8 +187,25 @@ type Table struct {
 	shift     uint // hash >> shift selects the shard
 	seed      uint64
 	capacity  uint64
-	timeouts  [4]atomic.Int64 // tcp, udp, icmp, other; SetTimeouts may change them
+	tt        atomic.Pointer[timeoutTable]
 	nextSweep atomic.Uint32
+	// agingAt is the fill at which early aging starts (80 %).
+	agingAt int64
+	_       [64]byte
+	// used is the table's fill, kept apart from the read-mostly fields:
+	// every insert and removal writes it.
+	used atomic.Int64
+	_    [56]byte
+	// aging is set while used >= agingAt; written only when it flips, so
+	// the hit path reads a line that stays shared.
+	aging atomic.Bool
+}
+
+// timeoutTable holds the idle timeouts, in nanoseconds, by protocol class
+// (tcp, udp, icmp, other) and state; aged are the same with early aging
+// (unassured states divided by the factor).
+type timeoutTable struct {
+	norm, aged [4][8]int64
 }
 
 // New returns a table holding at most capacity sessions in shards shards.
@@ -157,6 +229,7 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 		shift:    uint(64 - bits.TrailingZeros32(shards)),
 		seed:     rand.Uint64() | 1,
 		capacity: uint64(capacity),
+		agingAt:  (int64(capacity)*4 + 4) / 5,
 	}
 	t.SetTimeouts(timeouts)
 	per, extra := capacity/shards, capacity%shards
@@ -187,26 +260,58 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 	return t
 }
 
-// SetTimeouts replaces the idle timeouts (a config change). Sessions are
-// judged by the new timeouts from the next lookup on. Safe for concurrent
-// use with the datapath.
+// SetTimeouts replaces the idle timeouts and the early aging factor (a
+// config change). Sessions are judged by the new timeouts from the next
+// lookup on. Safe for concurrent use with the datapath.
 func (t *Table) SetTimeouts(timeouts dataplane.Timeouts) {
-	for i, p := range [4]uint8{6, 17, 1, 0} {
-		t.timeouts[i].Store(int64(timeouts.For(p)))
+	tt := &timeoutTable{}
+	factor := int64(timeouts.EarlyAgingFactorOrDefault())
+	for c, proto := range [4]uint8{6, 17, 1, 0} {
+		for st := range 8 {
+			d := int64(timeouts.ForState(proto, dataplane.SessionState(st)))
+			tt.norm[c][st], tt.aged[c][st] = d, d
+			if dataplane.SessionState(st).Unassured() {
+				tt.aged[c][st] = d / factor
+			}
+		}
+	}
+	t.tt.Store(tt)
+}
+
+func protoClass(proto uint8) int {
+	switch proto {
+	case 6:
+		return 0
+	case 17:
+		return 1
+	case 1, 58:
+		return 2
+	}
+	return 3
+}
+
+// timeoutOf is the idle timeout of a session whose key word 4 is k4.
+func (t *Table) timeoutOf(k4 uint64) int64 {
+	tt := t.tt.Load()
+	c, st := protoClass(uint8(k4>>32)), (k4&stateMask)>>stateShift
+	if t.aging.Load() {
+		return tt.aged[c][st]
+	}
+	return tt.norm[c][st]
+}
+
+// grow adds d (+1 or -1) to the table's fill and flips early aging when
+// the fill crosses 80 %.
+func (t *Table) grow(d int64) {
+	on := t.used.Add(d) >= t.agingAt
+	if t.aging.Load() != on {
+		t.aging.Store(on)
 	}
 }
 
-func (t *Table) timeout(proto uint8) int64 {
-	switch proto {
-	case 6:
-		return t.timeouts[0].Load()
-	case 17:
-		return t.timeouts[1].Load()
-	case 1, 58:
-		return t.timeouts[2].Load()
-	}
-	return t.timeouts[3].Load()
-}
+// EarlyAging reports whether the table is at or above 80 % full, when the
+// timeouts of unassured states are divided by the early aging factor.
+func (t *Table) EarlyAging() bool { return t.aging.Load() }
 
 // canonical returns the direction-free key of tp and whether tp runs from
 // side B to side A.
@@ -236,10 +341,6 @@ func (k *key) tuple(reversed bool) Tuple {
 	be.PutUint64(tp.Dst[8:], k[b+1])
 	tp.SrcPort, tp.DstPort = pa, pb
 	return tp
-}
-
-func (k *key) equal(o *key) bool {
-	return k[0] == o[0] && k[1] == o[1] && k[2] == o[2] && k[3] == o[3] && (k[4]^o[4])&keyMask == 0
 }
 
 func mix(a, b uint64) uint64 {
@@ -273,7 +374,7 @@ func (s *shard) find(k *key, h uint64) (pos int, sl int) {
 		}
 		if uint32(e>>32) == h32 {
 			n := int(uint32(e)) - 1
-			if s.slots[n].key.equal(k) {
+			if s.slots[n].keyEqual(k) {
 				return int(i), n
 			}
 		}
@@ -308,40 +409,49 @@ func (s *shard) unindex(pos int) {
 }
 
 // release frees slot n (already unindexed).
-func (s *shard) release(n int) {
+func (t *Table) release(s *shard, n int) {
 	sl := &s.slots[n]
-	if sl.key.fam() == policy.FamilyIPv4 {
+	if uint8(atomic.LoadUint64(&sl.key[4])>>40) == policy.FamilyIPv4 {
 		s.v4.Add(^uint32(0))
 	} else {
 		s.v6.Add(^uint32(0))
 	}
+	if atomic.LoadUint64(&sl.key[4])&flagAssured == 0 {
+		s.unassured.Add(^uint32(0))
+	}
 	sl.store(&key{}, s.free, 0, 0, 0)
 	s.free = uint32(n) + 1
 	s.used.Add(^uint32(0))
+	t.grow(-1)
 }
 
 // removeSlot removes live slot n, finding its index position by hashing.
 func (t *Table) removeSlot(s *shard, n int) {
-	pos, _ := s.find(&s.slots[n].key, t.hash(&s.slots[n].key))
+	k := s.slots[n].loadKey()
+	pos, _ := s.find(&k, t.hash(&k))
 	s.unindex(pos)
-	s.release(n)
+	t.release(s, n)
 }
 
 func (t *Table) expiredAt(sl *slot, now int64) bool {
-	return now-atomic.LoadInt64(&sl.last) > t.timeout(uint8(atomic.LoadUint64(&sl.key[4])>>32))
+	return now-atomic.LoadInt64(&sl.last) > t.timeoutOf(atomic.LoadUint64(&sl.key[4]))
 }
 
 func (s *shard) entry(n int, shardIdx int) Entry {
 	sl := &s.slots[n]
+	k := sl.loadKey()
+	k4 := k[4]
+	z := atomic.LoadUint32(&sl.zones)
 	return Entry{
-		Tuple: sl.key.tuple(sl.key[4]&flagReversed != 0), ConfigGen: sl.cfgGen,
+		Tuple: k.tuple(k4&flagReversed != 0), FromZone: uint16(z), ToZone: uint16(z >> 16),
+		State: stateOf(k4), Assured: k4&flagAssured != 0,
 		LastSeen: atomic.LoadInt64(&sl.last), Packets: atomic.LoadUint64(&sl.packets), Bytes: atomic.LoadUint64(&sl.bytes),
 		Ref: Ref{Shard: uint32(shardIdx), Slot: uint32(n), Gen: sl.seq},
 	}
 }
 
 func dirOf(sl *slot, reversed bool) Dir {
-	if reversed != (sl.key[4]&flagReversed != 0) {
+	if reversed != (atomic.LoadUint64(&sl.key[4])&flagReversed != 0) {
 		return Reverse
 	}
 	return Forward
@@ -355,30 +465,130 @@ func (t *Table) shardOf(h uint64) (*shard, int) {
 	return &t.shards[i], i
 }
 
-// Hit is what the datapath needs from a session lookup; Get returns the
-// whole session.
-type Hit struct {
-	Ref       Ref
-	ConfigGen uint32
+// Packet is what Track needs to know about a packet.
+type Packet struct {
+	Tuple Tuple
+	// Zone is the zone of the interface the packet arrived on; AnyZone
+	// skips the zone check.
+	Zone uint16
+	// TCPFlags is the TCP header's flags byte (0 for other protocols).
+	TCPFlags uint8
+	// Size is counted in the session's bytes.
+	Size uint32
 }
 
-// Lookup finds the session of tp, in either direction. On a hit it
-// refreshes the idle timer, counts one packet of size bytes and returns the
-// session's ref and config generation and the packet's direction. An
-// expired session is removed and reported as a miss.
+// Verdict is what Track found.
+type Verdict uint8
+
+const (
+	// Miss: no live session (a closed TCP session that a SYN met has just
+	// been ended: the SYN is a new flow's first packet).
+	Miss Verdict = iota
+	// Hit: the session forwards the packet; it was refreshed, counted and
+	// moved on by the packet.
+	Hit
+	// WrongZone: the flow has a live session but the packet arrived from
+	// a zone that is neither the session's FromZone (initiator's
+	// direction) nor its ToZone (reply direction). The session is left as
+	// it was.
+	WrongZone
+)
+
+// Result is Track's answer.
+type Result struct {
+	Verdict Verdict
+	Ref     Ref
+	Dir     Dir
+	// State and Assured are the session's after the packet.
+	State   dataplane.SessionState
+	Assured bool
+}
+
+// advance returns k4 moved on by a packet of direction d with TCP flags
+// (the session model of dataplane/session.go), and whether the packet is
+// a SYN meeting a closed session, which ends it instead.
+func advance(k4 uint64, d Dir, flags uint8) (uint64, bool) {
+	st := stateOf(k4)
+	if uint8(k4>>32) != 6 {
+		if d == Reverse && st == dataplane.StateUnreplied {
+			return withState(k4|flagReplied|flagAssured, dataplane.StateReplied), false
+		}
+		return k4, false
+	}
+	if st == dataplane.StateClosed && flags&(TCPSyn|TCPAck|TCPRst) == TCPSyn {
+		return k4, true
+	}
+	if d == Reverse {
+		k4 |= flagReplied
+	}
+	switch {
+	case flags&TCPRst != 0:
+		st = dataplane.StateClosed
+	case flags&TCPFin != 0:
+		if d == Forward {
+			k4 |= flagFinFwd
+		} else {
+			k4 |= flagFinRev
+		}
+		switch {
+		case k4&flagFinFwd != 0 && k4&flagFinRev != 0:
+			st = dataplane.StateClosed
+		case st == dataplane.StateOpening || st == dataplane.StateEstablished:
+			st = dataplane.StateClosing
+		}
+	case st == dataplane.StateOpening && d == Forward && flags&(TCPAck|TCPSyn) == TCPAck && k4&flagReplied != 0:
+		st = dataplane.StateEstablished
+		k4 |= flagAssured
+	}
+	if st == dataplane.StateEstablished && k4&flagReplied != 0 {
+		// A picked-up session is assured once the other side answers.
+		k4 |= flagAssured
+	}
+	return withState(k4, st), false
+}
+
+// moves reports whether a packet may change the session's state: the
+// packets of an assured TCP session that carry no SYN, FIN or RST, of a
+// replied session, and of an unreplied one in the initiator's direction
+// (almost every packet) change nothing.
+func moves(k4 uint64, d Dir, flags uint8) bool {
+	st := stateOf(k4)
+	if uint8(k4>>32) == 6 {
+		return st != dataplane.StateEstablished || k4&flagAssured == 0 || flags&(TCPSyn|TCPFin|TCPRst) != 0
+	}
+	return st == dataplane.StateUnreplied && d == Reverse
+}
+
+// zoneOK reports whether a packet of direction d from zone z may use a
+// session with zones zs.
+func zoneOK(zs uint32, d Dir, z uint16) bool {
+	if z == AnyZone {
+		return true
+	}
+	want := uint16(zs)
+	if d == Reverse {
+		want = uint16(zs >> 16)
+	}
+	return want == z || want == AnyZone
+}
+
+// Track finds the live session of p's flow (either direction) and applies
+// the packet to it: the zone check, the state transitions of the session
+// model, the idle timer and the counters. See Verdict for the outcomes.
+// An expired session is removed and reported as a Miss.
 //
 // The hit path takes no lock: it probes the index and validates the slot
-// with its seqlock. Anything unusual (a slot being rewritten, an expired
-// session, a miss, which a concurrent move of an index word could fake)
-// is settled again under the shard lock, so a Lookup never misses a
+// with its seqlock, and moves the state bits with a compare-and-swap.
+// Anything unusual (a slot being rewritten, an expired session, a miss,
+// which a concurrent move of an index word could fake, a closed session
+// to end) is settled again under the shard lock, so Track never misses a
 // session that exists for its whole duration.
-func (t *Table) Lookup(tp Tuple, now int64, size uint32) (Hit, Dir, bool) {
-	k, rev := canonical(&tp)
-	return t.lookup(&k, t.hash(&k), rev, now, size)
+func (t *Table) Track(p *Packet, now int64) Result {
+	k, rev := canonical(&p.Tuple)
+	return t.track(&k, t.hash(&k), rev, p, now)
 }
 
-func (t *Table) lookup(kp *key, h uint64, rev bool, now int64, size uint32) (Hit, Dir, bool) {
-	k := kp
+func (t *Table) track(k *key, h uint64, rev bool, p *Packet, now int64) Result {
 	s, si := t.shardOf(h)
 	h32 := uint32(h)
 	i := h32 & s.mask
@@ -387,55 +597,122 @@ func (t *Table) lookup(kp *key, h uint64, rev bool, now int64, size uint32) (Hit
 		if e == 0 {
 			break
 		}
-		if uint32(e>>32) == h32 {
-			n := uint32(e) - 1
-			if n >= uint32(len(s.slots)) {
-				break
-			}
-			sl := &s.slots[n]
-			q := atomic.LoadUint32(&sl.seq)
-			k4 := atomic.LoadUint64(&sl.key[4])
-			if q&1 == 0 && k4&flagLive != 0 && (k4^k[4])&keyMask == 0 &&
-				atomic.LoadUint64(&sl.key[0]) == k[0] && atomic.LoadUint64(&sl.key[1]) == k[1] &&
-				atomic.LoadUint64(&sl.key[2]) == k[2] && atomic.LoadUint64(&sl.key[3]) == k[3] {
-				cfg := atomic.LoadUint32(&sl.cfgGen)
-				expired := now-atomic.LoadInt64(&sl.last) > t.timeout(k.proto())
-				if !expired && atomic.LoadUint32(&sl.seq) == q {
-					// A removal racing with this update can leave one
-					// packet counted on the slot's next session: counters
-					// are statistics, the verdict is exact.
-					sl.account(now, size)
-					d := Forward
-					if rev != (k4&flagReversed != 0) {
-						d = Reverse
-					}
-					return Hit{Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, ConfigGen: cfg}, d, true
-				}
-			}
+		if uint32(e>>32) != h32 {
+			i = (i + 1) & s.mask
+			continue
+		}
+		n := uint32(e) - 1
+		if n >= uint32(len(s.slots)) {
 			break
 		}
-		i = (i + 1) & s.mask
+		sl := &s.slots[n]
+		q := atomic.LoadUint32(&sl.seq)
+		k4 := atomic.LoadUint64(&sl.key[4])
+		if q&1 != 0 || k4&flagLive == 0 || (k4^k[4])&keyMask != 0 ||
+			atomic.LoadUint64(&sl.key[0]) != k[0] || atomic.LoadUint64(&sl.key[1]) != k[1] ||
+			atomic.LoadUint64(&sl.key[2]) != k[2] || atomic.LoadUint64(&sl.key[3]) != k[3] {
+			break
+		}
+		zs := atomic.LoadUint32(&sl.zones)
+		if now-atomic.LoadInt64(&sl.last) > t.timeoutOf(k4) || atomic.LoadUint32(&sl.seq) != q {
+			break
+		}
+		d := Forward
+		if rev != (k4&flagReversed != 0) {
+			d = Reverse
+		}
+		if !zoneOK(zs, d, p.Zone) {
+			return Result{Verdict: WrongZone, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0}
+		}
+		nk4, end := k4, false
+		if moves(k4, d, p.TCPFlags) {
+			nk4, end = advance(k4, d, p.TCPFlags)
+		}
+		if end {
+			break
+		}
+		if nk4 != k4 {
+			if !atomic.CompareAndSwapUint64(&sl.key[4], k4, nk4) {
+				break // another packet moved it: settle under the lock
+			}
+			if nk4&flagAssured != 0 && k4&flagAssured == 0 {
+				s.unassured.Add(^uint32(0))
+			}
+		}
+		// A removal racing with this update can leave one packet counted
+		// on the slot's next session: counters are statistics, the
+		// verdict is exact.
+		sl.account(now, p.Size)
+		return Result{Verdict: Hit, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0}
 	}
-	return t.lookupLocked(s, si, k, h, rev, now, size)
+	return t.trackLocked(s, si, k, h, rev, p, now)
 }
 
-// BatchSize is the largest batch LookupBatch takes.
+func (t *Table) trackLocked(s *shard, si int, k *key, h uint64, rev bool, p *Packet, now int64) Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pos, n := s.find(k, h)
+	if n < 0 {
+		return Result{}
+	}
+	sl := &s.slots[n]
+	if t.expiredAt(sl, now) {
+		s.unindex(pos)
+		t.release(s, n)
+		s.expired.Add(1)
+		return Result{}
+	}
+	d := dirOf(sl, rev)
+	ref := Ref{Shard: uint32(si), Slot: uint32(n), Gen: sl.seq}
+	for {
+		// Lock-free hits may move the state bits meanwhile: CAS here too.
+		k4 := atomic.LoadUint64(&sl.key[4])
+		if !zoneOK(atomic.LoadUint32(&sl.zones), d, p.Zone) {
+			return Result{Verdict: WrongZone, Ref: ref, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0}
+		}
+		nk4, end := advance(k4, d, p.TCPFlags)
+		if end {
+			s.unindex(pos)
+			t.release(s, n)
+			s.reopened.Add(1)
+			return Result{}
+		}
+		if nk4 != k4 && !atomic.CompareAndSwapUint64(&sl.key[4], k4, nk4) {
+			continue
+		}
+		if nk4&flagAssured != 0 && k4&flagAssured == 0 {
+			s.unassured.Add(^uint32(0))
+		}
+		sl.account(now, p.Size)
+		return Result{Verdict: Hit, Ref: ref, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0}
+	}
+}
+
+// Lookup is Track for a packet of any zone without TCP flags: it finds
+// the live session of tp, counts one packet of size bytes on it and
+// returns its ref and the packet's direction. It is for callers that use
+// no session model (tests, benchmarks of the table).
+func (t *Table) Lookup(tp Tuple, now int64, size uint32) (Ref, Dir, bool) {
+	p := Packet{Tuple: tp, Zone: AnyZone, Size: size}
+	r := t.Track(&p, now)
+	return r.Ref, r.Dir, r.Verdict == Hit
+}
+
+// BatchSize is the largest batch TrackBatch takes.
 const BatchSize = 64
 
-// Batch is the scratch space and result of LookupBatch. Keep one per
+// Batch is the scratch space and result of TrackBatch. Keep one per
 // worker; it is about 8 KiB and reusing it keeps the path allocation-free.
 type Batch struct {
 	keys   [BatchSize]key
 	hashes [BatchSize]uint64
 	index  [BatchSize]uint64 // first index word of each key
 	rev    [BatchSize]bool
-	// Results, one per tuple.
-	Hits [BatchSize]Hit
-	Dirs [BatchSize]Dir
-	OK   [BatchSize]bool
+	// Results, one per packet.
+	Results [BatchSize]Result
 }
 
-// LookupBatch is Lookup for up to BatchSize tuples (more are ignored), with
+// TrackBatch is Track for up to BatchSize packets (more are ignored), with
 // the same effects, in order. On a table larger than the CPU caches the
 // time of a lookup is its two dependent cache misses (index word, slot),
 // so the batch is done in passes that overlap the misses of all its
@@ -443,12 +720,11 @@ type Batch struct {
 // does nothing else (so the core has as many loads in flight as it can
 // track, not the few that fit between hash computations), then every
 // candidate slot likewise, and only then the lookups, which find both in
-// cache. It returns the number of hits. sizes[i] is the size of packet i
-// (missing: 0).
-func (t *Table) LookupBatch(b *Batch, tps []Tuple, now int64, sizes []uint32) int {
-	n := min(len(tps), BatchSize)
+// cache. It returns the number of hits.
+func (t *Table) TrackBatch(b *Batch, ps []Packet, now int64) int {
+	n := min(len(ps), BatchSize)
 	for i := range n {
-		b.keys[i], b.rev[i] = canonical(&tps[i])
+		b.keys[i], b.rev[i] = canonical(&ps[i].Tuple)
 		b.hashes[i] = t.hash(&b.keys[i])
 	}
 	for i := range n {
@@ -467,12 +743,8 @@ func (t *Table) LookupBatch(b *Batch, tps []Tuple, now int64, sizes []uint32) in
 	batchSink.Store(sink) // keeps the touching loads from being optimised away
 	hits := 0
 	for i := range n {
-		var size uint32
-		if i < len(sizes) {
-			size = sizes[i]
-		}
-		b.Hits[i], b.Dirs[i], b.OK[i] = t.lookup(&b.keys[i], b.hashes[i], b.rev[i], now, size)
-		if b.OK[i] {
+		b.Results[i] = t.track(&b.keys[i], b.hashes[i], b.rev[i], &ps[i], now)
+		if b.Results[i].Verdict == Hit {
 			hits++
 		}
 	}
@@ -481,22 +753,28 @@ func (t *Table) LookupBatch(b *Batch, tps []Tuple, now int64, sizes []uint32) in
 
 var batchSink atomic.Uint64
 
-func (t *Table) lookupLocked(s *shard, si int, k *key, h uint64, rev bool, now int64, size uint32) (Hit, Dir, bool) {
+// Related reports whether q, the packet an ICMP error quotes, belongs to
+// a live session and the error, travelling the other way, arrived from
+// zone (the session's zone on the quoted packet's destination side). It
+// neither refreshes nor counts anything, and takes the shard lock
+// (errors are rare).
+func (t *Table) Related(q Tuple, zone uint16, now int64) bool {
+	k, rev := canonical(&q)
+	h := t.hash(&k)
+	s, _ := t.shardOf(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	pos, n := s.find(k, h)
-	if n < 0 {
-		return Hit{}, Forward, false
+	_, n := s.find(&k, h)
+	if n < 0 || t.expiredAt(&s.slots[n], now) {
+		return false
 	}
 	sl := &s.slots[n]
-	if t.expiredAt(sl, now) {
-		s.unindex(pos)
-		s.release(n)
-		s.expired.Add(1)
-		return Hit{}, Forward, false
+	// The error travels against the quoted packet.
+	d := Reverse
+	if dirOf(sl, rev) == Reverse {
+		d = Forward
 	}
-	sl.account(now, size)
-	return Hit{Ref: Ref{Shard: uint32(si), Slot: uint32(n), Gen: sl.seq}, ConfigGen: sl.cfgGen}, dirOf(sl, rev), true
+	return zoneOK(atomic.LoadUint32(&sl.zones), d, zone)
 }
 
 // Get returns a copy of the session ref names.
@@ -507,18 +785,30 @@ func (t *Table) Get(ref Ref) (Entry, bool) {
 	s := &t.shards[ref.Shard]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ref.Slot >= s.hwm || s.slots[ref.Slot].key[4]&flagLive == 0 || s.slots[ref.Slot].seq != ref.Gen {
+	if ref.Slot >= s.hwm || !s.slots[ref.Slot].live() || s.slots[ref.Slot].seq != ref.Gen {
 		return Entry{}, false
 	}
 	return s.entry(int(ref.Slot), int(ref.Shard)), true
 }
 
-// Insert creates the session of tp, whose initiator is tp's source, allowed
-// under config generation gen, and counts tp's first packet of size bytes.
-// If the flow already has a live session (in either direction) that one is
-// refreshed and returned with created false.
-func (t *Table) Insert(tp Tuple, now int64, size uint32, gen uint32) (e Entry, created bool, err error) {
-	k, rev := canonical(&tp)
+// Create creates the session of p's flow, whose initiator is p.Tuple's
+// source, in state st (assured when the state says both sides were seen:
+// StateReplied; callers create TCP sessions opening, or established when
+// picked up mid-stream, both unassured), between zones from and to, and
+// counts p. If the flow already has a live session (in either direction)
+// that one is refreshed and returned with created false.
+//
+// When p's shard is full, Create examines EarlyDropSample slots: every
+// expired session among them is reclaimed; if none was, the unassured
+// session among them idle the longest is evicted (early drop, counted).
+// An assured, unexpired session is never evicted. If nothing could be
+// freed Create returns ErrFull and counts the refusal.
+func (t *Table) Create(p *Packet, st dataplane.SessionState, from, to uint16, now int64) (e Entry, created bool, err error) {
+	return t.create(p, st, st == dataplane.StateReplied, from, to, now)
+}
+
+func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from, to uint16, now int64) (e Entry, created bool, err error) {
+	k, rev := canonical(&p.Tuple)
 	h := t.hash(&k)
 	s, si := t.shardOf(h)
 	s.mu.Lock()
@@ -526,34 +816,34 @@ func (t *Table) Insert(tp Tuple, now int64, size uint32, gen uint32) (e Entry, c
 	if pos, n := s.find(&k, h); n >= 0 {
 		sl := &s.slots[n]
 		if !t.expiredAt(sl, now) {
-			sl.account(now, size)
+			sl.account(now, p.Size)
 			return s.entry(n, si), false, nil
 		}
 		s.unindex(pos)
-		s.release(n)
+		t.release(s, n)
 		s.expired.Add(1)
 	}
-	if s.used.Load() >= s.cap {
-		t.sweep(s, now, reclaimBudget)
-		if s.used.Load() >= s.cap {
-			s.refused.Add(1)
-			return Entry{}, false, ErrFull
-		}
+	if s.used.Load() >= s.cap && !t.makeRoom(s, now) {
+		s.refused.Add(1)
+		return Entry{}, false, ErrFull
 	}
 	var n uint32
 	if s.free != 0 {
 		n = s.free - 1
-		s.free = s.slots[n].cfgGen
+		s.free = s.slots[n].zones
 	} else {
 		n = s.hwm
 		s.hwm++
 	}
 	sl := &s.slots[n]
-	k[4] |= flagLive
+	k[4] = withState(k[4]|flagLive, st)
 	if rev {
 		k[4] |= flagReversed
 	}
-	sl.store(&k, gen, now, 1, uint64(size))
+	if assured {
+		k[4] |= flagAssured | flagReplied
+	}
+	sl.store(&k, uint32(from)|uint32(to)<<16, now, 1, uint64(p.Size))
 	h32 := uint32(h)
 	i := h32 & s.mask
 	for s.index[i] != 0 {
@@ -561,18 +851,70 @@ func (t *Table) Insert(tp Tuple, now int64, size uint32, gen uint32) (e Entry, c
 	}
 	atomic.StoreUint64(&s.index[i], uint64(h32)<<32|uint64(n+1))
 	s.used.Add(1)
+	t.grow(1)
 	if k.fam() == policy.FamilyIPv4 {
 		s.v4.Add(1)
 	} else {
 		s.v6.Add(1)
 	}
+	if k[4]&flagAssured == 0 {
+		s.unassured.Add(1)
+	}
 	return s.entry(int(n), si), true, nil
 }
 
-// Touch refreshes the session ref names, as Lookup does, without hashing
-// and, on the common path, without a lock. It reports false when the slot
-// no longer holds that session (freed or reused) or the session expired
-// (it is then removed).
+// makeRoom frees a slot in the full shard s (locked): see Create.
+func (t *Table) makeRoom(s *shard, now int64) bool {
+	victim, oldest := -1, int64(0)
+	freed := false
+	for examined := 0; examined < EarlyDropSample && examined < int(s.hwm); examined++ {
+		if s.cursor >= s.hwm {
+			s.cursor = 0
+		}
+		n := int(s.cursor)
+		s.cursor++
+		sl := &s.slots[n]
+		k4 := atomic.LoadUint64(&sl.key[4])
+		if k4&flagLive == 0 {
+			continue
+		}
+		if t.expiredAt(sl, now) {
+			t.removeSlot(s, n)
+			s.expired.Add(1)
+			freed = true
+			continue
+		}
+		if last := atomic.LoadInt64(&sl.last); k4&flagAssured == 0 && (victim < 0 || last < oldest) {
+			victim, oldest = n, last
+		}
+	}
+	if freed {
+		return true
+	}
+	if victim < 0 {
+		return false
+	}
+	t.removeSlot(s, victim)
+	s.earlyDrop.Add(1)
+	return true
+}
+
+// Insert creates the session of tp as Create does, in the protocol's
+// established (TCP) or replied state, assured and open to every zone: for
+// callers that use no session model (tests, benchmarks of the table).
+func (t *Table) Insert(tp Tuple, now int64, size uint32) (Entry, bool, error) {
+	st := dataplane.StateReplied
+	if tp.Proto == 6 {
+		st = dataplane.StateEstablished
+	}
+	p := Packet{Tuple: tp, Size: size}
+	return t.create(&p, st, true, AnyZone, AnyZone, now)
+}
+
+// Touch refreshes the session ref names, as Track does for a packet that
+// changes no state, without hashing and, on the common path, without a
+// lock. It reports false when the slot no longer holds that session
+// (freed or reused) or the session expired (it is then removed).
 func (t *Table) Touch(ref Ref, now int64, size uint32) bool {
 	if int(ref.Shard) >= len(t.shards) {
 		return false
@@ -594,7 +936,7 @@ func (t *Table) Touch(ref Ref, now int64, size uint32) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if sl.seq != ref.Gen || sl.key[4]&flagLive == 0 {
+	if sl.seq != ref.Gen || !sl.live() {
 		return false
 	}
 	if !t.expiredAt(sl, now) { // refreshed by another packet meanwhile
@@ -619,8 +961,32 @@ func (t *Table) Remove(tp Tuple) bool {
 		return false
 	}
 	s.unindex(pos)
-	s.release(n)
+	t.release(s, n)
 	return true
+}
+
+// EndIf ends every live session for which end returns true and returns
+// how many it ended. It locks one shard at a time (end runs under that
+// lock and must not call the table); sessions created meanwhile in shards
+// already walked are not judged.
+func (t *Table) EndIf(end func(*Entry) bool) int {
+	ended := 0
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for n := 0; n < int(s.hwm); n++ {
+			if !s.slots[n].live() {
+				continue
+			}
+			e := s.entry(n, i)
+			if end(&e) {
+				t.removeSlot(s, n)
+				ended++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return ended
 }
 
 // sweep examines up to budget slots of s from its cursor and removes the
@@ -635,7 +1001,7 @@ func (t *Table) sweep(s *shard, now int64, budget int) (examined, removed int) {
 		s.cursor++
 		examined++
 		sl := &s.slots[n]
-		if sl.key[4]&flagLive != 0 && t.expiredAt(sl, now) {
+		if sl.live() && t.expiredAt(sl, now) {
 			t.removeSlot(s, n)
 			s.expired.Add(1)
 			removed++
@@ -683,7 +1049,7 @@ func (t *Table) Snapshot(limit int) []Entry {
 		s := &t.shards[i]
 		s.mu.Lock()
 		for n := 0; n < int(s.hwm) && len(out) < cap(out); n++ {
-			if s.slots[n].key[4]&flagLive != 0 {
+			if s.slots[n].live() {
 				out = append(out, s.entry(n, i))
 			}
 		}
@@ -725,11 +1091,40 @@ func (t *Table) Counts() (v4, v6 uint64) {
 	return v4, v6
 }
 
-// Refused returns how many inserts failed with ErrFull.
+// Refused returns how many Creates failed with ErrFull.
 func (t *Table) Refused() uint64 {
 	var n uint64
 	for i := range t.shards {
 		n += t.shards[i].refused.Load()
+	}
+	return n
+}
+
+// Unassured returns the sessions not (yet) assured.
+func (t *Table) Unassured() uint64 {
+	var n uint64
+	for i := range t.shards {
+		n += uint64(t.shards[i].unassured.Load())
+	}
+	return n
+}
+
+// EarlyDrops returns how many unassured sessions Create evicted to make
+// room for a new flow.
+func (t *Table) EarlyDrops() uint64 {
+	var n uint64
+	for i := range t.shards {
+		n += t.shards[i].earlyDrop.Load()
+	}
+	return n
+}
+
+// Reopened returns how many closed TCP sessions a SYN ended (a new
+// connection reusing the tuple).
+func (t *Table) Reopened() uint64 {
+	var n uint64
+	for i := range t.shards {
+		n += t.shards[i].reopened.Load()
 	}
 	return n
 }

@@ -44,26 +44,35 @@ func genTuple(i uint32, v6 bool) Tuple {
 	return t
 }
 
+// replied is the state Insert creates a session of proto in.
+func replied(proto uint8) dataplane.SessionState {
+	if proto == 6 {
+		return dataplane.StateEstablished
+	}
+	return dataplane.StateReplied
+}
+
 func TestBothDirectionsOneSession(t *testing.T) {
 	tb := New(100, 4, timeouts)
 	fwd := tup("10.0.0.9", "10.0.0.1", 6, 40000, 443) // initiator is the larger endpoint
-	e, created, err := tb.Insert(fwd, 1*sec, 60, 3)
+	e, created, err := tb.Insert(fwd, 1*sec, 60)
 	if err != nil || !created {
 		t.Fatalf("Insert: %v created=%v", err, created)
 	}
 	type hit struct {
-		Hit   Hit
+		Ref   Ref
 		Dir   Dir
 		OK    bool
 		Entry Entry
 	}
 	h1, d1, ok1 := tb.Lookup(fwd.Reverse(), 2*sec, 1500)
-	e1, _ := tb.Get(h1.Ref)
+	e1, _ := tb.Get(h1)
 	h2, d2, ok2 := tb.Lookup(fwd, 3*sec, 40)
-	e2, _ := tb.Get(h2.Ref)
+	e2, _ := tb.Get(h2)
+	est := dataplane.StateEstablished
 	want := []hit{
-		{Hit{e.Ref, 3}, Reverse, true, Entry{Tuple: fwd, ConfigGen: 3, LastSeen: 2 * sec, Packets: 2, Bytes: 1560, Ref: e.Ref}},
-		{Hit{e.Ref, 3}, Forward, true, Entry{Tuple: fwd, ConfigGen: 3, LastSeen: 3 * sec, Packets: 3, Bytes: 1600, Ref: e.Ref}},
+		{e.Ref, Reverse, true, Entry{Tuple: fwd, FromZone: AnyZone, ToZone: AnyZone, State: est, Assured: true, LastSeen: 2 * sec, Packets: 2, Bytes: 1560, Ref: e.Ref}},
+		{e.Ref, Forward, true, Entry{Tuple: fwd, FromZone: AnyZone, ToZone: AnyZone, State: est, Assured: true, LastSeen: 3 * sec, Packets: 3, Bytes: 1600, Ref: e.Ref}},
 	}
 	if diff := cmp.Diff(want, []hit{{h1, d1, ok1, e1}, {h2, d2, ok2, e2}}); diff != "" {
 		t.Errorf("lookups (-want +got):\n%s", diff)
@@ -72,15 +81,15 @@ func TestBothDirectionsOneSession(t *testing.T) {
 		t.Errorf("Get of a bad ref")
 	}
 	// Inserting the reply direction finds the same session.
-	again, created, err := tb.Insert(fwd.Reverse(), 4*sec, 0, 9)
-	if err != nil || created || again.Ref != e.Ref || again.ConfigGen != 3 {
+	again, created, err := tb.Insert(fwd.Reverse(), 4*sec, 0)
+	if err != nil || created || again.Ref != e.Ref || again.Tuple != fwd {
 		t.Errorf("Insert of reverse: %+v created=%v err=%v", again, created, err)
 	}
 	if tb.Used() != 1 {
 		t.Errorf("Used = %d, want 1 (one flow, two directions)", tb.Used())
 	}
 	v6 := tup("2001:db8::1", "2001:db8::2", 58, 7, 7)
-	if _, _, err := tb.Insert(v6, 4*sec, 0, 1); err != nil {
+	if _, _, err := tb.Insert(v6, 4*sec, 0); err != nil {
 		t.Fatal(err)
 	}
 	if _, d, ok := tb.Lookup(v6.Reverse(), 4*sec, 0); !ok || d != Reverse {
@@ -104,7 +113,7 @@ func TestExpiry(t *testing.T) {
 	icmp := tup("10.0.0.1", "10.0.0.2", 1, 1, 1)
 	gre := tup("10.0.0.1", "10.0.0.2", 47, 0, 0)
 	for _, tp := range []Tuple{tcp, udp, icmp, gre} {
-		if _, _, err := tb.Insert(tp, 0, 0, 1); err != nil {
+		if _, _, err := tb.Insert(tp, 0, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -135,7 +144,7 @@ func TestExpiry(t *testing.T) {
 	// A bounded sweep examines at most its budget.
 	tb2 := New(1000, 1, timeouts)
 	for i := range uint32(100) {
-		if _, _, err := tb2.Insert(genTuple(i, false), 0, 0, 1); err != nil {
+		if _, _, err := tb2.Insert(genTuple(i, false), 0, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -150,7 +159,7 @@ func TestExpiry(t *testing.T) {
 func TestTouchRef(t *testing.T) {
 	tb := New(8, 1, timeouts)
 	a := tup("10.0.0.1", "10.0.0.2", 17, 1, 2)
-	e, _, err := tb.Insert(a, 0, 10, 1)
+	e, _, err := tb.Insert(a, 0, 10)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +167,7 @@ func TestTouchRef(t *testing.T) {
 		t.Fatal("Touch of a live ref failed")
 	}
 	h, _, _ := tb.Lookup(a, sec, 0)
-	got, _ := tb.Get(h.Ref)
+	got, _ := tb.Get(h)
 	if got.Packets != 3 || got.Bytes != 15 {
 		t.Errorf("after Touch: %+v", got)
 	}
@@ -167,7 +176,7 @@ func TestTouchRef(t *testing.T) {
 	}
 	// The slot is reused by another flow: the old ref must not reach it.
 	b := tup("10.0.0.3", "10.0.0.4", 17, 1, 2)
-	eb, _, _ := tb.Insert(b, sec, 0, 1)
+	eb, _, _ := tb.Insert(b, sec, 0)
 	if eb.Ref.Slot != e.Ref.Slot {
 		t.Fatalf("expected slot reuse")
 	}
@@ -185,11 +194,11 @@ func TestTouchRef(t *testing.T) {
 func TestFull(t *testing.T) {
 	tb := New(10, 1, timeouts)
 	for i := range uint32(10) {
-		if _, _, err := tb.Insert(genTuple(i, i%3 == 0), 0, 0, 1); err != nil {
+		if _, _, err := tb.Insert(genTuple(i, i%3 == 0), 0, 0); err != nil {
 			t.Fatalf("insert %d: %v", i, err)
 		}
 	}
-	if _, _, err := tb.Insert(genTuple(10, false), sec, 0, 1); !errors.Is(err, ErrFull) {
+	if _, _, err := tb.Insert(genTuple(10, false), sec, 0); !errors.Is(err, ErrFull) {
 		t.Fatalf("insert into full table: %v", err)
 	}
 	if tb.Refused() != 1 || tb.Used() != 10 {
@@ -197,7 +206,7 @@ func TestFull(t *testing.T) {
 	}
 	// Refresh one session; let the others expire: the insert reclaims.
 	tb.Lookup(genTuple(0, true), 8*sec, 0)
-	if _, created, err := tb.Insert(genTuple(10, false), 12*sec, 0, 1); err != nil || !created {
+	if _, created, err := tb.Insert(genTuple(10, false), 12*sec, 0); err != nil || !created {
 		t.Fatalf("insert after expiry: %v", err)
 	}
 	if tb.Used() != 2 {
@@ -242,7 +251,7 @@ func TestSharding(t *testing.T) {
 		t.Errorf("empty MaxSkew %v", tb.MaxSkew())
 	}
 	for i := range uint32(2000) {
-		tb.Insert(genTuple(i, false), 0, 0, 1)
+		tb.Insert(genTuple(i, false), 0, 0)
 	}
 	if s := tb.MaxSkew(); s < 1 || s > 1.5 {
 		t.Errorf("MaxSkew %v for 2000 random flows in 16 shards", s)
@@ -274,7 +283,7 @@ func TestModel(t *testing.T) {
 			tp.Proto = []uint8{6, 17, 1, 47}[r.IntN(4)]
 			k, _ := canonical(&tp)
 			m := model[k]
-			if m != nil && now-m.last > tb.timeout(tp.Proto) {
+			if m != nil && now-m.last > tb.timeoutOf(uint64(tp.Proto)<<32|uint64(replied(tp.Proto))<<stateShift) {
 				// The table removes it lazily on the next touch; the model
 				// forgets it now and fixes Used below.
 				delete(model, k)
@@ -284,7 +293,7 @@ func TestModel(t *testing.T) {
 			switch op := r.IntN(10); {
 			case op < 4:
 				h, d, ok := tb.Lookup(tp, now, 1)
-				e, _ := tb.Get(h.Ref)
+				e, _ := tb.Get(h)
 				if ok != (m != nil) {
 					t.Fatalf("step %d: Lookup ok=%v, model %v", step, ok, m != nil)
 				}
@@ -299,7 +308,7 @@ func TestModel(t *testing.T) {
 					}
 				}
 			case op < 8:
-				e, created, err := tb.Insert(tp, now, 1, 1)
+				e, created, err := tb.Insert(tp, now, 1)
 				switch {
 				case m != nil:
 					if err != nil || created || e.Tuple != m.initiator {
@@ -327,7 +336,7 @@ func TestModel(t *testing.T) {
 				// Drop everything expired from both so Used can be compared.
 				tb.Expire(now, 0)
 				for mk, mv := range model {
-					if now-mv.last > tb.timeout(mk.proto()) {
+					if now-mv.last > tb.timeoutOf(mk[4]) {
 						delete(model, mk)
 					}
 				}
@@ -378,7 +387,7 @@ func TestConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := range uint32(per) {
 				tp := genTuple(uint32(w)*per+i, i%2 == 0)
-				if _, _, err := tb.Insert(tp, 0, 1, 1); err != nil {
+				if _, _, err := tb.Insert(tp, 0, 1); err != nil {
 					t.Error(err)
 					return
 				}
@@ -405,11 +414,11 @@ func TestConcurrent(t *testing.T) {
 func TestAllocs(t *testing.T) {
 	tb := New(1024, 4, timeouts)
 	a, b := genTuple(1, false), genTuple(2, true)
-	tb.Insert(a, 0, 0, 1)
+	tb.Insert(a, 0, 0)
 	n := testing.AllocsPerRun(1000, func() {
 		tb.Lookup(a, 1, 64)
 		tb.Lookup(b, 1, 64) // miss
-		tb.Insert(b, 1, 64, 1)
+		tb.Insert(b, 1, 64)
 		tb.Remove(b)
 	})
 	if n != 0 {
@@ -439,7 +448,7 @@ func measureMemory(capacity, shards uint32) (perSession float64, inserted uint64
 	for i := uint32(0); tb.Used() < uint64(capacity) && i < 4*capacity; i++ {
 		tp := genTuple(i, i%4 == 0)
 		tp.DstPort = uint16(i >> 16)
-		if _, _, err := tb.Insert(tp, 0, 0, 1); err != nil && firstRefusalFill == 100 {
+		if _, _, err := tb.Insert(tp, 0, 0); err != nil && firstRefusalFill == 100 {
 			firstRefusalFill = float64(tb.Used()) * 100 / float64(capacity)
 		}
 	}
@@ -451,13 +460,13 @@ func measureMemory(capacity, shards uint32) (perSession float64, inserted uint64
 	return perSession, inserted, firstRefusalFill
 }
 
-func TestLookupBatch(t *testing.T) {
+func TestTrackBatch(t *testing.T) {
 	tb := New(1000, 4, timeouts)
 	var tps []Tuple
 	for i := range uint32(BatchSize + 10) {
 		tp := genTuple(i, i%3 == 0)
 		if i%2 == 0 { // half the flows exist
-			if _, _, err := tb.Insert(tp, 0, 0, 7); err != nil {
+			if _, _, err := tb.Insert(tp, 0, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -466,32 +475,34 @@ func TestLookupBatch(t *testing.T) {
 		}
 		tps = append(tps, tp)
 	}
-	var b Batch
-	hits := tb.LookupBatch(&b, tps, sec, []uint32{100})
-	type res struct {
-		Hit Hit
-		Dir Dir
-		OK  bool
+	pkts := make([]Packet, len(tps))
+	for i, tp := range tps {
+		pkts[i] = Packet{Tuple: tp, Zone: AnyZone}
 	}
-	var got, want []res
+	pkts[0].Size = 100
+	var b Batch
+	hits := tb.TrackBatch(&b, pkts, sec)
+	var got, want []Result
 	wantHits := 0
 	for i := range BatchSize {
-		got = append(got, res{b.Hits[i], b.Dirs[i], b.OK[i]})
-		h, d, ok := tb.Lookup(tps[i], sec, 0)
-		want = append(want, res{h, d, ok})
-		if ok {
+		got = append(got, b.Results[i])
+		p := pkts[i]
+		p.Size = 0
+		r := tb.Track(&p, sec)
+		want = append(want, r)
+		if r.Verdict == Hit {
 			wantHits++
 		}
 	}
 	if diff := cmp.Diff(want, got); diff != "" || hits != wantHits {
-		t.Errorf("LookupBatch hits %d want %d (-Lookup +LookupBatch):\n%s", hits, wantHits, diff)
+		t.Errorf("TrackBatch hits %d want %d (-Track +TrackBatch):\n%s", hits, wantHits, diff)
 	}
-	e, _ := tb.Get(b.Hits[0].Ref)
-	if e.Packets != 3 || e.Bytes != 100 { // insert, batch, lookup
+	e, _ := tb.Get(b.Results[0].Ref)
+	if e.Packets != 3 || e.Bytes != 100 { // insert, batch, track
 		t.Errorf("batch accounting: %+v", e)
 	}
-	if n := testing.AllocsPerRun(100, func() { tb.LookupBatch(&b, tps, sec, nil) }); n != 0 {
-		t.Errorf("LookupBatch allocates %.1f times", n)
+	if n := testing.AllocsPerRun(100, func() { tb.TrackBatch(&b, pkts, sec) }); n != 0 {
+		t.Errorf("TrackBatch allocates %.1f times", n)
 	}
 }
 
@@ -505,7 +516,7 @@ func TestLockFreeReadersUnderChurn(t *testing.T) {
 	stable := make([]Tuple, 64)
 	for i := range stable {
 		stable[i] = genTuple(uint32(i), i%2 == 0)
-		if _, _, err := tb.Insert(stable[i], 0, 0, 1); err != nil {
+		if _, _, err := tb.Insert(stable[i], 0, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -522,12 +533,16 @@ func TestLockFreeReadersUnderChurn(t *testing.T) {
 				default:
 				}
 				tp := genTuple(1000+uint32(w)*100000+i%180, i%5 == 0)
-				tb.Insert(tp, 0, 0, 1)
+				tb.Insert(tp, 0, 0)
 				tb.Remove(genTuple(1000+uint32(w)*100000+(i+90)%180, (i+90)%5 == 0))
 			}
 		}()
 	}
 	var b Batch
+	stablePkts := make([]Packet, len(stable))
+	for i, tp := range stable {
+		stablePkts[i] = Packet{Tuple: tp, Zone: AnyZone}
+	}
 	for round := range 5000 {
 		for i, tp := range stable {
 			in := tp
@@ -538,11 +553,11 @@ func TestLockFreeReadersUnderChurn(t *testing.T) {
 			if !ok || d != Dir(round%2) {
 				t.Fatalf("round %d flow %d: ok=%v dir=%v", round, i, ok, d)
 			}
-			if !tb.Touch(h.Ref, 1, 1) {
+			if !tb.Touch(h, 1, 1) {
 				t.Fatalf("round %d flow %d: Touch of a live ref failed", round, i)
 			}
 		}
-		if n := tb.LookupBatch(&b, stable, 1, nil); n != len(stable) {
+		if n := tb.TrackBatch(&b, stablePkts, 1); n != len(stable) {
 			t.Fatalf("round %d: batch hit %d of %d", round, n, len(stable))
 		}
 	}

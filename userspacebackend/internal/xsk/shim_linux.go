@@ -71,7 +71,9 @@ type ShimOptions struct {
 type Shim struct {
 	ifindex int
 	mode    AttachMode
-	nq      uint32
+	// nativeErr is why native mode failed, when it was tried and failed.
+	nativeErr error
+	nq        uint32
 
 	mu     sync.Mutex // serialises map programming and Close
 	objs   *xskShimObjects
@@ -140,9 +142,15 @@ func LoadShim(ifindex int, opts *ShimOptions) (*Shim, error) {
 			return nil, fmt.Errorf("attach shim to ifindex %d: %w", ifindex, errors.Join(nativeErr, err))
 		}
 		s.mode = AttachGeneric
+		s.nativeErr = nativeErr
 	}
 	return s, nil
 }
+
+// NativeError is why native mode failed when the shim runs in generic
+// mode after trying it (e.g. a veth whose peer's MTU is too large for an
+// XDP program without multi-buffer support); nil otherwise.
+func (s *Shim) NativeError() error { return s.nativeErr }
 
 // Ifindex is the interface the shim is attached to.
 func (s *Shim) Ifindex() int { return s.ifindex }
