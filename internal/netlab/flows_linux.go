@@ -187,4 +187,3 @@ func (l *Lab) ClientFlood(s FloodSpec) (Flood, error) {
 	}
 	return f, nil
 }
-
