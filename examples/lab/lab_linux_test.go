@@ -84,6 +84,33 @@ func TestIntegrationLab(t *testing.T) {
 	netnsGone(t, sum.Namespaces)
 }
 
+// TestIntegrationLabVethDefaults runs the lab on veths with the kernel's
+// defaults. Until a backend forwards correctly there (TC mode), the
+// verdict may fail: the test checks that the lab runs to its end, says
+// which settings it used and, when it fails, what the kernel counted on
+// the path, and removes everything.
+func TestIntegrationLabVethDefaults(t *testing.T) {
+	testutil.Privileged(t, testutil.NeedBPF, testutil.NeedNetNS)
+	var out, log lockedBuffer
+	sum, err := run(context.Background(), options{backend: capability.PreferAuto, flows: 4, duration: 200 * time.Millisecond,
+		vethDefaults: true, out: &out, log: &log})
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, log.String())
+	}
+	if !strings.HasPrefix(sum.Veths, "kernel defaults") || !strings.Contains(log.String(), "veths: kernel defaults") {
+		t.Errorf("veths %q; log:\n%s", sum.Veths, log.String())
+	}
+	if !sum.Verdict.Pass {
+		for _, want := range []string{"FAIL (", "What the kernel counted", "firewall -> client veth:", "firewall -> server veth:", "checksum errors:"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("failed verdict does not say %q:\n%s", want, out.String())
+			}
+		}
+	}
+	t.Logf("%s backend on kernel-default veths: pass %v\n%s", sum.Backend, sum.Verdict.Pass, out.String())
+	netnsGone(t, sum.Namespaces)
+}
+
 // TestIntegrationLabUserspace runs the lab on the userspace backend,
 // mirroring included.
 func TestIntegrationLabUserspace(t *testing.T) {

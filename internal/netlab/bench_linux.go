@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/fwplane/fwplane/internal/packet"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -191,20 +189,8 @@ func settle(c *Counter) (uint64, error) {
 // attached or GRO is on; otherwise it turns GRO on and returns what turns
 // it off again.
 func ensureNAPI(ns *NS, iface string) (restore func(), err error) {
-	var xdp bool
-	err = withNetlink(ns, func(h *netlink.Handle) error {
-		link, err := h.LinkByName(iface)
-		if err != nil {
-			return fmt.Errorf("find %s in %s: %w", iface, ns, err)
-		}
-		xdp = link.Attrs().Xdp != nil && link.Attrs().Xdp.Attached
-		return nil
-	})
-	if err != nil || xdp {
-		return func() {}, err
-	}
-	off, err := ReadOffloads(ns, iface)
-	if err != nil || off.GRO {
+	napi, err := RunsNAPI(ns, iface)
+	if err != nil || napi {
 		return func() {}, err
 	}
 	if err := ns.Do(func() error { return setGRO(iface, true) }); err != nil {

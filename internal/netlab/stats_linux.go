@@ -109,18 +109,20 @@ type VethDrops struct {
 	// RxQueueDrops: frames the receiving end dropped taking them off its
 	// ring (its rx_queue_<n>_drops).
 	RxQueueDrops uint64
-	// SkbTxDropped: socket buffers the sending end dropped (veth_xmit
-	// with the peer's ring full or the peer down): the link's tx_dropped,
-	// less the XDP transmit errors the kernel folds into it.
-	SkbTxDropped uint64
+	// TxDropped: what else the sending end dropped: socket buffers
+	// with the peer's ring full, and XDP frames refused whole because the
+	// peer runs no NAPI (GRO off and no XDP program on it). It is the
+	// link's tx_dropped, less the XDP transmit errors the kernel folds
+	// into it.
+	TxDropped uint64
 }
 
 // Total is the sum of every drop.
-func (d VethDrops) Total() uint64 { return d.XDPXmitErrors + d.RxQueueDrops + d.SkbTxDropped }
+func (d VethDrops) Total() uint64 { return d.XDPXmitErrors + d.RxQueueDrops + d.TxDropped }
 
 // Sub returns d - o, field by field (counters read before and after).
 func (d VethDrops) Sub(o VethDrops) VethDrops {
-	return VethDrops{d.XDPXmitErrors - o.XDPXmitErrors, d.RxQueueDrops - o.RxQueueDrops, d.SkbTxDropped - o.SkbTxDropped}
+	return VethDrops{d.XDPXmitErrors - o.XDPXmitErrors, d.RxQueueDrops - o.RxQueueDrops, d.TxDropped - o.TxDropped}
 }
 
 // ReadVethDrops reads the drop counters of the direction from sendIf (in
@@ -151,7 +153,7 @@ func ReadVethDrops(sendNS *NS, sendIf string, recvNS *NS, recvIf string) (VethDr
 			return fmt.Errorf("find %s in %s: %w", sendIf, sendNS, err)
 		}
 		if st := link.Attrs().Statistics; st != nil && st.TxDropped > d.XDPXmitErrors {
-			d.SkbTxDropped = st.TxDropped - d.XDPXmitErrors
+			d.TxDropped = st.TxDropped - d.XDPXmitErrors
 		}
 		return nil
 	})
@@ -320,4 +322,24 @@ func readSNMP6(path string, out map[string]uint64) error {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
 	return nil
+}
+
+// RunsNAPI reports whether iface in ns runs NAPI, which a veth needs to
+// receive frames XDP redirects into its peer (and the live-frames
+// generator's): an XDP program is attached or GRO is on.
+func RunsNAPI(ns *NS, iface string) (bool, error) {
+	var xdp bool
+	err := withNetlink(ns, func(h *netlink.Handle) error {
+		link, err := h.LinkByName(iface)
+		if err != nil {
+			return fmt.Errorf("find %s in %s: %w", iface, ns, err)
+		}
+		xdp = link.Attrs().Xdp != nil && link.Attrs().Xdp.Attached
+		return nil
+	})
+	if err != nil || xdp {
+		return xdp, err
+	}
+	off, err := ReadOffloads(ns, iface)
+	return off.GRO, err
 }
