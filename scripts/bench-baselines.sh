@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Baseline table: TCP bulk (iperf3, 1 and 4 streams) and 64-byte UDP (the
-# live-frames generator, one flow) through the lab's firewall namespace, for
+# Baseline table: TCP bulk (iperf3, 1 and 4 streams), 64-byte UDP (the
+# live-frames generator, one flow and 64 Ki flows) and new TCP connections
+# per second (real sockets) through the lab's firewall namespace, for
 # every dataplane column, on the lab's veth settings and on kernel-default
 # veths, all in one run. Needs root.
 #
@@ -47,7 +48,7 @@ function median(s,   a, n, i, j, x) {
 	dp = p[2]; sub(/^dp=/, "", dp)
 	veth = p[3]; sub(/^veth=/, "", veth)
 	metric = p[4]; sub(/-[0-9]+$/, "", metric)
-	for (i = 3; i < NF; i++) if ($(i + 1) == "Gbit/s" || $(i + 1) == "Mpps") { v = $(i); unit = $(i + 1) }
+	for (i = 3; i < NF; i++) if ($(i + 1) == "Gbit/s" || $(i + 1) == "Mpps" || $(i + 1) == "conn/s") { v = $(i); unit = $(i + 1) }
 	if (!(dp in seen)) { seen[dp] = 1; cols[++ncol] = dp }
 	row = veth SUBSEP metric
 	if (!(row in rseen)) { rseen[row] = 1; rows[++nrow] = row; units[row] = unit }
@@ -67,5 +68,6 @@ END {
 		}
 		printf "\n"
 	}
-	printf "\nmedian of %s runs per cell; tcp-N: iperf3 TCP, N streams, 3 s; udp-64: 64-byte UDP frames of one flow, 2 s\n", '"$COUNT"'
+	printf "\nmedian of %s runs per cell; tcp-N: iperf3 TCP, N streams, 3 s; udp-64: 64-byte UDP frames of one flow, 2 s;\n", '"$COUNT"'
+	printf "udp-64-64k: the same over 65536 flows; conn: TCP connections opened and reset, 16 in flight, 2 s\n"
 }' "$out"

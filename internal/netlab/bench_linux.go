@@ -59,6 +59,9 @@ var BenchSettings = []struct {
 	{"defaults", Options{KernelVethDefaults: true}},
 }
 
+// BenchFlows is the number of distinct flows of udp-64-64k.
+const BenchFlows = 64 << 10
+
 // Measurement lengths of one benchmark iteration.
 const (
 	BenchTCPTime   = 3 * time.Second
@@ -73,6 +76,11 @@ const (
 //	udp-64        64-byte UDP frames of one flow from the live-frames
 //	              generator for BenchFloodTime, counted at the server
 //	              (metric Mpps forwarded; sent-Mpps is what was offered)
+//	udp-64-64k    the same, the frames spread over BenchFlows distinct
+//	              flows (source ports and addresses)
+//	conn          TCP connections made and reset by the client (real
+//	              sockets, 16 in flight), for BenchFloodTime (metric
+//	              conn/s completed; failed-conn/s beside it)
 //
 // Every dataplane gets a fresh lab per setting. On kernel-default veths
 // the generator's frames need NAPI on the firewall's client-facing end
@@ -123,51 +131,88 @@ func benchSetting(b *testing.B, dp BenchDataplane, opts Options) {
 			b.ReportMetric(gbps/float64(b.N), "Gbit/s")
 		})
 	}
-	b.Run("udp-64", func(b *testing.B) {
-		if opts.KernelVethDefaults {
-			restore, err := ensureNAPI(l.Firewall, l.FwClientIf)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer restore()
-		}
-		cnt, err := AttachCounter(l.Server, l.ServerIf, &CounterOptions{Proto: packet.ProtoUDP, DstPort: BenchUDPPort, Drop: true})
+	for _, m := range []struct {
+		name  string
+		flows FloodFlows
+	}{{"udp-64", FloodFlows{}}, {"udp-64-64k", FloodFlows{Ports: BenchFlows / 4, Addrs: 4}}} {
+		b.Run(m.name, func(b *testing.B) {
+			benchUDP(b, l, dp, opts, m.flows)
+		})
+	}
+	b.Run("conn", func(b *testing.B) {
+		dst := netip.AddrPortFrom(l.ServerAddr4, BenchTCPPort)
+		a, err := Accept(ctx, l.Server, dst)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer cnt.Close()
-		frame := packet.UDP(packet.Spec{SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
-			Src: netip.AddrPortFrom(l.ClientAddr4, 40000), Dst: netip.AddrPortFrom(l.ServerAddr4, BenchUDPPort),
-			PayloadLen: 60 - packet.EthernetLen - packet.IPv4Len - packet.UDPLen})
-		var got, sent uint64
+		defer a.Close()
+		var done, failed int
 		var elapsed time.Duration
 		for range b.N {
-			before, _, err := cnt.Read()
+			res, err := Handshakes(ctx, l.Client, dst, &HandshakeOptions{Duration: BenchFloodTime, Close: CloseRST})
 			if err != nil {
 				b.Fatal(err)
 			}
-			fctx, cancel := context.WithTimeout(ctx, BenchFloodTime)
-			res, err := Flood{NS: l.Client, Iface: l.ClientIf, Frame: frame, Count: 1 << 40}.Run(fctx)
-			cancel()
-			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				b.Fatal(err)
-			}
-			// Frames still in flight land within microseconds: wait until
-			// the count stops moving.
-			after, err := settle(cnt)
-			if err != nil {
-				b.Fatal(err)
-			}
-			got += after - before
-			sent += res.Sent
+			done += res.Completed
+			failed += res.Failed
 			elapsed += res.Elapsed
 		}
-		if got == 0 {
-			b.Fatalf("%s forwarded none of %d frames", dp.Name, sent)
+		if done == 0 {
+			b.Fatalf("%s: no connection completed (%d failed)", dp.Name, failed)
 		}
-		b.ReportMetric(float64(got)/elapsed.Seconds()/1e6, "Mpps")
-		b.ReportMetric(float64(sent)/elapsed.Seconds()/1e6, "sent-Mpps")
+		b.ReportMetric(float64(done)/elapsed.Seconds(), "conn/s")
+		b.ReportMetric(float64(failed)/elapsed.Seconds(), "failed-conn/s")
 	})
+}
+
+// benchUDP floods 64-byte UDP frames (of flows distinct flows) from the
+// client for BenchFloodTime per iteration and counts them at the server.
+func benchUDP(b *testing.B, l *Lab, dp BenchDataplane, opts Options, flows FloodFlows) {
+	ctx := context.Background()
+	if opts.KernelVethDefaults {
+		restore, err := ensureNAPI(l.Firewall, l.FwClientIf)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer restore()
+	}
+	cnt, err := AttachCounter(l.Server, l.ServerIf, &CounterOptions{Proto: packet.ProtoUDP, DstPort: BenchUDPPort, Drop: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cnt.Close()
+	f, err := l.ClientFlood(FloodSpec{Proto: packet.ProtoUDP, Dst: netip.AddrPortFrom(l.ServerAddr4, BenchUDPPort), Flows: flows, Count: 1 << 40})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var got, sent uint64
+	var elapsed time.Duration
+	for range b.N {
+		before, _, err := cnt.Read()
+		if err != nil {
+			b.Fatal(err)
+		}
+		fctx, cancel := context.WithTimeout(ctx, BenchFloodTime)
+		res, err := f.Run(fctx)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			b.Fatal(err)
+		}
+		// Frames still in flight land within microseconds: wait until
+		// the count stops moving.
+		after, err := settle(cnt)
+		if err != nil {
+			b.Fatal(err)
+		}
+		got += after - before
+		sent += res.Sent
+		elapsed += res.Elapsed
+	}
+	if got == 0 {
+		b.Fatalf("%s forwarded none of %d frames", dp.Name, sent)
+	}
+	b.ReportMetric(float64(got)/elapsed.Seconds()/1e6, "Mpps")
+	b.ReportMetric(float64(sent)/elapsed.Seconds()/1e6, "sent-Mpps")
 }
 
 // settle reads c until two reads 20 ms apart agree (at most a second).
