@@ -115,16 +115,17 @@ var pinDirRE = regexp.MustCompile(`^([0-9]+)-([0-9]+)-[0-9a-f]{8}$`)
 // and maps in, named with the calling process as its owner, and removes it
 // with everything pinned in it in tb.Cleanup. If the process dies first,
 // the next [Sweep] (every new lab runs one) removes it, which unpins what
-// it holds. It fails the test when bpffs is not mounted at /sys/fs/bpf.
+// it holds. When /sys/fs/bpf is not a bpffs mount (a machine without
+// systemd), PinDir mounts one there, as systemd would, and leaves it
+// mounted: other processes may pin in it.
 func PinDir(tb testing.TB) string {
 	tb.Helper()
 	o, err := Self()
 	if err != nil {
 		tb.Fatalf("pin dir: %v", err)
 	}
-	var fs unix.Statfs_t
-	if err := unix.Statfs(filepath.Dir(PinRoot), &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
-		tb.Fatalf("pin dir: %s is not a bpffs mount (statfs: %v)", filepath.Dir(PinRoot), err)
+	if err := ensureBPFFS(filepath.Dir(PinRoot)); err != nil {
+		tb.Fatalf("pin dir: %v", err)
 	}
 	var rnd [4]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -140,6 +141,34 @@ func PinDir(tb testing.TB) string {
 		}
 	})
 	return dir
+}
+
+// ensureBPFFS mounts a bpffs at dir unless one is there already. A lock
+// file keeps two of our processes from both mounting one (the second mount
+// would hide what was pinned in the first).
+func ensureBPFFS(dir string) error {
+	lock, err := os.OpenFile("/run/fwplane-bpffs.lock", os.O_CREATE|os.O_RDWR|os.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("open bpffs lock: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock bpffs lock: %w", err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if fs.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	if err := unix.Statfs(dir, &fs); err != nil || fs.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not a bpffs mount after mounting one (statfs: %v)", dir, err)
+	}
+	return nil
 }
 
 // SweepResult is what a [Sweep] removed.

@@ -5,15 +5,19 @@ package netlab
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -39,14 +43,25 @@ func TestHelperProcessHoldsLab(t *testing.T) {
 		fmt.Printf("ERROR %v\n", err)
 		os.Exit(1)
 	}
-	fmt.Printf("LAB %d %s %s %s\n", child.Process.Pid, l.Client.Name, l.Firewall.Name, l.Server.Name)
+	// A pinned map, as a test of pinned dataplanes would leave.
+	dir := PinDir(t)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err == nil {
+		err = m.Pin(filepath.Join(dir, "map"))
+	}
+	if err != nil {
+		fmt.Printf("ERROR %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("LAB %d %s %s %s %s\n", child.Process.Pid, dir, l.Client.Name, l.Firewall.Name, l.Server.Name)
 	select {}
 }
 
 type holder struct {
-	cmd   *exec.Cmd
-	nss   []string
-	child Owner
+	cmd    *exec.Cmd
+	nss    []string
+	pinDir string
+	child  Owner
 }
 
 // startHolder execs the test binary as a lab-holding helper.
@@ -84,7 +99,7 @@ func startHolder(t *testing.T) *holder {
 	select {
 	case l := <-line:
 		f := strings.Fields(l)
-		if f[0] != "LAB" || len(f) != 5 {
+		if f[0] != "LAB" || len(f) != 6 {
 			t.Fatalf("helper: %s", l)
 		}
 		pid, err := strconv.Atoi(f[1])
@@ -95,7 +110,7 @@ func startHolder(t *testing.T) *holder {
 		if err != nil {
 			t.Fatalf("helper's child: %v", err)
 		}
-		h.child, h.nss = Owner{PID: pid, Start: start}, f[2:]
+		h.child, h.pinDir, h.nss = Owner{PID: pid, Start: start}, f[2], f[3:]
 	case <-time.After(30 * time.Second):
 		t.Fatal("helper made no lab in 30s")
 	}
@@ -134,9 +149,10 @@ func running(o Owner) bool {
 // TestIntegrationSweepRemovesKilledLab kills a process holding a lab with
 // SIGKILL, while another holder stays alive; the next lab's start removes
 // the dead one's namespaces (as `ip netns list` shows) and the process it
-// left inside them, and leaves the live holder's lab alone.
+// left inside them (and its pin directory), and leaves the live holder's
+// lab alone.
 func TestIntegrationSweepRemovesKilledLab(t *testing.T) {
-	testutil.Privileged(t, testutil.NeedNetNS)
+	testutil.Privileged(t, testutil.NeedNetNS, testutil.NeedBPF)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Fatalf("ip (iproute2) not installed: %v", err)
 	}
@@ -179,6 +195,12 @@ func TestIntegrationSweepRemovesKilledLab(t *testing.T) {
 	if !running(live.child) {
 		t.Errorf("process %d in the live lab was killed", live.child.PID)
 	}
+	if _, err := os.Stat(dead.pinDir); !errors.Is(err, os.ErrNotExist) || !slices.Contains(l.Swept.PinDirs, dead.pinDir) {
+		t.Errorf("pin dir %s of the killed process: stat %v; sweep %+v", dead.pinDir, err, l.Swept)
+	}
+	if _, err := os.Stat(filepath.Join(live.pinDir, "map")); err != nil {
+		t.Errorf("pinned map of the live process: %v", err)
+	}
 
 	// Once its owner dies, the other lab goes too.
 	live.cmd.Process.Signal(syscall.SIGKILL)
@@ -186,6 +208,9 @@ func TestIntegrationSweepRemovesKilledLab(t *testing.T) {
 	res, err := Sweep()
 	if err != nil {
 		t.Error(err)
+	}
+	if _, err := os.Stat(live.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir %s after its owner died: %v", live.pinDir, err)
 	}
 	listed = ipNetnsList(t)
 	for _, n := range live.nss {
