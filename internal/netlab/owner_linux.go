@@ -147,7 +147,7 @@ func PinDir(tb testing.TB) string {
 // file keeps two of our processes from both mounting one (the second mount
 // would hide what was pinned in the first).
 func ensureBPFFS(dir string) error {
-	lock, err := os.OpenFile("/run/fwplane-bpffs.lock", os.O_CREATE|os.O_RDWR|os.O_CLOEXEC, 0o600)
+	lock, err := os.OpenFile("/run/fwplane-bpffs.lock", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return fmt.Errorf("open bpffs lock: %w", err)
 	}
