@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -113,12 +112,7 @@ func TestIntegrationKernelVethDefaultsForward(t *testing.T) {
 // test reports a throughput, and the bytes it claims crossed the
 // firewall's kernel forwarding (its server-side link counted them).
 func TestIntegrationIPerf3(t *testing.T) {
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		if testutil.Required() {
-			t.Fatalf("iperf3 not installed but %s=1: %v", testutil.RequireEnv, err)
-		}
-		t.Skipf("skipped: iperf3 not installed: %v", err)
-	}
+	testutil.Command(t, "iperf3", "iperf3")
 	l := NewT(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -110,7 +110,7 @@ func addAddr(a netip.Addr, n uint32) netip.Addr {
 // fewer. The flood repeats (each round sends every flow once) only while
 // the veth's own counters show frames it dropped.
 func TestIntegrationManyFlowsTracked(t *testing.T) {
-	needCommand(t, "nft", "nftables")
+	testutil.Command(t, "nft", "nftables")
 	l := NewT(t, nil)
 	testutil.Privileged(t, testutil.NeedBPF)
 	if err := l.ResolveNeighbors(context.Background()); err != nil {

@@ -5,7 +5,6 @@ package netlab
 import (
 	"context"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -14,23 +13,12 @@ import (
 	"github.com/fwplane/fwplane/internal/testutil"
 )
 
-// needCommand fails (CI) or skips when a tool the test drives is missing.
-func needCommand(t testing.TB, name, pkg string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if testutil.Required() {
-			t.Fatalf("%s not installed (Debian package %s) but %s=1: %v", name, pkg, testutil.RequireEnv, err)
-		}
-		t.Skipf("skipped: %s not installed (Debian package %s): %v", name, pkg, err)
-	}
-}
-
 // TestIntegrationNftablesBaseline installs the nftables baseline allowing
 // one UDP port: that port's echo passes (and is tracked), another port and
 // TCP are dropped, replies of tracked flows pass; removing it restores
 // plain forwarding.
 func TestIntegrationNftablesBaseline(t *testing.T) {
-	needCommand(t, "nft", "nftables")
+	testutil.Command(t, "nft", "nftables")
 	l := NewT(t, nil)
 	ctx := context.Background()
 	for _, p := range []uint16{7000, 7001} {
@@ -101,7 +89,7 @@ func TestIntegrationNftablesBaseline(t *testing.T) {
 // conntrack. Backends add theirs with netlab.BenchBaselines in their own
 // package.
 func BenchmarkBaselines(b *testing.B) {
-	needCommand(b, "iperf3", "iperf3")
-	needCommand(b, "nft", "nftables")
+	testutil.Command(b, "iperf3", "iperf3")
+	testutil.Command(b, "nft", "nftables")
 	BenchBaselines(b, KernelForwarding(), NftablesConntrack())
 }

@@ -153,9 +153,7 @@ func running(o Owner) bool {
 // lab alone.
 func TestIntegrationSweepRemovesKilledLab(t *testing.T) {
 	testutil.Privileged(t, testutil.NeedNetNS, testutil.NeedBPF)
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("ip (iproute2) not installed: %v", err)
-	}
+	testutil.Command(t, "ip", "iproute2")
 	dead, live := startHolder(t), startHolder(t)
 	if err := dead.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
