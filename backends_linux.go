@@ -18,6 +18,7 @@ func registered() []backend {
 				Requires: []capability.ProbeName{capability.ProbeBPFSyscall, capability.ProbeXDPProgram,
 					capability.ProbeXDPLink, capability.ProbeFIBLookup, capability.ProbeDevMap, capability.ProbeLRUHash},
 				MaxSessions: dataplane.MaxTableEntries,
+				AttachModes: true,
 			},
 			open: func(ctx context.Context, netns string) (dataplane.DataPlane, error) {
 				return ebpfbackend.New(ctx, &ebpfbackend.Options{NetNS: netns})

@@ -1,23 +1,39 @@
 //go:build ignore
 
-/* fwplane's eBPF datapath: a stateful zone firewall as one XDP program,
- * attached to every managed interface.
+/* fwplane's eBPF datapath: a stateful zone firewall, one implementation
+ * compiled into two program types that share every map:
+ *
+ *   xdp_fw   XDP, attached to interfaces where frames survive XDP and it
+ *            wins (native drivers; see capability: the gate decides per
+ *            interface and says why);
+ *   tc_fw    TC (clsact ingress, attached with tcx), for interfaces whose
+ *            traffic needs the skb: offloaded (partial) checksums, GSO/GRO
+ *            aggregates, veth peers without NAPI, MTUs above what
+ *            single-buffer XDP handles.
+ *
+ * The logic lives in __always_inline functions taking the context as
+ * void * and a constant `tc`; each entry point instantiates them, the
+ * compiler folds every `tc ?` away, and the verifier sees only accesses
+ * valid for its program type. Sessions, flow cache, policy slots, counters
+ * and mirror rules are the same maps for both, so a flow may enter on an
+ * XDP interface and answer on a TC one.
  *
  * Per packet, first the fast path: an untagged IPv4/IPv6 TCP/UDP packet whose
  * flow is in this CPU's flow cache (fw_flow_cache, filled below for live
  * sessions only) is forwarded from the headers and the entry alone.
  *
- * Otherwise: parse (Ethernet, one 802.1Q tag, IPv4/IPv6, TCP/UDP/ICMP echo,
- * ICMP errors with their quoted packet)
- * -> hand non-IP and neighbour discovery to the kernel -> session lookup
- * (canonical 5-tuple, both directions hit); an established flow whose
- * session holds a fresh FIB answer for its direction is forwarded at once.
- * Otherwise: ask the kernel's FIB where the packet goes -> pass what is
- * addressed to the firewall itself -> on a session miss, the first matching
- * rule of the (ingress zone, egress zone) pair decides, no match denies (an
- * ICMP error instead passes only if it quotes a live session) -> remember
- * the answer in the flow cache -> rewrite L2, decrement TTL, redirect
- * through a devmap.
+ * Otherwise (fw_decide): parse (Ethernet, one 802.1Q tag, IPv4/IPv6,
+ * TCP/UDP/ICMP echo, ICMP errors with their quoted packet) -> hand non-IP
+ * and neighbour discovery to the kernel -> session lookup (canonical
+ * 5-tuple, both directions hit); an established flow whose session holds a
+ * fresh FIB answer for its direction is forwarded at once. Otherwise: ask
+ * the kernel's FIB where the packet goes -> pass what is addressed to the
+ * firewall itself -> on a session miss, the first matching rule of the
+ * (ingress zone, egress zone) pair decides, no match denies (an ICMP error
+ * instead passes only if it quotes a live session) -> remember the answer
+ * in the flow cache. Then (fw_forward): decrement TTL, rewrite L2, redirect
+ * (XDP: a devmap; TC: bpf_redirect, which keeps the skb's checksum state
+ * and GSO size).
  *
  * Egress comes from bpf_fib_lookup, i.e. the kernel's routing and neighbour
  * tables in the firewall's namespace. That is deliberate: the operator's routes
@@ -27,11 +43,14 @@
  * entry yet we pass the (already allowed) packet up so the kernel resolves it
  * and forwards this one packet itself.
  *
- * Port mirroring wraps all of this (mirror_begin/mirror_end): a sampled
+ * Port mirroring wraps all of this. XDP (mirror_begin/mirror_end): a sampled
  * frame of a mirrored ingress keeps its first 32 bytes as XDP metadata and
  * is forwarded through a broadcast devmap of (egress, mirror output), whose
  * output entry runs xdp_fw_mirror to restore the frame as received; a
- * dropped frame goes to the output alone. See ebpfbackend/doc.go. */
+ * dropped frame goes to the output alone. TC: the decision is made without
+ * touching the packet, so a selected frame is cloned as received with
+ * bpf_clone_redirect before it is rewritten or dropped. See
+ * ebpfbackend/doc.go. */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -40,6 +59,7 @@
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -69,7 +89,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FW_SLOTS * FW_MAX_IFACES);
 	__type(key, struct fw_if_key);
-	__type(value, __u32); /* zone id */
+	__type(value, struct fw_if_val);
 } fw_if_zone SEC(".maps");
 
 /* Index: slot * FW_MAX_ZONES^2 + from * FW_MAX_ZONES + to. */
@@ -88,20 +108,53 @@ struct {
 	__type(value, struct fw_rule);
 } fw_rules SEC(".maps");
 
-/* Capacity is set by the control plane from tables.sessions before load. */
+/* Capacity is set by the control plane from tables.sessions before load.
+ * Plain (preallocated) hash tables, not LRU: the session model decides what
+ * leaves a full table (early drop of unassured sessions, never an assured
+ * one), and the sweep removes what expired; an LRU would evict silently. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct fw_sess4_key);
 	__type(value, struct fw_sess_val);
 } fw_sessions_v4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct fw_sess6_key);
 	__type(value, struct fw_sess_val);
 } fw_sessions_v6 SEC(".maps");
+
+/* Early-drop candidates: FW_RECENT keys per CPU (the control plane sizes
+ * the arrays to possible CPUs x FW_RECENT before load). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_RECENT);
+	__type(key, __u32);
+	__type(value, struct fw_sess4_key);
+} fw_recent_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_RECENT);
+	__type(key, __u32);
+	__type(value, struct fw_sess6_key);
+} fw_recent_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_recent_pos);
+} fw_recent_pos_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sweep);
+} fw_sweep_map SEC(".maps");
 
 /* Keyed by egress ifindex: exactly the FIB's answer, no translation. */
 struct {
@@ -258,23 +311,124 @@ struct pkt {
 	__u8 vlan;
 	__u8 ttl;
 	__u8 tos;
+	/* IP length the MTU checks use: the packet's, or for a TC GSO packet
+	 * one segment's; 0 when unknown (then the FIB helper checks the skb
+	 * itself and the answer is not cached). */
 	__u16 tot_len;
 	__be32 flowinfo;
 	__u16 l4off;   /* ICMP errors: offset of the ICMP header in the frame */
 	__u8 icmp_err; /* an ICMP error: the flow is the quoted packet's */
 	__u8 src_is_lo; /* set by session_key */
+	__u8 l4hlen;   /* TCP/UDP header length, for GSO segment sizes */
+	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 pad[2];
 };
+
+/* Per-CPU working memory of the general path: the parsed packet, a
+ * quoted one and a new session's value. Off the 512-byte stack, and map
+ * memory, whose contents the verifier does not follow: fewer states. A
+ * program runs to completion on its CPU before the next one starts there. */
+struct fw_scratch {
+	struct pkt p;
+	struct pkt q;
+	struct fw_sess_val nv;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_scratch);
+} fw_scratch_map SEC(".maps");
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+/* Flags that change a session's state: such packets never take a cache. */
+#define TCP_CTL (TCP_FIN | TCP_SYN | TCP_RST)
+
+/* Verdicts inside the program, whatever its type; the entry points turn
+ * them into XDP or TC return codes. */
+enum fw_verdict {
+	FWV_DROP = 0,
+	FWV_PASS,  /* to the kernel's stack */
+	FWV_FWD,   /* rewrite and redirect: see struct fw_out */
+	FWV_ABORT, /* a map the program needs is missing: a bug */
+};
+
+/* Where a forwarded packet goes, decided without touching the packet (TC
+ * clones a mirrored frame as received after the decision). */
+struct fw_out {
+	__u32 ifindex;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u8 family;
+	__u8 vlan; /* the frame carries an 802.1Q tag in its data */
+	__u8 pad[2];
+};
+
+/* The context seen through the program type; `tc` is a constant in every
+ * instantiation, so only one branch is ever compiled in. */
+static __always_inline void *ctx_data(void *ctx, const int tc)
+{
+	if (tc)
+		return (void *)(long)((struct __sk_buff *)ctx)->data;
+	return (void *)(long)((struct xdp_md *)ctx)->data;
+}
+
+static __always_inline void *ctx_end(void *ctx, const int tc)
+{
+	if (tc)
+		return (void *)(long)((struct __sk_buff *)ctx)->data_end;
+	return (void *)(long)((struct xdp_md *)ctx)->data_end;
+}
+
+static __always_inline __u32 ctx_ingress(void *ctx, const int tc)
+{
+	if (tc)
+		return ((struct __sk_buff *)ctx)->ingress_ifindex;
+	return ((struct xdp_md *)ctx)->ingress_ifindex;
+}
+
+/* Bytes of the packet: a TC skb may hold most of them outside its linear
+ * part (GSO), so its length is skb->len. */
+static __always_inline __u64 ctx_len(void *ctx, const int tc)
+{
+	if (tc)
+		return ((struct __sk_buff *)ctx)->len;
+	return (__u64)((long)ctx_end(ctx, 0) - (long)ctx_data(ctx, 0));
+}
+
+/* TC: the payload size of one GSO segment, 0 for a plain packet. */
+static __always_inline __u32 ctx_gso_size(void *ctx, const int tc)
+{
+	if (tc)
+		return ((struct __sk_buff *)ctx)->gso_size;
+	return 0;
+}
+
+static __always_inline int native(int v, const int tc)
+{
+	switch (v) {
+	case FWV_PASS:
+		return tc ? TC_ACT_OK : XDP_PASS;
+	case FWV_DROP:
+		return tc ? TC_ACT_SHOT : XDP_DROP;
+	}
+	return tc ? TC_ACT_SHOT : XDP_ABORTED;
+}
 
 static __always_inline int pass(struct fw_cpu_counters *cnt, __u32 reason)
 {
 	cnt->c[reason] += 1;
-	return XDP_PASS;
+	return FWV_PASS;
 }
 
 static __always_inline int drop(struct fw_cpu_counters *cnt, __u32 reason)
 {
 	cnt->c[reason] += 1;
-	return XDP_DROP;
+	return FWV_DROP;
 }
 
 /* ICMP error types whose quoted header names the flow they are about:
@@ -286,7 +440,6 @@ static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 		return type == 3 || type == 11 || type == 12;
 	return type >= 1 && type <= 4;
 }
-
 /* Parses the packet quoted by an ICMP error (the original packet, as its
  * sender sent it) into q: addresses, protocol and ports, or the echo id
  * for a quoted echo. Returns 0, or -1 when the quote is too short or names
@@ -359,6 +512,8 @@ static __always_inline int parse_l4(void *l4, void *data, void *end, struct pkt 
 			return -1;
 		p->k.sport = th->source;
 		p->k.dport = th->dest;
+		p->l4hlen = th->doff * 4;
+		p->tcp_flags = ((__u8 *)th)[13];
 		return 0;
 	}
 	case IPPROTO_UDP: {
@@ -367,6 +522,7 @@ static __always_inline int parse_l4(void *l4, void *data, void *end, struct pkt 
 			return -1;
 		p->k.sport = uh->source;
 		p->k.dport = uh->dest;
+		p->l4hlen = sizeof(*uh);
 		return 0;
 	}
 	case IPPROTO_ICMP:
@@ -403,6 +559,86 @@ static __always_inline __u32 proto_class(__u8 proto)
 		return FW_PC_ICMP;
 	}
 	return FW_PC_OTHER;
+}
+
+/* The session model (dataplane/session.go): a session's state follows from
+ * its flags, which only ever gain bits. */
+static __always_inline __u32 sess_state(__u8 proto, __u32 f)
+{
+	if (proto != IPPROTO_TCP)
+		return (f & FW_SF_REPLY) ? FW_ST_REPLIED : FW_ST_UNREPLIED;
+	if ((f & FW_SF_RST) || ((f & FW_SF_FIN_INIT) && (f & FW_SF_FIN_RESP)))
+		return FW_ST_CLOSED;
+	if (f & (FW_SF_FIN_INIT | FW_SF_FIN_RESP))
+		return FW_ST_CLOSING;
+	if (f & FW_SF_ESTABLISHED)
+		return FW_ST_ESTABLISHED;
+	return FW_ST_OPENING;
+}
+
+/* Assured: traffic seen both ways (TCP: and the handshake completed). An
+ * assured session is never evicted for a new flow. */
+static __always_inline int sess_assured(__u8 proto, __u32 f)
+{
+	if (proto == IPPROTO_TCP)
+		return (f & (FW_SF_ESTABLISHED | FW_SF_REPLY)) == (FW_SF_ESTABLISHED | FW_SF_REPLY);
+	return (f & FW_SF_REPLY) != 0;
+}
+
+static __always_inline __u32 timeout_slot(__u8 proto, __u32 state)
+{
+	switch (proto_class(proto)) {
+	case FW_PC_TCP:
+		switch (state) {
+		case FW_ST_OPENING:
+			return FW_TO_TCP_OPENING;
+		case FW_ST_CLOSING:
+			return FW_TO_TCP_CLOSING;
+		case FW_ST_CLOSED:
+			return FW_TO_TCP_CLOSED;
+		}
+		return FW_TO_TCP_ESTABLISHED;
+	case FW_PC_UDP:
+		return state == FW_ST_UNREPLIED ? FW_TO_UDP_UNREPLIED : FW_TO_UDP_REPLIED;
+	case FW_PC_ICMP:
+		return state == FW_ST_UNREPLIED ? FW_TO_ICMP_UNREPLIED : FW_TO_ICMP_REPLIED;
+	}
+	return state == FW_ST_UNREPLIED ? FW_TO_OTHER_UNREPLIED : FW_TO_OTHER_REPLIED;
+}
+
+/* Whether early aging is on for a family (the sweep switches it, and a
+ * full table too). */
+static __always_inline int aging_on(__u8 family)
+{
+	__u32 zero = 0;
+	struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+	return sw && sw->aging[family == 4 ? 0 : 1];
+}
+
+/* How long a flow-cache entry of a session in this state may forward
+ * before the session is touched again (the control plane's fraction of the
+ * state's timeout). Loaded at once, so no path carries a constant slot
+ * index further (which would keep the verifier from merging paths). */
+static __always_inline __u64 sess_refresh(const struct fw_settings *set, __u8 proto, __u32 flags)
+{
+	__u32 i = timeout_slot(proto, sess_state(proto, flags));
+	if (i >= FW_TO_MAX)
+		i = 0;
+	return set->refresh_ns[i];
+}
+
+/* The idle timeout of a session: its state's, divided while early aging
+ * is on if the state is unassured (TCP opening, unreplied). */
+static __always_inline __u64 sess_timeout(const struct fw_settings *set, __u8 proto, __u32 flags, int aging)
+{
+	__u32 st = sess_state(proto, flags);
+	__u32 i = timeout_slot(proto, st);
+	if (i >= FW_TO_MAX) /* for the verifier */
+		i = 0;
+	__u64 to = set->timeout_ns[i];
+	if (aging && (st == FW_ST_OPENING || st == FW_ST_UNREPLIED) && set->aging_div > 1)
+		to /= set->aging_div;
+	return to;
 }
 
 static __always_inline int prefix_match(const __u32 *addr, const __u32 *want, const __u32 *mask)
@@ -515,12 +751,15 @@ static __always_inline void ipv4_dec_ttl(struct iphdr *iph)
 }
 
 /* Asks the FIB and copies its answer (egress, MACs) into hop. Not inlined:
- * the 64-byte request lives in this frame, not in the main one. */
-static __noinline int fib_hop(struct xdp_md *ctx, struct pkt *p, struct fw_hop *hop, __u16 tot_len)
+ * the 64-byte request lives in this frame, not in the main one. ctx is the
+ * program's context (XDP or skb: the helper exists for both). tot_len 0
+ * makes the skb variant check the skb itself against the egress MTU
+ * (GSO-aware); the XDP variant then skips the check. */
+static __noinline int fib_hop(void *ctx, __u32 ifindex, struct pkt *p, struct fw_hop *hop, __u16 tot_len)
 {
 	struct bpf_fib_lookup f;
 	__builtin_memset(&f, 0, sizeof(f));
-	f.ifindex = ctx->ingress_ifindex;
+	f.ifindex = ifindex;
 	f.l4_protocol = p->k.proto;
 	f.sport = p->k.sport;
 	f.dport = p->k.dport;
@@ -593,13 +832,15 @@ static __noinline void flush_evicted(struct fw_flow *fc)
  * names the session (keys are canonical, so the quote's direction does not
  * matter) and the error travels back to the quoted packet's sender. Not
  * inlined, like flush_evicted. */
-static __noinline int icmp_related(struct xdp_md *ctx, const struct pkt *p, const struct fw_settings *set,
+static __noinline int icmp_related(void *data, void *end, const struct pkt *p, const struct fw_settings *set,
 				    __u64 now)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct pkt qs __attribute__((aligned(8))) = {};
-	struct pkt *q = &qs;
+	__u32 zero = 0;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return 0;
+	struct pkt *q = &sc->q;
+	__builtin_memset(q, 0, sizeof(*q));
 	/* l4off < 4096 for the verifier; the ICMP header is 8 bytes. */
 	void *in = data + (p->l4off & 0xfff) + 8;
 	if (parse_quote(in, end, p->k.family, q) < 0)
@@ -618,36 +859,181 @@ static __noinline int icmp_related(struct xdp_md *ctx, const struct pkt *p, cons
 		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
 	if (!sv)
 		return 0;
-	return now - sv->last_seen_ns <= set->timeout_ns[proto_class(q->k.proto) & (FW_PC_MAX - 1)];
+	return now - sv->last_seen_ns <= sess_timeout(set, q->k.proto, sv->flags, aging_on(q->k.family));
 }
 
-/* Inserts the session of an allowed new flow under key (session_key's).
- * Not inlined: the value is big, and in its own frame it does not count
- * against the main one. */
-static __noinline void create_session(const struct pkt *p, void *key, const struct fw_hop *hop, __u64 now,
-				      __u64 bytes)
+/* Remembers a new session's key as an early-drop candidate of this CPU. */
+static __always_inline void recent_push(__u8 family, const void *key)
 {
-	struct fw_sess_val nv = {
-		.created_ns = now,
-		.last_seen_ns = now,
-		.packets = 1,
-		.bytes = bytes,
-		.initiator_is_lo = p->src_is_lo,
+	__u32 zero = 0;
+	struct fw_recent_pos *pos = bpf_map_lookup_elem(&fw_recent_pos_map, &zero);
+	if (!pos)
+		return;
+	__u32 f = family == 4 ? 0 : 1;
+	__u32 idx = bpf_get_smp_processor_id() * FW_RECENT + (__u32)(pos->w[f] & (FW_RECENT - 1));
+	if (f == 0) {
+		struct fw_sess4_key *slot = bpf_map_lookup_elem(&fw_recent_v4, &idx);
+		if (!slot)
+			return;
+		__builtin_memcpy(slot, key, sizeof(*slot));
+	} else {
+		struct fw_sess6_key *slot = bpf_map_lookup_elem(&fw_recent_v6, &idx);
+		if (!slot)
+			return;
+		__builtin_memcpy(slot, key, sizeof(*slot));
+	}
+	pos->w[f] += 1;
+}
+
+struct early_drop_ctx {
+	const struct fw_settings *set;
+	struct fw_cpu_counters *cnt;
+	struct fw_recent_pos *pos;
+	__u64 now;
+	__u32 cpu;
+	__u32 v6;
+	int aging;
+	int freed;
+};
+
+/* One early-drop probe (bpf_loop: the callback is verified once rather
+ * than once per unrolled probe and path). Returns 1 to stop. */
+static long early_drop_probe(__u64 i, void *data)
+{
+	struct early_drop_ctx *c = data;
+	struct fw_recent_pos *pos = c->pos;
+	__u32 f = c->v6 ? 1 : 0;
+	if (pos->r[f] == pos->w[f])
+		return 1;
+	__u32 idx = c->cpu * FW_RECENT + (__u32)(pos->r[f] & (FW_RECENT - 1));
+	pos->r[f] += 1;
+	struct fw_sess_val *sv;
+	__u8 proto;
+	void *k;
+	if (f) {
+		struct fw_sess6_key *k6 = bpf_map_lookup_elem(&fw_recent_v6, &idx);
+		if (!k6)
+			return 1;
+		sv = bpf_map_lookup_elem(&fw_sessions_v6, k6);
+		proto = k6->proto;
+		k = k6;
+	} else {
+		struct fw_sess4_key *k4 = bpf_map_lookup_elem(&fw_recent_v4, &idx);
+		if (!k4)
+			return 1;
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, k4);
+		proto = k4->proto;
+		k = k4;
+	}
+	if (!sv)
+		return 0; /* gone already */
+	__u32 flags = sv->flags;
+	int expired = c->now - sv->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging);
+	if (!expired && sess_assured(proto, flags))
+		return 0; /* never evicted */
+	long err = f ? bpf_map_delete_elem(&fw_sessions_v6, k) : bpf_map_delete_elem(&fw_sessions_v4, k);
+	if (err)
+		return 0;
+	c->cnt->c[expired ? FW_CNT_SESSION_EXPIRED_EVICTED : FW_CNT_SESSION_EARLY_DROP] += 1;
+	c->freed = 1;
+	return 1;
+}
+
+/* A full table: looks at up to FW_EARLY_DROP_PROBES of this CPU's oldest
+ * recent keys and deletes the first session that is expired or unassured
+ * (counted). Assured, live sessions are skipped: never evicted. Returns
+ * whether a slot was freed. */
+static __always_inline int early_drop(__u8 family, const struct fw_settings *set, __u64 now,
+				      struct fw_cpu_counters *cnt)
+{
+	__u32 zero = 0;
+	struct fw_recent_pos *pos = bpf_map_lookup_elem(&fw_recent_pos_map, &zero);
+	if (!pos)
+		return 0;
+	__u32 f = family == 4 ? 0 : 1;
+	if (pos->w[f] - pos->r[f] > FW_RECENT)
+		pos->r[f] = pos->w[f] - FW_RECENT;
+	struct early_drop_ctx c = {
+		.set = set, .cnt = cnt, .pos = pos, .now = now,
+		.cpu = bpf_get_smp_processor_id(), .v6 = f, .aging = aging_on(family),
 	};
+	bpf_loop(FW_EARLY_DROP_PROBES, early_drop_probe, &c, 0);
+	return c.freed;
+}
+
+#define E2BIG_ 7
+
+/* What a new session starts with, besides the packet and its hop (BPF
+ * functions take at most five arguments). */
+struct fw_newsess {
+	__u64 now;
+	__u64 bytes;
+	__u32 slot;
+	__u32 flags;
+	__u8 from_zone;
+	__u8 to_zone;
+	__u8 pad[6];
+};
+
+/* Inserts the session of an allowed new flow under key (session_key's),
+ * making room by early drop when the table is full. Returns 0, or -1 when
+ * the flow cannot get a session (counted). Not inlined: the value is big,
+ * and in its own frame it does not count against the main one. */
+static __noinline int create_session(const struct pkt *p, void *key, const struct fw_hop *hop,
+				     const struct fw_newsess *ns)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	__u32 slot = ns->slot;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!cnt || !set)
+		return -1;
+	__u64 now = ns->now;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return -1;
+	struct fw_sess_val *nv = &sc->nv;
+	__builtin_memset(nv, 0, sizeof(*nv));
+	nv->created_ns = now;
+	nv->last_seen_ns = now;
+	nv->packets = 1;
+	nv->bytes = ns->bytes;
+	nv->flags = ns->flags;
+	nv->initiator_is_lo = p->src_is_lo;
+	nv->from_zone = ns->from_zone;
+	nv->to_zone = ns->to_zone;
 	if (p->src_is_lo)
-		__builtin_memcpy(&nv.hop[0], hop, sizeof(*hop));
+		__builtin_memcpy(&nv->hop[0], hop, sizeof(*hop));
 	else
-		__builtin_memcpy(&nv.hop[1], hop, sizeof(*hop));
-	if (p->k.family == 4)
-		bpf_map_update_elem(&fw_sessions_v4, key, &nv, BPF_ANY);
-	else
-		bpf_map_update_elem(&fw_sessions_v6, key, &nv, BPF_ANY);
+		__builtin_memcpy(&nv->hop[1], hop, sizeof(*hop));
+	for (int attempt = 0; attempt < 2; attempt++) {
+		long err;
+		if (p->k.family == 4)
+			err = bpf_map_update_elem(&fw_sessions_v4, key, nv, BPF_ANY);
+		else
+			err = bpf_map_update_elem(&fw_sessions_v6, key, nv, BPF_ANY);
+		if (err == 0) {
+			recent_push(p->k.family, key);
+			return 0;
+		}
+		if (err != -E2BIG_ || attempt)
+			break;
+		/* Full: age unassured sessions faster from now on (the sweep
+		 * turns it off again), and make room if a candidate allows. */
+		struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+		if (sw)
+			sw->aging[p->k.family == 4 ? 0 : 1] = 1;
+		if (!early_drop(p->k.family, set, now, cnt))
+			break;
+	}
+	cnt->c[FW_CNT_SESSION_TABLE_FULL] += 1;
+	return -1;
 }
 
 /* The fast path: an untagged IPv4 (no options) or IPv6 TCP/UDP packet whose
- * flow is in this CPU's cache is forwarded straight from the headers, with
- * no parse into a struct and no call but the redirect. Anything else, and
- * any miss, returns -1 and takes the general path below, which applies the
+ * flow is in this CPU's cache is decided from the headers and the entry
+ * alone, with no parse into a struct and no call. Anything else, and any
+ * miss, returns -1 and takes the general path below, which applies the
  * same checks in full; this path only forwards what that path would.
  *
  * Header words are read again after each map lookup rather than kept: clang
@@ -655,54 +1041,45 @@ static __noinline void create_session(const struct pkt *p, void *key, const stru
  * them costs more spills than the loads. */
 #define RELOAD32(p) (*(volatile __u32 *)(p))
 
-/* Redirects to egress, through the (egress, output) broadcast devmap when
- * this packet is mirrored. */
-static __always_inline int fw_redirect(struct mstate *ms, __u32 egress)
-{
-	if (ms->out) {
-		struct fw_pair_key pk = {.egress = egress, .output = ms->out};
-		void *bm = bpf_map_lookup_elem(&fw_mirror_pairs, &pk);
-		if (bm) {
-			ms->cloned = 1;
-			return bpf_redirect_map(bm, 0, BPF_F_BROADCAST | XDP_DROP);
-		}
-	}
-	return bpf_redirect_map(&fw_tx_ports, egress, XDP_DROP);
-}
-
-static __always_inline int fast_finish(struct fw_flow *fc, struct ethhdr *eth, __u64 bytes, struct mstate *ms)
-{
-	__u32 zero = 0;
-	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
-	if (!cnt)
-		return XDP_ABORTED;
-	ms->modified = 1;
-	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
-	fc->packets += 1;
-	fc->bytes += bytes;
-	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
-	int act = fw_redirect(ms, fc->ifindex);
-	if (act != XDP_REDIRECT) {
-		cnt->c[FW_CNT_DROP_EGRESS_UNMANAGED] += 1;
-		return XDP_DROP;
-	}
-	cnt->c[FW_CNT_FORWARDED] += 1;
-	return act;
-}
-
-/* Whether fc may forward now: same config flip, not expired, and the packet
- * no bigger than what the FIB's MTU check accepted. */
-static __always_inline int fast_valid(const struct fw_flow *fc, __u16 tot_len)
+/* Whether fc may forward a packet of IP length len that arrived on in now:
+ * same config flip, not expired, the interface the session's zones allow
+ * for this direction, no bigger than what the FIB's MTU check accepted,
+ * and, for XDP, an egress that takes XDP redirects. */
+static __always_inline int fast_valid(const struct fw_flow *fc, __u32 len, __u32 in, const int tc)
 {
 	__u32 zero = 0;
 	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
 	if (!activep)
 		return 0;
-	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && tot_len <= fc->len_ok;
+	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && len && len <= fc->len_ok &&
+	       fc->in_ifindex == in && (tc || fc->xdp_tx);
 }
 
-static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes, struct mstate *ms)
+static __always_inline int fast_hit(struct fw_flow *fc, __u64 bytes, __u8 family, struct fw_out *o)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return -1;
+	fc->packets += 1;
+	fc->bytes += bytes;
+	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+	o->ifindex = fc->ifindex;
+	__builtin_memcpy(o->smac, fc->smac, ETH_ALEN);
+	__builtin_memcpy(o->dmac, fc->dmac, ETH_ALEN);
+	o->family = family;
+	o->vlan = 0;
+	return FWV_FWD;
+}
+
+/* The IP length the MTU check is about: for a TC GSO packet, one segment's
+ * (headers + gso_size), else the packet's. */
+static __always_inline __u32 seg_len(__u32 tot_len, __u32 l3l4hlen, __u32 gso)
+{
+	return gso ? l3l4hlen + gso : tot_len;
+}
+
+static __always_inline int fast4(void *ctx, const int tc, struct ethhdr *eth, void *end, struct fw_out *o)
 {
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > end)
@@ -712,12 +1089,17 @@ static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes, str
 		return -1;
 	__u8 proto = iph->protocol;
 	__u32 *l4 = (void *)(iph + 1);
+	__u32 hlen;
 	if (proto == IPPROTO_UDP) {
 		if ((void *)l4 + sizeof(struct udphdr) > end)
 			return -1;
+		hlen = sizeof(struct iphdr) + sizeof(struct udphdr);
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
 			return -1;
+		if (((__u8 *)l4)[13] & TCP_CTL) /* may change the session's state */
+			return -1;
+		hlen = sizeof(struct iphdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
 		return -1;
 	}
@@ -734,10 +1116,9 @@ static __always_inline int fast4(struct ethhdr *eth, void *end, __u64 bytes, str
 	w4 = RELOAD32(l4) | ((__u64)iph->protocol << 32) | (4ULL << 40);
 	if (((k[0] ^ RELOAD32(&iph->saddr)) | k[1] | (k[2] ^ RELOAD32(&iph->daddr)) | k[3] | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, bpf_ntohs(iph->tot_len)))
+	if (!fast_valid(fc, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
-	ipv4_dec_ttl(iph);
-	return fast_finish(fc, eth, bytes, ms);
+	return fast_hit(fc, ctx_len(ctx, tc), 4, o);
 }
 
 static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
@@ -745,7 +1126,7 @@ static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
 	return (__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i]) | ((__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i + 1]) << 32);
 }
 
-static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes, struct mstate *ms)
+static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, void *end, struct fw_out *o)
 {
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	if ((void *)(ip6 + 1) > end)
@@ -754,12 +1135,17 @@ static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes, str
 		return -1;
 	__u8 proto = ip6->nexthdr;
 	__u32 *l4 = (void *)(ip6 + 1);
+	__u32 hlen;
 	if (proto == IPPROTO_UDP) {
 		if ((void *)l4 + sizeof(struct udphdr) > end)
 			return -1;
+		hlen = sizeof(struct ipv6hdr) + sizeof(struct udphdr);
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
 			return -1;
+		if (((__u8 *)l4)[13] & TCP_CTL)
+			return -1;
+		hlen = sizeof(struct ipv6hdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
 		return -1;
 	}
@@ -775,43 +1161,35 @@ static __always_inline int fast6(struct ethhdr *eth, void *end, __u64 bytes, str
 	if (((k[0] ^ addr_word(&ip6->saddr, 0)) | (k[1] ^ addr_word(&ip6->saddr, 1)) |
 	     (k[2] ^ addr_word(&ip6->daddr, 0)) | (k[3] ^ addr_word(&ip6->daddr, 1)) | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, bpf_ntohs(ip6->payload_len) + sizeof(*ip6)))
+	if (!fast_valid(fc, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
-	ip6->hop_limit--;
-	return fast_finish(fc, eth, bytes, ms);
+	return fast_hit(fc, ctx_len(ctx, tc), 6, o);
 }
 
-static __always_inline int fast_path(struct xdp_md *ctx, struct mstate *ms)
+static __always_inline int fast_path(void *ctx, const int tc, struct fw_out *o)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return -1;
-	__u64 bytes = (__u64)(end - data);
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return fast4(eth, end, bytes, ms);
+		return fast4(ctx, tc, eth, end, o);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return fast6(eth, end, bytes, ms);
+		return fast6(ctx, tc, eth, end, o);
 	return -1;
 }
 
-static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
+/* Parses the frame into p. Returns -1 to go on, or a verdict (counted). */
+static __always_inline int fw_parse_body(void *ctx, const int tc, struct pkt *p)
 {
-	int fast = fast_path(ctx, ms);
-	if (fast >= 0)
-		return fast;
-
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct pkt p __attribute__((aligned(8))) = {};
-	int nd = 0;
 	__u32 zero = 0;
-
 	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
 	if (!cnt)
-		return XDP_ABORTED;
-
+		return FWV_ABORT;
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
+	int nd = 0;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return drop(cnt, FW_CNT_DROP_PARSE);
@@ -823,9 +1201,10 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 			return drop(cnt, FW_CNT_DROP_PARSE);
 		h_proto = vh->proto;
 		l3 = vh + 1;
-		p.vlan = 1;
+		p->vlan = 1;
 	}
 
+	__u32 l3hlen;
 	if (h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *iph = l3;
 		if ((void *)(iph + 1) > end)
@@ -835,16 +1214,17 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (l3 + hlen > end)
 			return drop(cnt, FW_CNT_DROP_PARSE);
-		p.k.family = 4;
-		p.k.proto = iph->protocol;
-		p.k.saddr[0] = iph->saddr;
-		p.k.daddr[0] = iph->daddr;
-		p.ttl = iph->ttl;
-		p.tos = iph->tos;
-		p.tot_len = bpf_ntohs(iph->tot_len);
+		p->k.family = 4;
+		p->k.proto = iph->protocol;
+		p->k.saddr[0] = iph->saddr;
+		p->k.daddr[0] = iph->daddr;
+		p->ttl = iph->ttl;
+		p->tos = iph->tos;
+		p->tot_len = bpf_ntohs(iph->tot_len);
+		l3hlen = hlen;
 		if (iph->frag_off & bpf_htons(0x1fff))
-			p.nonfirst_frag = 1;
-		else if (parse_l4(l3 + hlen, data, end, &p, &nd) < 0)
+			p->nonfirst_frag = 1;
+		else if (parse_l4(l3 + hlen, data, end, p, &nd) < 0)
 			return drop(cnt, FW_CNT_DROP_PARSE);
 	} else if (h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -852,46 +1232,217 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (ip6->version != 6)
 			return drop(cnt, FW_CNT_DROP_PARSE);
-		p.k.family = 6;
-		p.k.proto = ip6->nexthdr;
-		__builtin_memcpy(p.k.saddr, &ip6->saddr, 16);
-		__builtin_memcpy(p.k.daddr, &ip6->daddr, 16);
-		p.ttl = ip6->hop_limit;
-		p.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
-		p.flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
-		if (p.k.proto == 44 /* fragment header: ports are not where we look */)
-			p.nonfirst_frag = 1;
-		else if (parse_l4(ip6 + 1, data, end, &p, &nd) < 0)
+		p->k.family = 6;
+		p->k.proto = ip6->nexthdr;
+		__builtin_memcpy(p->k.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->k.daddr, &ip6->daddr, 16);
+		p->ttl = ip6->hop_limit;
+		p->tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		p->flowinfo = *(__be32 *)ip6 & bpf_htonl(0x0fffffff);
+		l3hlen = sizeof(*ip6);
+		if (p->k.proto == 44 /* fragment header: ports are not where we look */)
+			p->nonfirst_frag = 1;
+		else if (parse_l4(ip6 + 1, data, end, p, &nd) < 0)
 			return drop(cnt, FW_CNT_DROP_PARSE);
 		if (nd)
 			return pass(cnt, FW_CNT_PASS_ND);
 	} else {
 		return pass(cnt, FW_CNT_PASS_NON_IP);
 	}
+	__u32 gso = ctx_gso_size(ctx, tc);
+	if (gso) {
+		/* A GSO aggregate leaves as segments: the MTU checks are about one
+		 * of them. Only TCP and UDP segments are sized here; anything else
+		 * lets the FIB helper check the skb itself. */
+		if (p->l4hlen && !p->nonfirst_frag)
+			p->tot_len = (__u16)(l3hlen + p->l4hlen + gso);
+		else
+			p->tot_len = 0;
+	}
+	return -1;
+}
+
+/* The parse as a global function, one per program type: the verifier
+ * checks it once on its own, and at the call it forgets what it learned
+ * about the packet's fields on each parse path (a global function's
+ * output memory is unknown to the caller). Without that, every class of
+ * packet (family x protocol x VLAN x fragment) would be followed through
+ * the rest of the program separately, which is what kept this program near
+ * the verifier's limit of a million instructions. */
+__noinline int fw_parse_xdp(struct xdp_md *ctx, struct pkt *p)
+{
+	if (!p)
+		return FWV_ABORT;
+	return fw_parse_body(ctx, 0, p);
+}
+
+__noinline int fw_parse_tc(struct __sk_buff *ctx, struct pkt *p)
+{
+	if (!p)
+		return FWV_ABORT;
+	return fw_parse_body(ctx, 1, p);
+}
+
+/* What fw_decide needs besides the packet. */
+struct fw_env {
+	__u64 now_j;
+	__u64 bytes;
+	__u32 active;
+	__u32 slot;
+	__u32 in_ifindex;
+	struct fw_flow *fc;
+	int fc_same;
+	int cache_pkt;
+};
+
+/* Fills the CPU's flow cache slot with hop for a bounded time: at most the
+ * refresh interval (so the session's last-seen and totals lag by no more)
+ * and at most what is left of the hop's FIB freshness. */
+static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p, const struct fw_hop *hop,
+					  const struct fw_settings *set, __u64 refresh, __u64 now)
+{
+	if (!e->cache_pkt || !set->tick_ns || !hop->len_ok)
+		return;
+	struct fw_flow *fc = e->fc;
+	__u64 age = now - hop->checked_ns;
+	__u64 lim = refresh;
+	if (age < FW_FIB_CACHE_NS && FW_FIB_CACHE_NS - age < lim)
+		lim = FW_FIB_CACHE_NS - age;
+	if (age >= FW_FIB_CACHE_NS)
+		lim = 0;
+	__u64 ticks = lim / set->tick_ns;
+	if (!ticks)
+		return;
+	if (!e->fc_same && fc->packets)
+		flush_evicted(fc);
+	__builtin_memcpy(&fc->key, &p->k, sizeof(p->k));
+	fc->expire_j = e->now_j + ticks;
+	fc->packets = 0;
+	fc->bytes = 0;
+	fc->active = e->active;
+	fc->ifindex = hop->ifindex;
+	__builtin_memcpy(fc->smac, hop->smac, ETH_ALEN);
+	__builtin_memcpy(fc->dmac, hop->dmac, ETH_ALEN);
+	fc->len_ok = hop->len_ok;
+	fc->xdp_tx = hop->xdp_tx;
+	fc->in_ifindex = e->in_ifindex;
+}
+
+/* Adds the packet (and what this CPU's cache entry forwarded for the same
+ * flow since) to a live session. */
+static __always_inline void session_account(struct fw_sess_val *sv, struct fw_env *e, __u64 now)
+{
+	sv->last_seen_ns = now;
+	sv->packets += 1;
+	sv->bytes += e->bytes;
+	if (e->fc_same) {
+		sv->packets += e->fc->packets;
+		sv->bytes += e->fc->bytes;
+		e->fc->packets = 0;
+		e->fc->bytes = 0;
+	}
+}
+
+static __always_inline void out_from_hop(struct fw_out *o, const struct fw_hop *hop, const struct pkt *p)
+{
+	o->ifindex = hop->ifindex;
+	__builtin_memcpy(o->smac, hop->smac, ETH_ALEN);
+	__builtin_memcpy(o->dmac, hop->dmac, ETH_ALEN);
+	o->family = p->k.family;
+	o->vlan = p->vlan;
+}
+
+/* Looks up the zone of an interface in the active slot; 0: not managed. */
+static __always_inline __u32 zone_of(__u32 ifindex, __u32 slot, __u32 *flags)
+{
+	struct fw_if_key k = {.ifindex = ifindex, .slot = slot};
+	struct fw_if_val *v = bpf_map_lookup_elem(&fw_if_zone, &k);
+	if (!v)
+		return 0;
+	if (flags)
+		*flags = v->flags;
+	return v->zone;
+}
+
+/* What a packet of a live session does to its flags (the session model):
+ * the reply direction seen; TCP FIN and RST; the initiator's ACK after a
+ * reply completes the handshake. Adds the bits with an atomic OR. Not
+ * inlined, and returning nothing: the many combinations of bits stay
+ * inside it, and the caller reads the flags again (the verifier then
+ * merges the caller's paths instead of following one per combination). */
+static __noinline void sess_touch(struct fw_sess_val *sv, const struct pkt *p, int from_init)
+{
+	__u32 f = sv->flags;
+	__u32 add = 0;
+	if (!from_init)
+		add |= FW_SF_REPLY;
+	if (p->k.proto == IPPROTO_TCP) {
+		__u8 tf = p->tcp_flags;
+		if (tf & TCP_RST)
+			add |= FW_SF_RST;
+		if (tf & TCP_FIN)
+			add |= from_init ? FW_SF_FIN_INIT : FW_SF_FIN_RESP;
+		if (from_init && ((f | add) & FW_SF_REPLY) && (tf & TCP_ACK) && !(tf & TCP_SYN))
+			add |= FW_SF_ESTABLISHED;
+	}
+	add &= ~f;
+	if (add)
+		/* A 64-bit OR on the word that starts with flags: the 32-bit
+		 * atomics need -mcpu=v3; on bpfel the bits land in flags. */
+		__sync_fetch_and_or((__u64 *)&sv->flags, (__u64)add);
+}
+
+/* The general path: parse, session, FIB, zones and policy. Returns a
+ * verdict; FWV_FWD fills o. Nothing here writes to the packet. */
+static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
+{
+	int fast = fast_path(ctx, tc, o);
+	if (fast >= 0)
+		return fast;
+
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return FWV_ABORT;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return FWV_ABORT;
+	struct pkt *p = &sc->p;
+	__builtin_memset(p, 0, sizeof(*p));
+	int v = tc ? fw_parse_tc(ctx, p) : fw_parse_xdp(ctx, p);
+	if (v >= 0)
+		return v;
 
 	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
 	if (!activep)
-		return XDP_ABORTED;
+		return FWV_ABORT;
+	struct fw_env e = {};
 	/* The control plane counts flips; the low bit is the slot. */
-	__u32 active = *activep;
-	__u32 slot = active & 1;
-	__u64 bytes = (__u64)(end - data);
-	struct fw_hop hop;
+	e.active = *activep;
+	e.slot = e.active & 1;
+	e.bytes = ctx_len(ctx, tc);
+	e.in_ifindex = ctx_ingress(ctx, tc);
+	struct fw_hop hop = {};
+	int is_tcp = p->k.proto == IPPROTO_TCP;
 
 	/* Flow cache: an established flow's packets normally end here. Jiffies
-	 * are one inlined load where the coarse clock is a helper call. */
-	int cache_pkt = !p.nonfirst_frag && !p.icmp_err;
-	__u64 now_j = bpf_jiffies64();
-	__u32 fidx = flow_slot(&p.k);
-	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &fidx);
-	if (!fc)
-		return XDP_ABORTED;
-	int fc_same = cache_pkt && flow_key_eq(&fc->key, &p.k);
-	if (fc_same && fc->active == active && (__s64)(fc->expire_j - now_j) > 0 && p.tot_len <= fc->len_ok) {
+	 * are one inlined load where the coarse clock is a helper call. TCP
+	 * packets that may change the session's state never take it. */
+	e.cache_pkt = !p->nonfirst_frag && !p->icmp_err && p->tot_len && !(is_tcp && (p->tcp_flags & TCP_CTL));
+	e.now_j = bpf_jiffies64();
+	__u32 fidx = flow_slot(&p->k);
+	e.fc = bpf_map_lookup_elem(&fw_flow_cache, &fidx);
+	if (!e.fc)
+		return FWV_ABORT;
+	struct fw_flow *fc = e.fc;
+	e.fc_same = e.cache_pkt && flow_key_eq(&fc->key, &p->k);
+	if (e.fc_same && fc->active == e.active && (__s64)(fc->expire_j - e.now_j) > 0 && p->tot_len <= fc->len_ok &&
+	    fc->in_ifindex == e.in_ifindex && (tc || fc->xdp_tx)) {
 		fc->packets += 1;
-		fc->bytes += bytes;
+		fc->bytes += e.bytes;
 		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
 		hop.ifindex = fc->ifindex;
+		hop.xdp_tx = fc->xdp_tx;
 		__builtin_memcpy(hop.smac, fc->smac, ETH_ALEN);
 		__builtin_memcpy(hop.dmac, fc->dmac, ETH_ALEN);
 		goto forward;
@@ -901,56 +1452,75 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 	 * bpf_ktime_get_ns reads the clock source: idle timeouts need no better,
 	 * and the control plane reads the same clock (CLOCK_MONOTONIC_COARSE). */
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &e.slot);
 	if (!set)
-		return XDP_ABORTED;
-	__u32 pc = proto_class(p.k.proto) & (FW_PC_MAX - 1);
-	__u64 timeout = set->timeout_ns[pc];
+		return FWV_ABORT;
 
 	union {
 		struct fw_sess4_key k4;
 		struct fw_sess6_key k6;
 	} sk;
-	void *key = session_key(&p, &sk.k4, &sk.k6, &p.src_is_lo);
-	void *smap = p.k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
-	__u32 dir = p.src_is_lo ? 0 : 1;
+	void *key = session_key(p, &sk.k4, &sk.k6, &p->src_is_lo);
+	void *smap = p->k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
+	__u32 dir = p->src_is_lo ? 0 : 1;
 
 	/* One call site per map: with a constant map pointer the verifier
 	 * inlines the hash lookup; a pointer that may be either map costs an
 	 * indirect call per packet. An ICMP error is never a session of its
 	 * own: it belongs to the flow it quotes. */
 	struct fw_sess_val *sv = NULL;
-	if (cache_pkt) {
-		if (p.k.family == 4)
+	if (!p->icmp_err && !p->nonfirst_frag) {
+		if (p->k.family == 4)
 			sv = bpf_map_lookup_elem(&fw_sessions_v4, &sk.k4);
 		else
 			sv = bpf_map_lookup_elem(&fw_sessions_v6, &sk.k6);
 	}
-	int live = sv && now - sv->last_seen_ns <= timeout;
-	int related = 0;
+	int live = sv && now - sv->last_seen_ns <= sess_timeout(set, p->k.proto, sv->flags, aging_on(p->k.family));
+	__u64 refresh = 0;
 
 	if (live) {
+		__u32 flags = sv->flags;
+		if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN &&
+		    sess_state(IPPROTO_TCP, flags) == FW_ST_CLOSED) {
+			/* A new connection reusing the tuple of a closed one: the
+			 * old session ends and the SYN is judged as a new flow. */
+			bpf_map_delete_elem(smap, key);
+			cnt->c[FW_CNT_SESSION_REOPENED] += 1;
+			sv = NULL;
+			live = 0;
+			goto route;
+		}
+		/* A session forwards only between the zones it was made for. */
+		int from_init = p->src_is_lo == sv->initiator_is_lo;
+		if (zone_of(e.in_ifindex, e.slot, NULL) != (from_init ? sv->from_zone : sv->to_zone))
+			return drop(cnt, FW_CNT_DROP_ZONE_MISMATCH);
+		sess_touch(sv, p, from_init);
+		flags = sv->flags;
+		/* A handshake in progress does not take the cache: the packet
+		 * that completes it must reach the session. */
+		if (is_tcp && sess_state(IPPROTO_TCP, flags) == FW_ST_OPENING)
+			e.cache_pkt = 0;
+		refresh = sess_refresh(set, p->k.proto, flags);
 		struct fw_hop *h = &sv->hop[dir & 1];
-		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p.tot_len <= h->len_ok) {
+		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p->tot_len && p->tot_len <= h->len_ok &&
+		    (tc || h->xdp_tx)) {
 			/* Established flow with a fresh FIB answer: no lookup. */
 			__builtin_memcpy(&hop, h, sizeof(hop));
-			sv->last_seen_ns = now;
-			sv->packets += 1;
-			sv->bytes += bytes;
-			if (fc_same) {
-				sv->packets += fc->packets;
-				sv->bytes += fc->bytes;
-				fc->packets = 0;
-				fc->bytes = 0;
-			}
+			session_account(sv, &e, now);
 			cnt->c[FW_CNT_SESSION_HIT] += 1;
-			goto fill;
+			fw_cache_fill(&e, p, &hop, set, refresh, now);
+			goto forward;
 		}
 	}
 
+route:
 	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-	int rc = fib_hop(ctx, &p, &hop, p.tot_len);
-	int frag_needed = 0;
+	int rc = fib_hop(ctx, e.in_ifindex, p, &hop, p->tot_len);
+	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && p->tot_len;
+	/* What happens to the packet once the session is settled: forwarded
+	 * (0), or handed to the kernel for a reason (one variable, not three,
+	 * lives to the end of this function: fewer verifier states). */
+	__u32 hand_over = 0;
 	switch (rc) {
 	case BPF_FIB_LKUP_RET_SUCCESS:
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
@@ -962,11 +1532,13 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 		return pass(cnt, FW_CNT_PASS_FWD_DISABLED);
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		/* The MTU check fails before the FIB names the egress; look up again
-		 * without it so policy still decides before the kernel fragments or
-		 * answers "too big". */
-		frag_needed = 1;
+		 * without it (XDP: tot_len 0 skips it) so policy still decides before
+		 * the kernel fragments or answers "too big". The skb variant checks
+		 * the skb when tot_len is 0, so TC asks with the smallest length. */
+		hand_over = (tc && ctx_gso_size(ctx, tc)) ? FW_CNT_PASS_GSO_TOO_BIG : FW_CNT_PASS_FRAG_NEEDED;
+		cacheable = 0;
 		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-		rc = fib_hop(ctx, &p, &hop, 0);
+		rc = fib_hop(ctx, e.in_ifindex, p, &hop, tc ? 1 : 0);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 			return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 		break;
@@ -976,140 +1548,183 @@ static __always_inline int fw_main(struct xdp_md *ctx, struct mstate *ms)
 		return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 	}
 
-	if (p.nonfirst_frag)
+	if (p->nonfirst_frag)
 		return drop(cnt, FW_CNT_DROP_FRAGMENT);
 
+	__u32 to_flags = 0;
+	__u32 to = zone_of(hop.ifindex, e.slot, &to_flags);
+	hop.xdp_tx = to && (to_flags & FW_IF_XDP_TX);
+
+	if (!hand_over && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		hand_over = FW_CNT_PASS_NO_NEIGH;
 	/* Only a complete answer is worth reusing: without a neighbour the
 	 * kernel must see the packet, and an oversized packet must too. */
-	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && !frag_needed;
 	hop.checked_ns = cacheable ? now : 0;
-	hop.len_ok = cacheable ? p.tot_len : 0;
+	hop.len_ok = cacheable ? p->tot_len : 0;
 	__builtin_memset(hop.pad, 0, sizeof(hop.pad));
 
 	if (live) {
-		sv->last_seen_ns = now;
-		sv->packets += 1;
-		sv->bytes += bytes;
-		if (fc_same) {
-			sv->packets += fc->packets;
-			sv->bytes += fc->bytes;
-			fc->packets = 0;
-			fc->bytes = 0;
-		}
+		session_account(sv, &e, now);
 		__builtin_memcpy(&sv->hop[dir & 1], &hop, sizeof(hop));
 		cnt->c[FW_CNT_SESSION_HIT] += 1;
 	} else {
 		if (sv)
 			cnt->c[FW_CNT_SESSION_EXPIRED] += 1;
 		/* Zones are only needed for a new flow. */
-		struct fw_if_key ik = {.ifindex = ctx->ingress_ifindex, .slot = slot};
-		__u32 *from = bpf_map_lookup_elem(&fw_if_zone, &ik);
+		__u32 from = zone_of(e.in_ifindex, e.slot, NULL);
 		if (!from)
 			/* Not (or no longer) managed: behave as if detached. */
 			return pass(cnt, FW_CNT_PASS_UNMANAGED);
-		struct fw_if_key ek = {.ifindex = hop.ifindex, .slot = slot};
-		__u32 *to = bpf_map_lookup_elem(&fw_if_zone, &ek);
 		if (!to)
 			/* Routing into an interface we do not manage would bypass the
 			 * zone policy: fail closed. */
 			return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
-		if (p.icmp_err) {
+		if (p->icmp_err) {
 			/* Errors about an allowed flow (path MTU discovery needs
 			 * them) pass like the flow; others have no flow to be part
 			 * of and are dropped, like in any stateful firewall. */
-			if (!icmp_related(ctx, &p, set, now))
+			if (!icmp_related(ctx_data(ctx, tc), ctx_end(ctx, tc), p, set, now))
 				return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
 			cnt->c[FW_CNT_RELATED_ICMP] += 1;
-			related = 1;
+			/* (never cached: cache_pkt is unset for ICMP errors) */
 		} else {
-			if (evaluate(slot, *from, *to, &p) != FW_ALLOW) {
+			/* Only a SYN opens a TCP session (unless mid-stream pickup is
+			 * on, which never lets an RST open one). */
+			__u32 sflags = 0;
+			if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+				if (!(set->flags & FW_SET_TCP_PICKUP) || (p->tcp_flags & TCP_RST)) {
+					if (sv)
+						bpf_map_delete_elem(smap, key);
+					return drop(cnt, FW_CNT_DROP_TCP_NOT_SYN);
+				}
+				sflags = FW_SF_ESTABLISHED;
+			}
+			if (evaluate(e.slot, from, to, p) != FW_ALLOW) {
 				if (sv)
 					/* Expired and now denied: free the slot so the
 					 * session count stays the number of live flows. */
 					bpf_map_delete_elem(smap, key);
 				return drop(cnt, FW_CNT_DROP_POLICY);
 			}
-			create_session(&p, key, &hop, now, bytes);
-			cnt->c[p.k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
+			struct fw_newsess ns = {.now = now, .bytes = e.bytes, .slot = e.slot, .flags = sflags,
+						 .from_zone = (__u8)from, .to_zone = (__u8)to};
+			if (create_session(p, key, &hop, &ns) < 0)
+				return FWV_DROP;
+			cnt->c[p->k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
+			/* The flow's next packet fills the cache, from the live path
+			 * (one path fewer here for the verifier). */
+			e.cache_pkt = 0;
 		}
 	}
 
-	if (frag_needed)
-		return pass(cnt, FW_CNT_PASS_FRAG_NEEDED);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return pass(cnt, FW_CNT_PASS_NO_NEIGH);
-	if (related)
-		goto forward;
-
-fill:
-	/* Remember the answer in this CPU's cache slot for a bounded time: at
-	 * most the refresh interval (so the session's last-seen and totals lag
-	 * by no more) and at most what is left of the hop's FIB freshness. */
-	if (cache_pkt && set->tick_ns) {
-		__u64 age = now - hop.checked_ns;
-		__u64 lim = set->refresh_ns[pc];
-		if (age < FW_FIB_CACHE_NS && FW_FIB_CACHE_NS - age < lim)
-			lim = FW_FIB_CACHE_NS - age;
-		if (age >= FW_FIB_CACHE_NS)
-			lim = 0;
-		__u64 ticks = lim / set->tick_ns;
-		if (ticks) {
-			if (!fc_same && fc->packets)
-				flush_evicted(fc);
-			__builtin_memcpy(&fc->key, &p.k, sizeof(p.k));
-			fc->expire_j = now_j + ticks;
-			fc->packets = 0;
-			fc->bytes = 0;
-			fc->active = active;
-			fc->ifindex = hop.ifindex;
-			__builtin_memcpy(fc->smac, hop.smac, ETH_ALEN);
-			__builtin_memcpy(fc->dmac, hop.dmac, ETH_ALEN);
-			fc->len_ok = hop.len_ok;
-		}
-	}
+	if (hand_over)
+		return pass(cnt, hand_over);
+	fw_cache_fill(&e, p, &hop, set, refresh, now);
 
 forward:
-	if (p.ttl <= 1)
+	if (p->ttl <= 1)
 		return pass(cnt, FW_CNT_PASS_TTL);
-	ms->modified = 1;
+	if (!tc && !hop.xdp_tx)
+		/* The egress drops what XDP redirects into it (a veth whose peer
+		 * runs no NAPI): the kernel forwards this allowed packet. */
+		return pass(cnt, FW_CNT_PASS_EGRESS_NOT_XDP);
+	out_from_hop(o, &hop, p);
+	return FWV_FWD;
+}
 
-	/* Re-derive header pointers: the verifier forgets packet bounds across
-	 * the helper calls above. */
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	__u32 l3off = sizeof(struct ethhdr) + (p.vlan ? sizeof(struct vlan_hdr_) : 0);
-	if (p.k.family == 4) {
+/* IPv6 hop limit: no header checksum, but a CHECKSUM_COMPLETE skb's sum
+ * covers the byte, so TC tells the kernel the difference (the kernel's own
+ * forwarding drops such a sum instead). */
+static __always_inline void ipv6_dec_hop(void *ctx, const int tc, struct ipv6hdr *ip6)
+{
+	if (tc) {
+		__be32 old = ((__be32 *)ip6)[1];
+		ip6->hop_limit--;
+		__be32 new = ((__be32 *)ip6)[1];
+		bpf_csum_update(ctx, bpf_csum_diff(&old, 4, &new, 4, 0));
+		return;
+	}
+	ip6->hop_limit--;
+}
+
+/* Redirects to egress; XDP goes through the (egress, output) broadcast
+ * devmap when this packet is mirrored. */
+static __always_inline int fw_redirect(const int tc, struct mstate *ms, __u32 egress)
+{
+	if (tc)
+		return bpf_redirect(egress, 0);
+	if (ms->out) {
+		struct fw_pair_key pk = {.egress = egress, .output = ms->out};
+		void *bm = bpf_map_lookup_elem(&fw_mirror_pairs, &pk);
+		if (bm) {
+			ms->cloned = 1;
+			return bpf_redirect_map(bm, 0, BPF_F_BROADCAST | XDP_DROP);
+		}
+	}
+	return bpf_redirect_map(&fw_tx_ports, egress, XDP_DROP);
+}
+
+/* Rewrites a decided packet (TTL, the VLAN tag, MACs) and redirects it.
+ * Returns the program type's action. */
+static __always_inline int fw_forward(void *ctx, const int tc, const struct fw_out *o, struct mstate *ms)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return native(FWV_ABORT, tc);
+	ms->modified = 1;
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
+	__u32 l3off = sizeof(struct ethhdr) + (o->vlan ? sizeof(struct vlan_hdr_) : 0);
+	if (o->family == 4) {
 		struct iphdr *iph = data + l3off;
 		if ((void *)(iph + 1) > end)
-			return drop(cnt, FW_CNT_DROP_PARSE);
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
 		ipv4_dec_ttl(iph);
 	} else {
 		struct ipv6hdr *ip6 = data + l3off;
 		if ((void *)(ip6 + 1) > end)
-			return drop(cnt, FW_CNT_DROP_PARSE);
-		ip6->hop_limit--;
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+		ipv6_dec_hop(ctx, tc, ip6);
 	}
 
-	if (p.vlan) {
-		/* Egress is the FIB's device, untagged: drop the tag by moving the
-		 * start of the frame forward and writing a fresh Ethernet header. */
+	if (tc) {
+		/* Egress is the FIB's device, untagged: a tag in the data or one
+		 * the kernel already moved into the skb goes. */
+		if (o->vlan || ((struct __sk_buff *)ctx)->vlan_present) {
+			if (bpf_skb_vlan_pop(ctx))
+				return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+		}
+	} else if (o->vlan) {
+		/* Drop the tag by moving the start of the frame forward and
+		 * writing a fresh Ethernet header. */
 		if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct vlan_hdr_)))
-			return drop(cnt, FW_CNT_DROP_PARSE);
-		data = (void *)(long)ctx->data;
-		end = (void *)(long)ctx->data_end;
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
 	}
-	eth = data;
+	data = ctx_data(ctx, tc);
+	end = ctx_end(ctx, tc);
+	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return drop(cnt, FW_CNT_DROP_PARSE);
-	__builtin_memcpy(eth->h_dest, hop.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, hop.smac, ETH_ALEN);
-	eth->h_proto = p.k.family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
+		return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+	__builtin_memcpy(eth->h_dest, o->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, o->smac, ETH_ALEN);
+	eth->h_proto = o->family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 
-	int act = fw_redirect(ms, hop.ifindex);
-	if (act != XDP_REDIRECT)
-		return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
+	int act = fw_redirect(tc, ms, o->ifindex);
+	if (act != (tc ? TC_ACT_REDIRECT : XDP_REDIRECT))
+		return native(drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED), tc);
 	cnt->c[FW_CNT_FORWARDED] += 1;
 	return act;
+}
+
+/* The whole firewall for one packet: decide, then forward or not. */
+static __always_inline int fw_main(void *ctx, const int tc, struct mstate *ms)
+{
+	struct fw_out o;
+	int v = fw_decide(ctx, tc, &o);
+	if (v == FWV_FWD)
+		return fw_forward(ctx, tc, &o, ms);
+	return native(v, tc);
 }
 
 /* Makes a selected frame carry its first FW_MIRROR_META bytes as XDP
@@ -1302,7 +1917,7 @@ int xdp_fw(struct xdp_md *ctx)
 	int r = mirror_begin(ctx, &ms);
 	if (r == XDP_REDIRECT)
 		return r;
-	int act = fw_main(ctx, &ms);
+	int act = fw_main(ctx, 0, &ms);
 	if (ms.out)
 		act = mirror_end(&ms, act);
 	return act;
@@ -1335,7 +1950,7 @@ int xdp_fw_stage(struct xdp_md *ctx)
 			}
 		}
 	}
-	int act = fw_main(ctx, &ms);
+	int act = fw_main(ctx, 0, &ms);
 	if (ms.out)
 		act = mirror_end(&ms, act);
 	return act;
@@ -1365,4 +1980,194 @@ int xdp_fw_mirror(struct xdp_md *ctx)
 		return XDP_DROP;
 	__builtin_memcpy(data, saved, FW_MIRROR_META);
 	return XDP_PASS;
+}
+
+/* The sweep: a bpf_timer that walks both session tables, deletes what
+ * expired, counts what is left and switches early aging per family, then
+ * arms itself again. It runs in the kernel whether or not a control process
+ * is alive, so a pinned dataplane whose daemon died does not fill up. */
+struct sweep_ctx {
+	__u64 now;
+	__u64 used;
+	__u64 unassured;
+	__u64 expired;
+	const struct fw_settings *set;
+	int aging;
+	int pad;
+};
+
+static __always_inline long sweep_one(void *map, const void *key, __u8 proto, struct fw_sess_val *v,
+				      struct sweep_ctx *c)
+{
+	__u32 flags = v->flags;
+	if (c->now > v->last_seen_ns && c->now - v->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging)) {
+		if (bpf_map_delete_elem(map, key) == 0)
+			c->expired += 1;
+		return 0;
+	}
+	c->used += 1;
+	if (!sess_assured(proto, flags))
+		c->unassured += 1;
+	return 0;
+}
+
+static long sweep4(void *map, struct fw_sess4_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
+{
+	return sweep_one(map, key, key->proto, v, c);
+}
+
+static long sweep6(void *map, struct fw_sess6_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
+{
+	return sweep_one(map, key, key->proto, v, c);
+}
+
+/* Early aging turns on at 80 % of the table and off below 75 % (a little
+ * hysteresis, so it does not flap at the edge). */
+static __always_inline __u32 aging_next(__u32 cur, __u64 used, __u64 cap)
+{
+	if (!cap)
+		return 0;
+	if (used * 100 >= cap * 80)
+		return 1;
+	if (used * 100 < cap * 75)
+		return 0;
+	return cur;
+}
+
+static int sweep_cb(void *map, __u32 *key, struct fw_sweep *sw)
+{
+	__u32 zero = 0;
+	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
+	if (!activep)
+		return 0;
+	__u32 slot = *activep & 1;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!set)
+		return 0;
+	__u64 start = bpf_ktime_get_coarse_ns();
+	struct sweep_ctx c = {.now = start, .set = set, .aging = sw->aging[0]};
+	bpf_for_each_map_elem(&fw_sessions_v4, sweep4, &c, 0);
+	sw->used[0] = c.used;
+	sw->unassured[0] = c.unassured;
+	sw->aging[0] = aging_next(sw->aging[0], c.used, set->capacity);
+	__u64 expired = c.expired;
+	c.used = 0;
+	c.unassured = 0;
+	c.expired = 0;
+	c.aging = sw->aging[1];
+	bpf_for_each_map_elem(&fw_sessions_v6, sweep6, &c, 0);
+	sw->used[1] = c.used;
+	sw->unassured[1] = c.unassured;
+	sw->aging[1] = aging_next(sw->aging[1], c.used, set->capacity);
+	sw->expired += expired + c.expired;
+	sw->runs += 1;
+	sw->last_ns = bpf_ktime_get_coarse_ns();
+	sw->took_ns = sw->last_ns - start;
+	__u64 every = set->sweep_ns;
+	if (!every)
+		every = 1000000000ULL;
+	bpf_timer_start(&sw->timer, every, 0);
+	return 0;
+}
+
+#define EBUSY_ 16
+#define CLOCK_MONOTONIC_ 1
+
+/* Arms the sweep (run once by the control plane through BPF_PROG_RUN after
+ * load, and again after an Apply to pick up a new period). A timer armed
+ * before (EBUSY from init) is re-pointed and restarted. */
+SEC("xdp")
+int fw_sweep_arm(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct fw_sweep *sw = bpf_map_lookup_elem(&fw_sweep_map, &zero);
+	if (!sw)
+		return XDP_ABORTED;
+	long r = bpf_timer_init(&sw->timer, &fw_sweep_map, CLOCK_MONOTONIC_);
+	if (r && r != -EBUSY_)
+		return XDP_ABORTED;
+	if (bpf_timer_set_callback(&sw->timer, sweep_cb))
+		return XDP_ABORTED;
+	/* The first pass soon; then every sweep_ns. */
+	if (bpf_timer_start(&sw->timer, 1000000 /* 1 ms */, 0))
+		return XDP_ABORTED;
+	return XDP_PASS;
+}
+
+/* TC port mirroring, after the decision and before anything touches the
+ * frame: sampling as in mirror_begin; a selected frame that is forwarded or
+ * dropped is cloned as received to the output (bpf_clone_redirect), one
+ * handed to the kernel is not (as with XDP). Every selected frame ends in
+ * exactly one stats field. */
+static __always_inline void tc_mirror(struct __sk_buff *skb, int v)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&fw_mirror_on, &zero);
+	if (!on || !*on)
+		return;
+	__u32 in = skb->ingress_ifindex;
+	struct fw_mirror_cfg *mc = bpf_map_lookup_elem(&fw_mirror_rules, &in);
+	if (!mc)
+		return;
+	__u32 idx = mc->index;
+	struct fw_mirror_stats *st = bpf_map_lookup_elem(&fw_mirror_counts, &idx);
+	if (!st)
+		return;
+	st->seen += 1;
+	if (mc->rate > 1) {
+		if (st->countdown > 1) {
+			st->countdown -= 1;
+			return;
+		}
+		st->countdown = mc->rate;
+	}
+	if (!mc->up) {
+		st->not_output_down += 1;
+		return;
+	}
+	if (v == FWV_PASS) {
+		st->not_passed += 1;
+		return;
+	}
+	if (v != FWV_FWD && v != FWV_DROP) {
+		st->not_other += 1;
+		return;
+	}
+	__u32 len = skb->len;
+	if (bpf_clone_redirect(skb, mc->out_ifindex, 0) == 0) {
+		st->mirrored += 1;
+		st->mirrored_bytes += len;
+	} else {
+		st->not_other += 1;
+	}
+}
+
+/* Makes the headers the program reads part of the skb's linear data. An
+ * skb from a local socket or a GRO aggregate normally has them there
+ * already; pulling only when they are not keeps GSO payloads in place. */
+static __always_inline void tc_pull(struct __sk_buff *skb)
+{
+	/* Ethernet, a VLAN tag, the largest IPv4 header, the largest TCP
+	 * header (also covers an ICMP error's quote: 8 + 60 + 8 bytes). */
+	const __u32 want = sizeof(struct ethhdr) + sizeof(struct vlan_hdr_) + 60 + 60;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	if (data + want <= end)
+		return;
+	__u32 len = skb->len;
+	bpf_skb_pull_data(skb, len < want ? len : want);
+}
+
+/* The TC (clsact ingress) program: the same firewall on the skb. */
+SEC("tc")
+int tc_fw(struct __sk_buff *skb)
+{
+	tc_pull(skb);
+	struct mstate ms = {};
+	struct fw_out o;
+	int v = fw_decide(skb, 1, &o);
+	tc_mirror(skb, v);
+	if (v == FWV_FWD)
+		return fw_forward(skb, 1, &o, &ms);
+	return native(v, 1);
 }

@@ -44,6 +44,9 @@ type Backend struct {
 	// Unavailable, when set, says why the backend cannot be built at all
 	// in this binary.
 	Unavailable string `json:"unavailable,omitempty"`
+	// AttachModes: the backend attaches XDP or TC per interface, as
+	// ChooseAttach decides (the eBPF backend).
+	AttachModes bool `json:"attach_modes,omitempty"`
 }
 
 // Request is how the caller wants the decision made.
@@ -63,6 +66,9 @@ type Verdict struct {
 	Notes []string `json:"notes,omitempty"`
 	// Considered is false for backends the request excluded.
 	Considered bool `json:"considered"`
+	// Interfaces says how a backend that attaches per interface would
+	// attach to each one, and why.
+	Interfaces []AttachChoice `json:"interfaces,omitempty"`
 }
 
 // Decision is the outcome of Decide.
@@ -136,6 +142,14 @@ func Evaluate(cfg *dataplane.Config, h *Host, b Backend) Verdict {
 		}
 		if b.Mode == dataplane.ModeUserspace && !caps.Has("xsk-zerocopy") {
 			v.Notes = append(v.Notes, fmt.Sprintf("interface %s has no AF_XDP zero-copy: copy mode", it.Name))
+		}
+	}
+	if b.AttachModes {
+		v.Interfaces = AttachChoices(cfg, h)
+		for i, c := range v.Interfaces {
+			if c.Refused {
+				v.Reasons = append(v.Reasons, fmt.Sprintf("interfaces[%d].attach: %s", i, c))
+			}
 		}
 	}
 	v.Supported = len(v.Reasons) == 0
@@ -266,6 +280,11 @@ func (d Decision) Explain() string {
 		fmt.Fprintf(&b, "  %s: %s\n", v.Mode, state)
 		for _, r := range v.Reasons {
 			fmt.Fprintf(&b, "    - %s\n", r)
+		}
+		for _, c := range v.Interfaces {
+			if !c.Refused {
+				fmt.Fprintf(&b, "    attach %s\n", c)
+			}
 		}
 		for _, n := range v.Notes {
 			fmt.Fprintf(&b, "    note: %s\n", n)

@@ -27,6 +27,7 @@ const (
 	ProbeXSKMap        ProbeName = "xskmap"
 	ProbeAFXDPSocket   ProbeName = "af_xdp_socket"
 	ProbeLiveFrameTest ProbeName = "xdp_live_frames"
+	ProbeTCX           ProbeName = "tcx_link"
 )
 
 // MinKernel is the first upstream kernel expected to pass each probe.
@@ -42,6 +43,7 @@ var MinKernel = map[ProbeName]string{
 	ProbeXSKMap:        "4.18",
 	ProbeAFXDPSocket:   "4.18",
 	ProbeLiveFrameTest: "5.18",
+	ProbeTCX:           "6.6",
 }
 
 // Status is the outcome of one probe.
@@ -87,6 +89,33 @@ type InterfaceCaps struct {
 	Features []string `json:"xdp_features,omitempty"`
 	// FeaturesErr says why Features is unknown.
 	FeaturesErr string `json:"xdp_features_error,omitempty"`
+	// Kind is the netlink link kind ("veth", "bridge", "vlan", ...);
+	// "device" for a link without one (a NIC driver's own device).
+	Kind string `json:"kind,omitempty"`
+	// Driver is the driver name ethtool reports ("veth", "mlx5_core").
+	Driver string `json:"driver,omitempty"`
+	MTU    int    `json:"mtu,omitempty"`
+	// Peer is the other end of a veth, where it could be read (it may live
+	// in another network namespace); PeerErr says why it could not.
+	Peer    *PeerCaps `json:"peer,omitempty"`
+	PeerErr string    `json:"peer_error,omitempty"`
+}
+
+// PeerCaps is what was read of a veth's peer, in its own namespace.
+type PeerCaps struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+	MTU     int    `json:"mtu"`
+	// TXChecksum: the peer leaves L4 checksums to offload, so frames its
+	// sockets send carry partial sums (CHECKSUM_PARTIAL) that only an skb
+	// remembers.
+	TXChecksum bool `json:"tx_checksum"`
+	// GRO on the peer gives it a NAPI instance, which frames XDP redirects
+	// into our end need.
+	GRO bool `json:"gro"`
+	TSO bool `json:"tso"`
+	// XDP: an XDP program is attached to the peer (also gives it NAPI).
+	XDP bool `json:"xdp"`
 }
 
 // Has reports whether the interface advertises an XDP feature.

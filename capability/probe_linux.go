@@ -50,6 +50,7 @@ var probes = []struct {
 	{ProbeAFXDPSocket, probeAFXDPSocket},
 	{ProbeXDPLink, probeXDPLink},
 	{ProbeLiveFrameTest, probeLiveFrames},
+	{ProbeTCX, probeTCX},
 }
 
 var (
@@ -102,16 +103,11 @@ func ProbeHost(ctx context.Context, opts *ProbeOptions) (*Host, error) {
 		h.Probes[p.name] = ResultOf(p.name, Probe(p.name))
 	}
 	if len(opts.Interfaces) > 0 {
-		h.Interfaces = map[string]InterfaceCaps{}
-		err := netnsutil.Do(opts.NetNS, func() error {
-			for _, name := range opts.Interfaces {
-				h.Interfaces[name] = probeInterface(name)
-			}
-			return nil
-		})
+		ifs, err := ProbeInterfaces(opts.NetNS, opts.Interfaces)
 		if err != nil {
-			return nil, fmt.Errorf("probe interfaces: %w", err)
+			return nil, err
 		}
+		h.Interfaces = ifs
 	}
 	return h, nil
 }
@@ -194,6 +190,39 @@ func probeXDPLink() error {
 		return fmt.Errorf("load XDP program: %w", err)
 	}
 	defer prog.Close()
+	return inScratchNetns(func(lo int) error {
+		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lo, Flags: link.XDPGenericMode})
+		if err != nil {
+			return fmt.Errorf("attach XDP through bpf_link: %w", err)
+		}
+		return l.Close()
+	})
+}
+
+// probeTCX attaches a pass-through TC program to a scratch namespace's
+// loopback with a tcx link (kernel 6.6+), the eBPF backend's TC mode.
+func probeTCX() error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "probe_tcx", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.LoadImm(asm.R0, 0, asm.DWord), asm.Return()},
+	})
+	if err != nil {
+		return fmt.Errorf("load TC program: %w", err)
+	}
+	defer prog.Close()
+	return inScratchNetns(func(lo int) error {
+		l, err := link.AttachTCX(link.TCXOptions{Interface: lo, Program: prog, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("attach TC program through a tcx link: %w", err)
+		}
+		return l.Close()
+	})
+}
+
+// inScratchNetns runs fn with the loopback ifindex of a new, private
+// network namespace that disappears afterwards, so a probe that attaches
+// something never touches a real interface.
+func inScratchNetns(fn func(lo int) error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -216,11 +245,7 @@ func probeXDPLink() error {
 			if err != nil {
 				return err
 			}
-			l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: lo.Index, Flags: link.XDPGenericMode})
-			if err != nil {
-				return fmt.Errorf("attach XDP through bpf_link: %w", err)
-			}
-			return l.Close()
+			return fn(lo.Index)
 		}()
 		if rerr := netns.Set(orig); rerr != nil {
 			errc <- fmt.Errorf("restore netns: %w", rerr) // thread stays locked and dies
@@ -267,6 +292,24 @@ const (
 	netdevAttrXDPFeature = 3
 )
 
+// ProbeInterfaces reads what the attach decision needs of each named
+// interface in the network namespace at netns ("" = the current one). An
+// interface that does not exist comes back with Exists unset.
+func ProbeInterfaces(netns string, names []string) (map[string]InterfaceCaps, error) {
+	out := make(map[string]InterfaceCaps, len(names))
+	err := netnsutil.Do(netns, func() error {
+		for _, name := range names {
+			out[name] = probeInterface(name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("probe interfaces: %w", err)
+	}
+	return out, nil
+}
+
+// probeInterface runs on a thread locked into the interface's namespace.
 func probeInterface(name string) InterfaceCaps {
 	caps := InterfaceCaps{Name: name}
 	l, err := netlink.LinkByName(name)
@@ -275,6 +318,18 @@ func probeInterface(name string) InterfaceCaps {
 	}
 	caps.Exists = true
 	caps.Ifindex = l.Attrs().Index
+	caps.MTU = l.Attrs().MTU
+	caps.Kind = l.Type()
+	if caps.Kind == "" {
+		caps.Kind = "device"
+	}
+	caps.Driver, _ = ethtoolDriver(name)
+	if caps.Kind == "veth" {
+		caps.Peer, err = vethPeer(l)
+		if err != nil {
+			caps.PeerErr = err.Error()
+		}
+	}
 	feats, err := xdpFeatures(caps.Ifindex)
 	if err != nil {
 		caps.FeaturesErr = err.Error()

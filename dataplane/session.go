@@ -244,8 +244,8 @@ type SessionOpts struct {
 const (
 	CounterSessionEarlyDrop      = "session_early_drop"       // unassured session evicted for a new flow
 	CounterSessionTableFull      = "session_table_full"       // new flow dropped: table full, no candidate
-	CounterDropTCPNotSYN         = "drop_tcp_not_syn"         // TCP without session and not a SYN
-	CounterDropZoneMismatch      = "drop_zone_mismatch"       // session hit from an interface of another zone
+	CounterDropTCPNotSYN         = "dropped_tcp_not_syn"      // TCP without session and not a SYN
+	CounterDropZoneMismatch      = "dropped_zone_mismatch"    // session hit from an interface of another zone
 	CounterSessionsEndedByPolicy = "sessions_ended_by_policy" // ended by Apply: the new policy denies them
 	CounterSessionsCleared       = "sessions_cleared"         // ended by ClearSessions
 )

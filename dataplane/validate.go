@@ -200,8 +200,6 @@ func (v *validator) timeouts(t Timeouts) {
 		switch {
 		case e.d < 0:
 			v.addf(e.field, "must be >= 0, got %s", time.Duration(e.d))
-		case e.d > 0 && time.Duration(e.d) < time.Second:
-			v.addf(e.field, "must be at least 1s (or 0 for the default), got %s", time.Duration(e.d))
 		case time.Duration(e.d) > MaxTimeout:
 			v.addf(e.field, "must be <= %s, got %s", MaxTimeout, time.Duration(e.d))
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,9 +14,11 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/mapcount"
 	"github.com/fwplane/fwplane/internal/netnsutil"
+	"github.com/fwplane/fwplane/internal/policy"
 )
 
 // Options configure a Backend. A nil *Options means the defaults.
@@ -31,11 +34,26 @@ type Options struct {
 	// driver first. Meant for tests and for drivers whose native XDP is
 	// broken.
 	ForceGenericXDP bool
-	// SessionReapInterval is how often sessions idle past their timeout
-	// are deleted, so the session counts are live flows; 0 means
-	// DefaultReapInterval, negative disables reaping (idle entries then
-	// leave only when reused or evicted).
-	SessionReapInterval time.Duration
+	// SessionSweepInterval is the period of the in-kernel sweep that
+	// removes expired sessions (and counts unassured ones, and switches
+	// early aging); 0 means DefaultSweepInterval, longer for tables above
+	// 256 Ki sessions. Negative never arms the sweep: expired sessions then
+	// leave only when a packet or an early drop finds them (tests).
+	SessionSweepInterval time.Duration
+	// PinDir, when set, pins the dataplane under this bpffs directory
+	// (e.g. /sys/fs/bpf/fwplane/NAME) so that it outlives the process: a
+	// process that dies leaves the kernel enforcing the last applied
+	// config with its sessions (the in-kernel sweep keeps expiring them),
+	// and New with the same PinDir adopts it (see "Outliving the process"
+	// in the package doc). Close removes it; Release leaves it running.
+	// Empty (the default for library users) pins nothing: the programs
+	// leave with the process.
+	PinDir string
+	// ReplaceIncompatible makes New replace a pinned dataplane whose
+	// layout this build cannot adopt (ErrIncompatiblePin) instead of
+	// failing: its links are removed and its sessions are lost; traffic is
+	// unfiltered (the interfaces carry no program) until the first Apply.
+	ReplaceIncompatible bool
 	// MirrorInline makes port-mirroring clones on the CPU that received
 	// the frame, as the kernel's broadcast redirect does by itself, instead
 	// of handing a mirrored ingress to a stage on the next CPU (see
@@ -61,6 +79,15 @@ type Backend struct {
 	attached map[string]*attachment // by interface name
 	cfg      *dataplane.Config
 
+	// zones are the zone ids in force (stable across Applies; sessions
+	// record their zones by id).
+	zones map[string]uint32
+	// activeTag is the value in fw_active: its low bit is the active slot,
+	// and every write is a new value, which the flow caches' entries are
+	// tagged with (a write invalidates them all). Starts at -1: the first
+	// Apply writes 0.
+	activeTag uint32
+
 	// grace is a one-element map-in-map whose update makes the kernel
 	// wait for an RCU grace period (see waitReaders).
 	grace      *ebpf.Map
@@ -68,15 +95,22 @@ type Backend struct {
 
 	mir *mirrors // port mirroring; has its own lock
 
-	reaped   atomic.Uint64
-	reapStop chan struct{}
-	reapDone chan struct{}
+	endedByPolicy atomic.Uint64 // sessions Apply ended: the new policy denies them
+	cleared       atomic.Uint64 // sessions ClearSessions ended
+
+	// Pinning (Options.PinDir): the meta map, the layout fingerprint of
+	// this build, and whether the running dataplane was adopted.
+	meta        *ebpf.Map
+	fingerprint [32]byte
+	adopted     bool
 }
 
 type attachment struct {
 	ifindex int
 	link    link.Link
 	generic bool
+	mode    string // dataplane.Attached*
+	reason  string
 }
 
 var (
@@ -107,9 +141,43 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create map counter: %w", err)
 	}
-	return &Backend{opts: o, counter: c, attached: map[string]*attachment{}, mir: &mirrors{
+	b := &Backend{opts: o, counter: c, attached: map[string]*attachment{}, activeTag: ^uint32(0), mir: &mirrors{
 		up: map[uint32]bool{}, pairs: map[fwFwPairKey]bool{}, outs: map[uint32]bool{},
-	}}, nil
+	}}
+	if o.PinDir != "" {
+		if err := b.openPinned(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// openPinned prepares Options.PinDir: adopts the dataplane pinned there,
+// or replaces an incompatible one when asked to, or leaves a fresh
+// directory for the first Apply.
+func (b *Backend) openPinned() error {
+	dir := b.opts.PinDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("make pin directory %s: %w", dir, err)
+	}
+	if err := checkBPFFS(dir); err != nil {
+		return err
+	}
+	if hasPinnedDataplane(dir) {
+		err := b.adopt()
+		if err == nil || !errors.Is(err, ErrIncompatiblePin) || !b.opts.ReplaceIncompatible {
+			return err
+		}
+		if rerr := removePins(dir); rerr != nil {
+			return fmt.Errorf("replace the incompatible dataplane in %s: %w", dir, rerr)
+		}
+		return os.MkdirAll(dir, 0o700)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		return fmt.Errorf("pin directory %s holds pins but no fwplane dataplane (no %s): remove them first", dir, metaName)
+	}
+	return nil
 }
 
 // Mode returns dataplane.ModeEBPF.
@@ -134,8 +202,13 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 
 	reasons := unsupported(cfg)
-	p, planReasons := buildPlan(cfg)
+	zones, zoneReasons := nextZoneIDs(b.zones, cfg, cfg.Sessions.KeepOnPolicyChange)
+	reasons = append(reasons, zoneReasons...)
+	p, planReasons := buildPlan(cfg, zones)
 	reasons = append(reasons, planReasons...)
+	if b.opts.SessionSweepInterval > 0 {
+		p.settings.SweepNs = uint64(b.opts.SessionSweepInterval.Nanoseconds())
+	}
 	reasons = append(reasons, mirrorReasons(cfg, len(p.ifaces))...)
 	capacity := cfg.Tables.SessionsOrDefault()
 	if b.objs != nil && capacity != b.capacity {
@@ -145,11 +218,16 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, &dataplane.NotSupportedError{What: "apply config to the eBPF backend", Reasons: reasons}
 	}
 
-	// Resolve every interface before touching anything.
+	// Resolve every interface, and decide how to attach to each, before
+	// touching anything.
+	choices, err := b.attachChoices(cfg)
+	if err != nil {
+		return dataplane.ApplyResult{}, err
+	}
 	ifindex := make(map[string]int, len(p.ifaces))
 	var mrules []mirrorRule
 	var mwarns []dataplane.Warning
-	err := netnsutil.Do(b.opts.NetNS, func() error {
+	err = netnsutil.Do(b.opts.NetNS, func() error {
 		var problems []dataplane.Problem
 		for _, it := range p.ifaces {
 			ifi, err := net.InterfaceByName(it.name)
@@ -169,11 +247,33 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, err
 	}
 
+	// The policy as Go judges it, for the sessions a new config may end.
+	var pol *policy.Set
+	if b.objs != nil && !cfg.Sessions.KeepOnPolicyChange {
+		pol, err = policy.Compile(cfg, func(name string) (int, error) {
+			if idx, ok := ifindex[name]; ok {
+				return idx, nil
+			}
+			return 0, fmt.Errorf("interface %s: not resolved", name)
+		})
+		if err != nil {
+			return dataplane.ApplyResult{}, fmt.Errorf("compile policies: %w", err)
+		}
+	}
+
 	fresh := false
 	if b.objs == nil {
-		objs, err := load(capacity)
+		objs, err := load(capacity, b.opts.PinDir)
 		if err != nil {
 			return dataplane.ApplyResult{}, err
+		}
+		if b.opts.PinDir != "" {
+			// The meta first: pins that enforce anything are adoptable.
+			if err := b.startPinned(objs, capacity); err != nil {
+				objs.Close()
+				_ = removePins(b.opts.PinDir)
+				return dataplane.ApplyResult{}, err
+			}
 		}
 		// Without the grace maps waitReaders sleeps instead: slower
 		// Applies, same guarantee in practice, so not an error.
@@ -190,8 +290,10 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	for _, it := range p.ifaces {
 		egress = append(egress, uint32(ifindex[it.name]))
 	}
-	mirror := func() (func(), error) { return b.applyMirrors(b.objs, mrules, egress) }
-	res, err := b.commit(p, ifindex, mirror)
+	mirror := func(modes map[uint32]string) (func(), error) {
+		return b.applyMirrors(b.objs, mrules, egress, modes)
+	}
+	res, err := b.commit(p, ifindex, choices, mirror)
 	if err != nil {
 		if fresh {
 			// Nothing was ever running: drop the collection so the next
@@ -200,6 +302,12 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			b.objs.Close()
 			b.objs, b.capacity = nil, 0
 			b.closeGrace()
+			if b.meta != nil {
+				b.meta.Close()
+				b.meta = nil
+				_ = removePins(b.opts.PinDir)
+				_ = os.MkdirAll(b.opts.PinDir, 0o700)
+			}
 			b.mu.Unlock()
 		}
 		return dataplane.ApplyResult{}, err
@@ -208,27 +316,63 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	res.Warnings = append(res.Warnings, b.mir.stageWarning()...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
+	b.zones = zones
 	b.mu.Unlock()
-	if fresh && b.opts.SessionReapInterval >= 0 {
-		every := b.opts.SessionReapInterval
-		if every == 0 {
-			every = DefaultReapInterval
+	if err := b.writeMeta(); err != nil {
+		res.Warnings = append(res.Warnings, dataplane.Warning{Field: "(pin)",
+			Message: fmt.Sprintf("the pinned dataplane's meta was not updated (%v): a restart adopts it at generation %d", err, b.gen-1)})
+	}
+	if fresh && b.opts.SessionSweepInterval >= 0 {
+		if err := armSweep(b.objs); err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "tables.sessions",
+				Message: fmt.Sprintf("the in-kernel session sweep could not be armed (%v): expired sessions leave only when a packet or a new flow finds them", err)})
 		}
-		b.reapStop, b.reapDone = make(chan struct{}), make(chan struct{})
-		go b.reapLoop(every, b.reapStop, b.reapDone)
+	}
+	if pol != nil {
+		// Committed: judge the sessions of the old config under the new
+		// one. A failure here leaves sessions the policy now denies, which
+		// is what keep_on_policy_change asks for, so it is a warning.
+		n, err := b.endDeniedSessions(ctx, pol, zones)
+		b.endedByPolicy.Add(uint64(n))
+		if n > 0 {
+			// Flow-cache entries filled from those sessions between the
+			// flip and their end must go too.
+			if ierr := b.invalidateFlowCaches(); ierr != nil && err == nil {
+				err = ierr
+			}
+		}
+		if err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "sessions",
+				Message: fmt.Sprintf("ending sessions the new policy denies stopped after %d: %v", n, err)})
+		}
 	}
 	return res, nil
 }
 
-func load(capacity uint32) (*fwObjects, error) {
+// load loads the program with session tables of capacity; with pinDir its
+// maps are pinned there, or the ones pinned there are reused.
+func load(capacity uint32, pinDir string) (*fwObjects, error) {
 	spec, err := loadFw()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
 	spec.Maps["fw_sessions_v4"].MaxEntries = capacity
 	spec.Maps["fw_sessions_v6"].MaxEntries = capacity
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
+	spec.Maps["fw_recent_v4"].MaxEntries = uint32(cpus * recentPerCPU)
+	spec.Maps["fw_recent_v6"].MaxEntries = uint32(cpus * recentPerCPU)
+	var opts *ebpf.CollectionOptions
+	if pinDir != "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts = &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	}
 	var objs fwObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load program: %w (verifier: %+v)", err, ve)
@@ -243,13 +387,13 @@ func load(capacity uint32) (*fwObjects, error) {
 // its undo), flips the active slot and only then detaches interfaces the
 // config dropped. Every step before the flip is undone on failure; the flip
 // is the commit point.
-func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (func(), error)) (dataplane.ApplyResult, error) {
+func (b *Backend) commit(p *plan, ifindex map[string]int, choices map[string]capability.AttachChoice, beforeFlip func(map[uint32]string) (func(), error)) (dataplane.ApplyResult, error) {
 	objs := b.objs
 	// fw_active counts flips (the low bit is the slot): the flow cache
 	// tags its entries with it, so a flip invalidates them all.
-	flip := uint32(b.gen)
+	flip := b.activeTag + 1
 	next := flip & 1
-	if err := writeSlot(objs, next, p, ifindex); err != nil {
+	if err := writeSlot(objs, next, p, ifindex, choices); err != nil {
 		return dataplane.ApplyResult{}, err
 	}
 
@@ -259,7 +403,7 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 	var addedPorts []uint32
 	undo := func() {
 		for _, a := range newAtt {
-			a.link.Close()
+			a.detach()
 		}
 		for _, k := range addedPorts {
 			objs.FwTxPorts.Delete(k)
@@ -282,10 +426,12 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		}
 		for _, it := range p.ifaces {
 			idx := ifindex[it.name]
-			if a, ok := b.attached[it.name]; ok && a.ifindex == idx {
+			ch := choices[it.name]
+			if a, ok := b.attached[it.name]; ok && a.ifindex == idx && a.wanted(ch) {
+				a.reason = ch.Reason
 				continue
 			}
-			a, warn, err := b.attach(objs.XdpFw, it.name, idx)
+			a, warn, err := b.attach(objs, it.name, idx, ch)
 			if err != nil {
 				return err
 			}
@@ -293,6 +439,10 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 				w := *warn
 				w.Field = it.field
 				res.Warnings = append(res.Warnings, w)
+			}
+			if err := b.pinLink(it.name, a); err != nil {
+				a.link.Close()
+				return err
 			}
 			newAtt = append(newAtt, a)
 			newNames = append(newNames, it.name)
@@ -303,7 +453,15 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		undo()
 		return dataplane.ApplyResult{}, err
 	}
-	undoMirror, err := beforeFlip()
+	modes := map[uint32]string{}
+	for name, a := range b.attached {
+		modes[uint32(a.ifindex)] = a.mode
+		_ = name
+	}
+	for _, a := range newAtt {
+		modes[uint32(a.ifindex)] = a.mode
+	}
+	undoMirror, err := beforeFlip(modes)
 	if err != nil {
 		undo()
 		return dataplane.ApplyResult{}, err
@@ -328,10 +486,18 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		keep[it.name] = true
 		keepIdx[uint32(ifindex[it.name])] = true
 	}
+	replacedNames := map[string]bool{}
+	for _, name := range newNames {
+		replacedNames[name] = true
+	}
 	for name, a := range b.attached {
-		replaced := keep[name] && a.ifindex != ifindex[name]
-		if !keep[name] || replaced {
-			a.link.Close()
+		if !keep[name] || replacedNames[name] {
+			if replacedNames[name] && b.opts.PinDir != "" {
+				// The new link took the pin; closing the old one detaches it.
+				a.link.Close()
+			} else {
+				a.detach()
+			}
 			delete(b.attached, name)
 		}
 	}
@@ -352,9 +518,24 @@ func (b *Backend) commit(p *plan, ifindex map[string]int, beforeFlip func() (fun
 		_ = objs.FwTxPorts.Delete(k)
 	}
 	b.slot = next
+	b.activeTag = flip
 	b.gen++
 	res.Generation = b.gen
 	return res, nil
+}
+
+// invalidateFlowCaches gives fw_active a new value with the same slot, so
+// every flow-cache entry (tagged with the old value) misses and its next
+// packet meets the session tables. Callers hold applyMu.
+func (b *Backend) invalidateFlowCaches() error {
+	tag := b.activeTag + 2
+	if err := b.objs.FwActive.Update(uint32(0), tag, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("invalidate flow caches: %w", err)
+	}
+	b.mu.Lock()
+	b.activeTag = tag
+	b.mu.Unlock()
+	return nil
 }
 
 // graceFallback is how long waitReaders sleeps when the kernel cannot wait
@@ -389,31 +570,81 @@ func newGraceMaps() (outer, inner *ebpf.Map, err error) {
 	return outer, inner, nil
 }
 
-// attach attaches prog to one interface with a bpf_link, driver mode first.
-// Must run in the dataplane's namespace.
-func (b *Backend) attach(prog *ebpf.Program, name string, ifindex int) (*attachment, *dataplane.Warning, error) {
-	if !b.opts.ForceGenericXDP {
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPDriverMode})
+// attach hooks the firewall into one interface as ch says, with a
+// bpf_link: tc_fw at clsact ingress (tcx), or xdp_fw in driver mode. An
+// auto choice of XDP whose native attach the driver refuses (an MTU above
+// what it takes, say) falls back to TC, with the kernel's reason; a forced
+// XDP attach fails instead. Options.ForceGenericXDP attaches XDP in generic
+// mode (tests). Must run in the dataplane's namespace.
+func (b *Backend) attach(objs *fwObjects, name string, ifindex int, ch capability.AttachChoice) (*attachment, *dataplane.Warning, error) {
+	if b.opts.ForceGenericXDP && ch.Mode != dataplane.AttachTC {
+		l, err := link.AttachXDP(link.XDPOptions{Program: objs.XdpFw, Interface: ifindex, Flags: link.XDPGenericMode})
+		if err != nil {
+			return nil, nil, fmt.Errorf("attach XDP (generic) to %s: %w", name, err)
+		}
+		return &attachment{ifindex: ifindex, link: l, generic: true, mode: dataplane.AttachedXDPGeneric, reason: "generic XDP forced by the backend's options"}, nil, nil
+	}
+	if ch.Mode == dataplane.AttachXDP {
+		l, err := link.AttachXDP(link.XDPOptions{Program: objs.XdpFw, Interface: ifindex, Flags: link.XDPDriverMode})
 		if err == nil {
-			return &attachment{ifindex: ifindex, link: l}, nil, nil
+			return &attachment{ifindex: ifindex, link: l, mode: dataplane.AttachedXDP, reason: ch.Reason}, nil, nil
 		}
-		l, gerr := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
-		if gerr != nil {
-			return nil, nil, fmt.Errorf("attach XDP to %s: native: %v; generic: %w", name, err, gerr)
+		if ch.Want == dataplane.AttachXDP {
+			return nil, nil, fmt.Errorf("attach XDP (native, forced by config) to %s: %w", name, err)
 		}
-		return &attachment{ifindex: ifindex, link: l, generic: true},
-			&dataplane.Warning{Message: fmt.Sprintf("native XDP failed on %s (%v): attached in generic mode, which is much slower", name, err)}, nil
+		ch.Reason = fmt.Sprintf("native XDP attach refused by the driver (%v): TC instead", err)
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: link.XDPGenericMode})
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: objs.TcFw, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return nil, nil, fmt.Errorf("attach XDP (generic) to %s: %w", name, err)
+		return nil, nil, fmt.Errorf("attach TC (tcx ingress) to %s: %w", name, err)
 	}
-	return &attachment{ifindex: ifindex, link: l, generic: true}, nil, nil
+	return &attachment{ifindex: ifindex, link: l, mode: dataplane.AttachedTC, reason: ch.Reason}, nil, nil
+}
+
+// wanted reports whether a stays as it is under choice ch.
+func (a *attachment) wanted(ch capability.AttachChoice) bool {
+	switch ch.Mode {
+	case dataplane.AttachTC:
+		return a.mode == dataplane.AttachedTC
+	case dataplane.AttachXDP:
+		// An auto XDP choice that fell back to TC stays TC.
+		return a.mode == dataplane.AttachedXDP || a.mode == dataplane.AttachedXDPGeneric ||
+			(ch.Want != dataplane.AttachXDP && a.mode == dataplane.AttachedTC)
+	}
+	return false
+}
+
+// attachChoices probes the config's interfaces in the dataplane's namespace
+// and decides how to attach to each (capability.ChooseAttach, the same
+// decision the gate explains). A forced mode that is unsafe fails closed.
+func (b *Backend) attachChoices(cfg *dataplane.Config) (map[string]capability.AttachChoice, error) {
+	names := make([]string, len(cfg.Interfaces))
+	for i, it := range cfg.Interfaces {
+		names[i] = it.Name
+	}
+	caps, err := capability.ProbeInterfaces(b.opts.NetNS, names)
+	if err != nil {
+		return nil, err
+	}
+	tcx := capability.Probe(capability.ProbeTCX)
+	out := make(map[string]capability.AttachChoice, len(names))
+	var reasons []string
+	for i, it := range cfg.Interfaces {
+		ch := capability.ChooseAttach(it.Attach, caps[it.Name], tcx == nil || !errors.Is(tcx, dataplane.ErrNotSupported))
+		if ch.Refused {
+			reasons = append(reasons, fmt.Sprintf("interfaces[%d].attach: %s", i, ch))
+		}
+		out[it.Name] = ch
+	}
+	if len(reasons) > 0 {
+		return nil, &dataplane.NotSupportedError{What: "attach the eBPF dataplane", Reasons: reasons}
+	}
+	return out, nil
 }
 
 // writeSlot writes everything the datapath reads for one slot. The slot is
 // inactive, so partial writes are invisible.
-func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int) error {
+func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int, choices map[string]capability.AttachChoice) error {
 	if err := objs.FwSettingsMap.Update(slot, p.settings, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
@@ -437,12 +668,16 @@ func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int) er
 		return fmt.Errorf("write zone pairs: %w", err)
 	}
 
-	want := map[fwFwIfKey]uint32{}
+	want := map[fwFwIfKey]fwFwIfVal{}
 	for _, it := range p.ifaces {
-		want[fwFwIfKey{Ifindex: uint32(ifindex[it.name]), Slot: slot}] = it.zone
+		v := fwFwIfVal{Zone: it.zone}
+		if choices[it.name].XDPTx {
+			v.Flags |= ifXDPTx
+		}
+		want[fwFwIfKey{Ifindex: uint32(ifindex[it.name]), Slot: slot}] = v
 	}
 	var k fwFwIfKey
-	var v uint32
+	var v fwFwIfVal
 	var stale []fwFwIfKey
 	iter := objs.FwIfZone.Iterate()
 	for iter.Next(&k, &v) {
@@ -498,19 +733,31 @@ func (b *Backend) isClosed() bool {
 	return b.closed
 }
 
-// Close detaches every program and closes every map. It is idempotent and
-// safe on nil.
+// Close detaches every program and closes every map; with Options.PinDir
+// it also removes every pin and the directory. It is idempotent and safe on
+// nil.
 func (b *Backend) Close() error {
+	return b.shutdown(false)
+}
+
+// Release ends this process's hold on a pinned dataplane
+// (dataplane.Releaser): every handle is closed and every pin stays, so the
+// kernel goes on enforcing the last applied config with its sessions, and
+// a later New with the same Options.PinDir adopts it (an upgrade). Without
+// PinDir there is nothing to leave running and Release is Close. The
+// backend is closed afterwards.
+func (b *Backend) Release() error {
+	return b.shutdown(b != nil && b.opts.PinDir != "")
+}
+
+var _ dataplane.Releaser = (*Backend)(nil)
+
+func (b *Backend) shutdown(keepPins bool) error {
 	if b == nil {
 		return nil
 	}
 	b.applyMu.Lock()
 	defer b.applyMu.Unlock()
-	if b.reapStop != nil {
-		close(b.reapStop)
-		<-b.reapDone
-		b.reapStop = nil
-	}
 	if b.mir != nil {
 		b.mir.stopWatch()
 	}
@@ -521,6 +768,11 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	var errs []error
+	if b.opts.PinDir != "" && !keepPins && (b.meta != nil || b.objs != nil) {
+		if err := removePins(b.opts.PinDir); err != nil {
+			errs = append(errs, fmt.Errorf("remove pins: %w", err))
+		}
+	}
 	for name, a := range b.attached {
 		if err := a.link.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("detach %s: %w", name, err))
@@ -532,6 +784,10 @@ func (b *Backend) Close() error {
 			errs = append(errs, fmt.Errorf("close maps and programs: %w", err))
 		}
 		b.objs = nil
+	}
+	if b.meta != nil {
+		b.meta.Close()
+		b.meta = nil
 	}
 	b.closeGrace()
 	if b.counter != nil {

@@ -14,6 +14,7 @@ func Supported() []dataplane.Feature {
 		dataplane.FeaturePortPolicy,
 		dataplane.FeaturePortMirroring,
 		dataplane.FeatureMirrorSampling,
+		dataplane.FeatureTCAttach,
 	}
 }
 

@@ -13,9 +13,47 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type fwFwCounter uint32
+
+const (
+	fwFwCounterFW_CNT_FORWARDED               fwFwCounter = 0
+	fwFwCounterFW_CNT_PASS_NON_IP             fwFwCounter = 1
+	fwFwCounterFW_CNT_PASS_ND                 fwFwCounter = 2
+	fwFwCounterFW_CNT_PASS_LOCAL              fwFwCounter = 3
+	fwFwCounterFW_CNT_PASS_NO_NEIGH           fwFwCounter = 4
+	fwFwCounterFW_CNT_PASS_TTL                fwFwCounter = 5
+	fwFwCounterFW_CNT_PASS_FRAG_NEEDED        fwFwCounter = 6
+	fwFwCounterFW_CNT_PASS_FWD_DISABLED       fwFwCounter = 7
+	fwFwCounterFW_CNT_PASS_UNMANAGED          fwFwCounter = 8
+	fwFwCounterFW_CNT_DROP_POLICY             fwFwCounter = 9
+	fwFwCounterFW_CNT_DROP_NO_ROUTE           fwFwCounter = 10
+	fwFwCounterFW_CNT_DROP_PARSE              fwFwCounter = 11
+	fwFwCounterFW_CNT_DROP_FRAGMENT           fwFwCounter = 12
+	fwFwCounterFW_CNT_DROP_EGRESS_UNMANAGED   fwFwCounter = 13
+	fwFwCounterFW_CNT_DROP_UNSUPPORTED_ROUTE  fwFwCounter = 14
+	fwFwCounterFW_CNT_SESSION_HIT             fwFwCounter = 15
+	fwFwCounterFW_CNT_SESSION_EXPIRED         fwFwCounter = 16
+	fwFwCounterFW_CNT_SESSION_CREATED_V4      fwFwCounter = 17
+	fwFwCounterFW_CNT_SESSION_CREATED_V6      fwFwCounter = 18
+	fwFwCounterFW_CNT_FIB_LOOKUP              fwFwCounter = 19
+	fwFwCounterFW_CNT_FLOW_CACHE_HIT          fwFwCounter = 20
+	fwFwCounterFW_CNT_RELATED_ICMP            fwFwCounter = 21
+	fwFwCounterFW_CNT_DROP_ICMP_UNRELATED     fwFwCounter = 22
+	fwFwCounterFW_CNT_PASS_EGRESS_NOT_XDP     fwFwCounter = 23
+	fwFwCounterFW_CNT_PASS_GSO_TOO_BIG        fwFwCounter = 24
+	fwFwCounterFW_CNT_SESSION_EARLY_DROP      fwFwCounter = 25
+	fwFwCounterFW_CNT_SESSION_TABLE_FULL      fwFwCounter = 26
+	fwFwCounterFW_CNT_DROP_TCP_NOT_SYN        fwFwCounter = 27
+	fwFwCounterFW_CNT_DROP_ZONE_MISMATCH      fwFwCounter = 28
+	fwFwCounterFW_CNT_SESSION_REOPENED        fwFwCounter = 29
+	fwFwCounterFW_CNT_SESSION_EXPIRED_EVICTED fwFwCounter = 30
+	fwFwCounterFW_CNT_MAX                     fwFwCounter = 31
+)
+
 type fwFwCpuCounters struct {
-	_ structs.HostLayout
-	C [23]uint64
+	_     structs.HostLayout
+	C     [31]uint64
+	Names [0]fwFwCounter
 }
 
 type fwFwCpumapVal struct {
@@ -25,17 +63,20 @@ type fwFwCpumapVal struct {
 }
 
 type fwFwFlow struct {
-	_       structs.HostLayout
-	Key     fwFwFlowKey
-	ExpireJ uint64
-	Packets uint64
-	Bytes   uint64
-	Active  uint32
-	Ifindex uint32
-	Smac    [6]uint8
-	Dmac    [6]uint8
-	LenOk   uint16
-	Pad     [2]uint8
+	_         structs.HostLayout
+	Key       fwFwFlowKey
+	ExpireJ   uint64
+	Packets   uint64
+	Bytes     uint64
+	Active    uint32
+	Ifindex   uint32
+	Smac      [6]uint8
+	Dmac      [6]uint8
+	LenOk     uint16
+	XdpTx     uint8
+	Pad       uint8
+	InIfindex uint32
+	Pad2      uint32
 }
 
 type fwFwFlowKey struct {
@@ -56,13 +97,20 @@ type fwFwHop struct {
 	Smac      [6]uint8
 	Dmac      [6]uint8
 	LenOk     uint16
-	Pad       [6]uint8
+	XdpTx     uint8
+	Pad       [5]uint8
 }
 
 type fwFwIfKey struct {
 	_       structs.HostLayout
 	Ifindex uint32
 	Slot    uint32
+}
+
+type fwFwIfVal struct {
+	_     structs.HostLayout
+	Zone  uint32
+	Flags uint32
 }
 
 type fwFwMirrorCfg struct {
@@ -99,6 +147,12 @@ type fwFwPairKey struct {
 	Output uint32
 }
 
+type fwFwRecentPos struct {
+	_ structs.HostLayout
+	W [2]uint64
+	R [2]uint64
+}
+
 type fwFwRule struct {
 	_       structs.HostLayout
 	SrcAddr [4]uint32
@@ -111,6 +165,45 @@ type fwFwRule struct {
 	Proto   uint8
 	Action  uint8
 	Pad     uint8
+}
+
+type fwFwScratch struct {
+	_ structs.HostLayout
+	P struct {
+		_            structs.HostLayout
+		K            fwFwFlowKey
+		NonfirstFrag uint8
+		Vlan         uint8
+		Ttl          uint8
+		Tos          uint8
+		TotLen       uint16
+		_            [2]byte
+		Flowinfo     uint32
+		L4off        uint16
+		IcmpErr      uint8
+		SrcIsLo      uint8
+		L4hlen       uint8
+		TcpFlags     uint8
+		Pad          [2]uint8
+	}
+	Q struct {
+		_            structs.HostLayout
+		K            fwFwFlowKey
+		NonfirstFrag uint8
+		Vlan         uint8
+		Ttl          uint8
+		Tos          uint8
+		TotLen       uint16
+		_            [2]byte
+		Flowinfo     uint32
+		L4off        uint16
+		IcmpErr      uint8
+		SrcIsLo      uint8
+		L4hlen       uint8
+		TcpFlags     uint8
+		Pad          [2]uint8
+	}
+	Nv fwFwSessVal
 }
 
 type fwFwSess4Key struct {
@@ -139,16 +232,23 @@ type fwFwSessVal struct {
 	LastSeenNs    uint64
 	Packets       uint64
 	Bytes         uint64
+	Flags         uint32
 	InitiatorIsLo uint8
-	Pad           [7]uint8
+	FromZone      uint8
+	ToZone        uint8
+	Pad           uint8
 	Hop           [2]fwFwHop
 }
 
 type fwFwSettings struct {
 	_         structs.HostLayout
-	TimeoutNs [4]uint64
-	RefreshNs [4]uint64
+	TimeoutNs [10]uint64
+	RefreshNs [10]uint64
 	TickNs    uint64
+	AgingDiv  uint32
+	Flags     uint32
+	SweepNs   uint64
+	Capacity  uint64
 }
 
 type fwFwStageDone struct {
@@ -166,6 +266,21 @@ type fwFwStageProd struct {
 	Mode   uint32
 }
 
+type fwFwSweep struct {
+	_     structs.HostLayout
+	Timer struct {
+		_ structs.HostLayout
+		_ [16]byte
+	}
+	Runs      uint64
+	LastNs    uint64
+	TookNs    uint64
+	Expired   uint64
+	Used      [2]uint64
+	Unassured [2]uint64
+	Aging     [2]uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -181,14 +296,21 @@ const (
 	fwMapFwMirrorPairs  = "fw_mirror_pairs"
 	fwMapFwMirrorRules  = "fw_mirror_rules"
 	fwMapFwPairs        = "fw_pairs"
+	fwMapFwRecentPosMap = "fw_recent_pos_map"
+	fwMapFwRecentV4     = "fw_recent_v4"
+	fwMapFwRecentV6     = "fw_recent_v6"
 	fwMapFwRules        = "fw_rules"
+	fwMapFwScratchMap   = "fw_scratch_map"
 	fwMapFwSessionsV4   = "fw_sessions_v4"
 	fwMapFwSessionsV6   = "fw_sessions_v6"
 	fwMapFwSettingsMap  = "fw_settings_map"
 	fwMapFwStageCpu     = "fw_stage_cpu"
 	fwMapFwStageDoneMap = "fw_stage_done_map"
 	fwMapFwStageProdMap = "fw_stage_prod_map"
+	fwMapFwSweepMap     = "fw_sweep_map"
 	fwMapFwTxPorts      = "fw_tx_ports"
+	fwProgFwSweepArm    = "fw_sweep_arm"
+	fwProgTcFw          = "tc_fw"
 	fwProgXdpFw         = "xdp_fw"
 	fwProgXdpFwMirror   = "xdp_fw_mirror"
 	fwProgXdpFwStage    = "xdp_fw_stage"
@@ -236,6 +358,8 @@ type fwSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwProgramSpecs struct {
+	FwSweepArm  *ebpf.ProgramSpec `ebpf:"fw_sweep_arm"`
+	TcFw        *ebpf.ProgramSpec `ebpf:"tc_fw"`
 	XdpFw       *ebpf.ProgramSpec `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.ProgramSpec `ebpf:"xdp_fw_mirror"`
 	XdpFwStage  *ebpf.ProgramSpec `ebpf:"xdp_fw_stage"`
@@ -256,13 +380,18 @@ type fwMapSpecs struct {
 	FwMirrorPairs  *ebpf.MapSpec `ebpf:"fw_mirror_pairs"`
 	FwMirrorRules  *ebpf.MapSpec `ebpf:"fw_mirror_rules"`
 	FwPairs        *ebpf.MapSpec `ebpf:"fw_pairs"`
+	FwRecentPosMap *ebpf.MapSpec `ebpf:"fw_recent_pos_map"`
+	FwRecentV4     *ebpf.MapSpec `ebpf:"fw_recent_v4"`
+	FwRecentV6     *ebpf.MapSpec `ebpf:"fw_recent_v6"`
 	FwRules        *ebpf.MapSpec `ebpf:"fw_rules"`
+	FwScratchMap   *ebpf.MapSpec `ebpf:"fw_scratch_map"`
 	FwSessionsV4   *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
 	FwSessionsV6   *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
 	FwSettingsMap  *ebpf.MapSpec `ebpf:"fw_settings_map"`
 	FwStageCpu     *ebpf.MapSpec `ebpf:"fw_stage_cpu"`
 	FwStageDoneMap *ebpf.MapSpec `ebpf:"fw_stage_done_map"`
 	FwStageProdMap *ebpf.MapSpec `ebpf:"fw_stage_prod_map"`
+	FwSweepMap     *ebpf.MapSpec `ebpf:"fw_sweep_map"`
 	FwTxPorts      *ebpf.MapSpec `ebpf:"fw_tx_ports"`
 }
 
@@ -303,13 +432,18 @@ type fwMaps struct {
 	FwMirrorPairs  *ebpf.Map `ebpf:"fw_mirror_pairs"`
 	FwMirrorRules  *ebpf.Map `ebpf:"fw_mirror_rules"`
 	FwPairs        *ebpf.Map `ebpf:"fw_pairs"`
+	FwRecentPosMap *ebpf.Map `ebpf:"fw_recent_pos_map"`
+	FwRecentV4     *ebpf.Map `ebpf:"fw_recent_v4"`
+	FwRecentV6     *ebpf.Map `ebpf:"fw_recent_v6"`
 	FwRules        *ebpf.Map `ebpf:"fw_rules"`
+	FwScratchMap   *ebpf.Map `ebpf:"fw_scratch_map"`
 	FwSessionsV4   *ebpf.Map `ebpf:"fw_sessions_v4"`
 	FwSessionsV6   *ebpf.Map `ebpf:"fw_sessions_v6"`
 	FwSettingsMap  *ebpf.Map `ebpf:"fw_settings_map"`
 	FwStageCpu     *ebpf.Map `ebpf:"fw_stage_cpu"`
 	FwStageDoneMap *ebpf.Map `ebpf:"fw_stage_done_map"`
 	FwStageProdMap *ebpf.Map `ebpf:"fw_stage_prod_map"`
+	FwSweepMap     *ebpf.Map `ebpf:"fw_sweep_map"`
 	FwTxPorts      *ebpf.Map `ebpf:"fw_tx_ports"`
 }
 
@@ -326,13 +460,18 @@ func (m *fwMaps) Close() error {
 		m.FwMirrorPairs,
 		m.FwMirrorRules,
 		m.FwPairs,
+		m.FwRecentPosMap,
+		m.FwRecentV4,
+		m.FwRecentV6,
 		m.FwRules,
+		m.FwScratchMap,
 		m.FwSessionsV4,
 		m.FwSessionsV6,
 		m.FwSettingsMap,
 		m.FwStageCpu,
 		m.FwStageDoneMap,
 		m.FwStageProdMap,
+		m.FwSweepMap,
 		m.FwTxPorts,
 	)
 }
@@ -347,6 +486,8 @@ type fwVariables struct {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwPrograms struct {
+	FwSweepArm  *ebpf.Program `ebpf:"fw_sweep_arm"`
+	TcFw        *ebpf.Program `ebpf:"tc_fw"`
 	XdpFw       *ebpf.Program `ebpf:"xdp_fw"`
 	XdpFwMirror *ebpf.Program `ebpf:"xdp_fw_mirror"`
 	XdpFwStage  *ebpf.Program `ebpf:"xdp_fw_stage"`
@@ -354,6 +495,8 @@ type fwPrograms struct {
 
 func (p *fwPrograms) Close() error {
 	return _FwClose(
+		p.FwSweepArm,
+		p.TcFw,
 		p.XdpFw,
 		p.XdpFwMirror,
 		p.XdpFwStage,

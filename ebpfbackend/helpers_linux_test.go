@@ -137,6 +137,14 @@ func newFIBLab(t *testing.T) *fibLab {
 			} else if err := netlink.LinkSetUp(peer); err != nil {
 				return err
 			}
+			// The peers as netlab makes them: GRO on (NAPI, so frames XDP
+			// redirects into our ends arrive) and complete checksums.
+			if err := setGRO(s.name+"p", true); err != nil {
+				return err
+			}
+			if err := disableTxChecksum(s.name + "p"); err != nil {
+				return err
+			}
 			for _, a := range []string{s.a4, s.a6} {
 				addr, _ := netlink.ParseAddr(a)
 				addr.Flags = 0x80 // IFA_F_NODAD: usable at once
@@ -193,6 +201,45 @@ func (l *fibLab) run(t testing.TB, prog *ebpf.Program, ifindex int, frame []byte
 	return ret, out[:outLen]
 }
 
+// skbCtx is the head of struct __sk_buff, up to the fields
+// BPF_PROG_TEST_RUN lets a caller set for a TC program (the ingress and
+// current device); the rest stays zero.
+type skbCtx struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto uint32
+	Priority, IngressIfindex, Ifindex, TCIndex                                  uint32
+}
+
+// tcToXDP maps TC verdicts to the XDP actions the tables expect.
+var tcToXDP = map[uint32]uint32{0 /* TC_ACT_OK */ : xdpPass, 2 /* TC_ACT_SHOT */ : xdpDrop, 7 /* TC_ACT_REDIRECT */ : xdpRedirect}
+
+// runAny runs the XDP program, or the TC program with the frame as an skb
+// that arrived on ifindex, and returns the verdict as an XDP action.
+func (l *fibLab) runAny(t testing.TB, prog *ebpf.Program, tc bool, ifindex int, frame []byte) (uint32, []byte) {
+	t.Helper()
+	if !tc {
+		return l.run(t, prog, ifindex, frame)
+	}
+	var ret uint32
+	out := make([]byte, len(frame)+256)
+	var outLen int
+	err := netnsutil.Do(l.path, func() error {
+		ctx := skbCtx{IngressIfindex: uint32(ifindex), Ifindex: uint32(ifindex)}
+		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx}
+		r, err := prog.Run(opts)
+		ret = r
+		outLen = len(opts.DataOut)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("test run: %v", err)
+	}
+	act, ok := tcToXDP[ret]
+	if !ok {
+		t.Fatalf("TC verdict %d", ret)
+	}
+	return act, out[:outLen]
+}
+
 // ethtoolValue and ifreqData are struct ethtool_value and struct ifreq with
 // ifr_data, for the legacy ethtool ioctl.
 type ethtoolValue struct{ cmd, data uint32 }
@@ -201,6 +248,29 @@ type ifreqData struct {
 	name [unix.IFNAMSIZ]byte
 	data unsafe.Pointer
 	_    [40 - unix.IFNAMSIZ - 8]byte
+}
+
+// setGRO turns generic receive offload on or off on a veth end. Run inside
+// the interface's namespace.
+func setGRO(iface string, on bool) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	v := ethtoolValue{cmd: unix.ETHTOOL_SGRO}
+	if on {
+		v.data = 1
+	}
+	var ifr ifreqData
+	copy(ifr.name[:unix.IFNAMSIZ-1], iface)
+	ifr.data = unsafe.Pointer(&v)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	runtime.KeepAlive(&v)
+	if errno != 0 {
+		return fmt.Errorf("set GRO on %s: %w", iface, errno)
+	}
+	return nil
 }
 
 // disableTxChecksum turns TX checksum offload off on a veth end. Sockets on

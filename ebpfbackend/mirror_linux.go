@@ -32,6 +32,7 @@ type mirrorRule struct {
 	rate          uint32
 	index         uint32 // into fw_mirror_counts
 	native        bool   // the input runs xdp_fw in driver mode (checked by programMirrors)
+	tc            bool   // the input runs tc_fw: clones by bpf_clone_redirect, no stage
 }
 
 func (r mirrorRule) scope() string { return "mirror " + r.input + "->" + r.output }
@@ -123,7 +124,10 @@ func linkUsable(l netlink.Link) bool {
 // previous rules are written back (their counters untouched: new rules
 // never take the counter index of a running one while indexes remain).
 // The returned undo does the same if the flip itself fails.
-func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uint32) (undo func(), err error) {
+//
+// modes names how each managed ifindex is attached (dataplane.Attached*),
+// new attachments of this Apply included.
+func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uint32, modes map[uint32]string) (undo func(), err error) {
 	m := b.mir
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -133,6 +137,9 @@ func (b *Backend) applyMirrors(objs *fwObjects, rules []mirrorRule, egress []uin
 		_ = netnsutil.Do(b.opts.NetNS, func() error { return b.programMirrors(objs, m, prevRules, prevEgress) })
 	}
 	assignIndexes(m.rules, rules)
+	for i := range rules {
+		rules[i].tc = modes[rules[i].in] == dataplane.AttachedTC
+	}
 	err = netnsutil.Do(b.opts.NetNS, func() error {
 		zero := make([]fwFwMirrorStats, ebpf.MustPossibleCPU())
 		for _, r := range rules {
@@ -231,6 +238,10 @@ func (b *Backend) programMirrors(objs *fwObjects, m *mirrors, rules []mirrorRule
 	// and the next Apply tries again.
 	wantStage := false
 	for i := range rules {
+		if rules[i].tc {
+			// tc_fw clones the skb as received: no metadata, no stage.
+			continue
+		}
 		if rules[i].native = xdpNative(rules[i].in); !rules[i].native {
 			// Measured: the clone never arrives. A generic redirect
 			// hands the devmap program an skb without its metadata, so
@@ -403,7 +414,7 @@ func (m *mirrors) cfgOf(r mirrorRule, up bool) fwFwMirrorCfg {
 	if up {
 		v.Up = 1
 	}
-	if len(m.stage) > 0 && r.rate <= stageMaxRate {
+	if len(m.stage) > 0 && r.rate <= stageMaxRate && !r.tc {
 		v.Staged = 1
 	}
 	return v

@@ -35,6 +35,7 @@ const noise = 5
 // server, and the firewall's FwSinkIf as a SPAN port that is not one of the
 // config's interfaces.
 type mirrorLab struct {
+	attach dataplane.AttachMode // of both interfaces; "" is netlabConfig's (xdp)
 	l      *netlab.Lab
 	b      *Backend
 	server *netlab.Counter // UDP to mirrorPort, dropped there
@@ -95,6 +96,11 @@ func (m *mirrorLab) withBackend(t testing.TB) *mirrorLab {
 // servers and mirrors the client interface at rate.
 func (m *mirrorLab) config(rate int64) *dataplane.Config {
 	cfg := netlabConfig(m.l)
+	if m.attach != "" {
+		for i := range cfg.Interfaces {
+			cfg.Interfaces[i].Attach = m.attach
+		}
+	}
 	cfg.Policies[1].DestinationPorts[0] = dataplane.PortRange{First: mirrorPort, Last: mirrorPort}
 	cfg.PortMirroring = []dataplane.MirrorRule{{Input: m.l.FwClientIf, Output: m.l.FwSinkIf, Rate: rate}}
 	return cfg
@@ -168,7 +174,13 @@ func (m *mirrorLab) counts(t testing.TB) (mirrorCounts, bool) {
 // byte as the client sent it (a VLAN tag included), while the server gets
 // the rewritten frame; frames handed to the kernel are counted, not cloned.
 func TestMirrorEveryPacket(t *testing.T) {
+	t.Run("xdp", func(t *testing.T) { testMirrorEveryPacket(t, dataplane.AttachXDP) })
+	t.Run("tc", func(t *testing.T) { testMirrorEveryPacket(t, dataplane.AttachTC) })
+}
+
+func testMirrorEveryPacket(t *testing.T, attach dataplane.AttachMode) {
 	m := newMirrorLab(t, false)
+	m.attach = attach
 	l := m.l
 	res, err := m.b.Apply(context.Background(), m.config(1))
 	if err != nil {
@@ -233,7 +245,11 @@ func TestMirrorEveryPacket(t *testing.T) {
 	for len(got) < len(want) {
 		fr, err := capt.Next(ctx)
 		if err != nil {
-			t.Fatalf("sink got %d of %d clones: %v", len(got), len(want), err)
+			after, _ := m.counts(t)
+			for _, g := range got {
+				t.Logf("got %x", g[:48])
+			}
+			t.Fatalf("sink got %d of %d clones: %v; counts %+v -> %+v; fwd %d den %d", len(got), len(want), err, before, after, counter(t, m.b, "forwarded")-fwdBefore, counter(t, m.b, "dropped_policy")-denBefore)
 		}
 		// The firewall's own stack talks on the sink link too (ND, MLD).
 		if len(fr) >= 12 && bytes.Equal(fr[6:12], l.ClientMAC) {

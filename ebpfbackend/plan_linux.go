@@ -21,6 +21,9 @@ const (
 	maxIfaces       = 256
 	numSlots        = 2
 	flowCacheSlots  = 4096
+	ifXDPTx         = 1    // FW_IF_XDP_TX
+	setTCPPickup    = 1    // FW_SET_TCP_PICKUP
+	recentPerCPU    = 2048 // FW_RECENT
 )
 
 // plan is a config translated into what one slot of the datapath holds. It
@@ -40,19 +43,18 @@ type planIface struct {
 	zone  uint32
 }
 
-// buildPlan translates a validated config. Capacity problems come back as
-// reasons for a *dataplane.NotSupportedError.
-func buildPlan(cfg *dataplane.Config) (*plan, []string) {
+// buildPlan translates a validated config, with zone ids from zoneIDs
+// (nextZoneIDs: ids stay the same across Applies, so sessions, which record
+// their zones by id, keep meaning the same zones). Capacity problems come
+// back as reasons for a *dataplane.NotSupportedError.
+func buildPlan(cfg *dataplane.Config, zoneIDs map[string]uint32) (*plan, []string) {
 	var reasons []string
 	p := &plan{zoneID: make(map[string]uint32, len(cfg.Zones)), pairs: map[uint32]fwFwPair{}}
-	if len(cfg.Zones) > maxZones-1 {
-		reasons = append(reasons, fmt.Sprintf("zones: %d zones, the eBPF backend supports at most %d", len(cfg.Zones), maxZones-1))
-	}
 	if len(cfg.Interfaces) > maxIfaces {
 		reasons = append(reasons, fmt.Sprintf("interfaces: %d interfaces, the eBPF backend supports at most %d", len(cfg.Interfaces), maxIfaces))
 	}
-	for i, z := range cfg.Zones {
-		p.zoneID[z.Name] = uint32(i + 1)
+	for _, z := range cfg.Zones {
+		p.zoneID[z.Name] = zoneIDs[z.Name]
 	}
 	for i, it := range cfg.Interfaces {
 		p.ifaces = append(p.ifaces, planIface{name: it.Name, field: fmt.Sprintf("interfaces[%d].name", i), zone: p.zoneID[it.Zone]})
@@ -73,7 +75,7 @@ func buildPlan(cfg *dataplane.Config) (*plan, []string) {
 		rs := byPair[k]
 		if len(rs) > maxRulesPerPair {
 			reasons = append(reasons, fmt.Sprintf("policies: zone pair %s -> %s expands to %d rules (one per source x destination x port range), the eBPF backend evaluates at most %d per zone pair",
-				zoneName(cfg, k/maxZones), zoneName(cfg, k%maxZones), len(rs), maxRulesPerPair))
+				p.zoneName(k/maxZones), p.zoneName(k%maxZones), len(rs), maxRulesPerPair))
 		}
 		p.pairs[k] = fwFwPair{Start: uint32(len(p.rules)), Count: uint32(len(rs))}
 		p.rules = append(p.rules, rs...)
@@ -82,18 +84,77 @@ func buildPlan(cfg *dataplane.Config) (*plan, []string) {
 		reasons = append(reasons, fmt.Sprintf("policies: %d expanded rules, the eBPF backend holds at most %d", len(p.rules), maxRules))
 	}
 
-	t := cfg.Timeouts
-	p.settings.TimeoutNs = [4]uint64{
-		uint64(t.For(6).Nanoseconds()),
-		uint64(t.For(17).Nanoseconds()),
-		uint64(t.For(1).Nanoseconds()),
-		uint64(t.For(0).Nanoseconds()),
-	}
-	for i, to := range p.settings.TimeoutNs {
-		p.settings.RefreshNs[i] = cacheRefresh(to)
-	}
-	p.settings.TickNs = coarseTick()
+	p.settings = settingsOf(cfg)
 	return p, reasons
+}
+
+// timeoutSlots lists enum fw_timeout in order: the protocol and state each
+// slot's timeout is for.
+var timeoutSlots = [fwTimeoutSlots]struct {
+	proto uint8
+	state dataplane.SessionState
+}{
+	{6, dataplane.StateOpening}, {6, dataplane.StateEstablished}, {6, dataplane.StateClosing}, {6, dataplane.StateClosed},
+	{17, dataplane.StateUnreplied}, {17, dataplane.StateReplied},
+	{1, dataplane.StateUnreplied}, {1, dataplane.StateReplied},
+	{0, dataplane.StateUnreplied}, {0, dataplane.StateReplied},
+}
+
+const fwTimeoutSlots = 10 // FW_TO_MAX
+
+// settingsOf is the per-slot settings of cfg: timeouts per protocol and
+// state, early aging, mid-stream pickup, the sweep period and table size.
+func settingsOf(cfg *dataplane.Config) fwFwSettings {
+	var st fwFwSettings
+	for i, ts := range timeoutSlots {
+		st.TimeoutNs[i] = uint64(cfg.Timeouts.ForState(ts.proto, ts.state).Nanoseconds())
+		st.RefreshNs[i] = cacheRefresh(st.TimeoutNs[i])
+	}
+	st.TickNs = coarseTick()
+	st.AgingDiv = cfg.Timeouts.EarlyAgingFactorOrDefault()
+	if cfg.Sessions.TCPPickup {
+		st.Flags |= setTCPPickup
+	}
+	st.Capacity = uint64(cfg.Tables.SessionsOrDefault())
+	st.SweepNs = uint64(sweepInterval(st.Capacity).Nanoseconds())
+	return st
+}
+
+// nextZoneIDs gives every zone of cfg an id in 1..maxZones-1 that stays
+// the one it had in prev, so that a session's recorded zones keep naming
+// the same zones across Applies; new zones take the lowest free ids. With
+// keepRemoved (sessions survive a policy change), zones the config dropped
+// keep their ids reserved, so a zone added later cannot inherit the
+// sessions of a removed one; otherwise Apply ends those sessions and their
+// ids are free again.
+func nextZoneIDs(prev map[string]uint32, cfg *dataplane.Config, keepRemoved bool) (map[string]uint32, []string) {
+	next := make(map[string]uint32, len(cfg.Zones))
+	used := map[uint32]bool{}
+	inCfg := map[string]bool{}
+	for _, z := range cfg.Zones {
+		inCfg[z.Name] = true
+	}
+	for name, id := range prev {
+		if inCfg[name] || keepRemoved {
+			next[name] = id
+			used[id] = true
+		}
+	}
+	free := uint32(1)
+	for _, z := range cfg.Zones {
+		if _, ok := next[z.Name]; ok {
+			continue
+		}
+		for free < maxZones && used[free] {
+			free++
+		}
+		if free >= maxZones {
+			return nil, []string{fmt.Sprintf("zones: the eBPF backend supports %d zones (ids, including those kept for sessions of removed zones), the config needs more", maxZones-1)}
+		}
+		next[z.Name] = free
+		used[free] = true
+	}
+	return next, nil
 }
 
 // fibCacheNs mirrors FW_FIB_CACHE_NS: how long a FIB answer is reused.
@@ -120,11 +181,14 @@ var coarseTick = sync.OnceValue(func() uint64 {
 	return uint64(ts.Nano())
 })
 
-func zoneName(cfg *dataplane.Config, id uint32) string {
-	if id == 0 || int(id) > len(cfg.Zones) {
-		return "?"
+// zoneName returns the name of the zone with id in p.
+func (p *plan) zoneName(id uint32) string {
+	for name, zid := range p.zoneID {
+		if zid == id {
+			return name
+		}
 	}
-	return cfg.Zones[id-1].Name
+	return fmt.Sprintf("zone %d", id)
 }
 
 // expandPolicy turns one policy into its source x destination x port-range

@@ -1,6 +1,7 @@
 package ebpfbackend
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -86,7 +87,8 @@ func TestBuildPlanOrder(t *testing.T) {
 			{FromZone: "a", ToZone: "b", Action: dataplane.ActionAllow},
 		},
 	}
-	p, reasons := buildPlan(cfg)
+	zones, _ := nextZoneIDs(nil, cfg, false)
+	p, reasons := buildPlan(cfg, zones)
 	if len(reasons) != 0 {
 		t.Fatal(reasons)
 	}
@@ -101,7 +103,40 @@ func TestBuildPlanOrder(t *testing.T) {
 	for range maxRulesPerPair {
 		cfg.Policies = append(cfg.Policies, dataplane.Policy{FromZone: "b", ToZone: "a", Action: dataplane.ActionDeny})
 	}
-	if _, reasons := buildPlan(cfg); len(reasons) != 1 {
+	if _, reasons := buildPlan(cfg, zones); len(reasons) != 1 {
 		t.Errorf("over the per-pair limit: reasons %v, want one", reasons)
+	}
+}
+
+// TestNextZoneIDs: zone ids stay what they were across configs, new zones
+// take free ids, removed ones free theirs unless sessions are kept.
+func TestNextZoneIDs(t *testing.T) {
+	cfg := func(names ...string) *dataplane.Config {
+		c := &dataplane.Config{}
+		for _, n := range names {
+			c.Zones = append(c.Zones, dataplane.Zone{Name: n})
+		}
+		return c
+	}
+	ids, _ := nextZoneIDs(nil, cfg("a", "b", "c"), false)
+	if diff := cmp.Diff(map[string]uint32{"a": 1, "b": 2, "c": 3}, ids); diff != "" {
+		t.Fatal(diff)
+	}
+	// b goes, d comes: d takes b's freed id; a and c keep theirs.
+	next, _ := nextZoneIDs(ids, cfg("d", "c", "a"), false)
+	if diff := cmp.Diff(map[string]uint32{"a": 1, "c": 3, "d": 2}, next); diff != "" {
+		t.Errorf("(-want +got)\n%s", diff)
+	}
+	// With sessions kept, b's id stays reserved.
+	kept, _ := nextZoneIDs(ids, cfg("d", "c", "a"), true)
+	if diff := cmp.Diff(map[string]uint32{"a": 1, "b": 2, "c": 3, "d": 4}, kept); diff != "" {
+		t.Errorf("keep (-want +got)\n%s", diff)
+	}
+	var many []string
+	for i := range maxZones {
+		many = append(many, fmt.Sprintf("z%d", i))
+	}
+	if _, reasons := nextZoneIDs(nil, cfg(many...), false); len(reasons) != 1 {
+		t.Errorf("%d zones: reasons %v, want one", maxZones, reasons)
 	}
 }

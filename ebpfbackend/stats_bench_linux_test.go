@@ -26,7 +26,7 @@ func BenchmarkResourceStats1M(b *testing.B) {
 
 	for _, method := range []mapcount.Method{mapcount.MethodKfunc, mapcount.MethodBatch} {
 		b.Run(string(method), func(b *testing.B) {
-			be, err := New(ctx, &Options{NetNS: l.Firewall.Path, CountMethod: method, SessionReapInterval: -1})
+			be, err := New(ctx, &Options{NetNS: l.Firewall.Path, CountMethod: method, SessionSweepInterval: -1})
 			if err != nil {
 				b.Fatal(err)
 			}

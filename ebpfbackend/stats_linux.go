@@ -3,10 +3,12 @@ package ebpfbackend
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -21,37 +23,41 @@ const (
 	kindCPUMap     = "cpumap"
 )
 
-// Indexes into counterNames used by the Go side.
-const (
-	cntSessionHit   = 15
-	cntFlowCacheHit = 20
-)
-
-// counterNames follow enum fw_counter in bpf/include/fw_common.h, in order.
-var counterNames = []string{
-	"forwarded",
-	"passed_non_ip",
-	"passed_neighbor_discovery",
-	"passed_local",
-	"passed_no_neighbor",
-	"passed_ttl_expired",
-	"passed_fragmentation_needed",
-	"passed_forwarding_disabled",
-	"passed_unmanaged_ingress",
-	"dropped_policy",
-	"dropped_no_route",
-	"dropped_parse_error",
-	"dropped_fragment",
-	"dropped_egress_unmanaged",
-	"dropped_unsupported_route",
-	"session_hits",
-	"sessions_expired",
-	"sessions_created_ipv4",
-	"sessions_created_ipv6",
-	"fib_lookups",
-	"flow_cache_hits",
-	"related_icmp",
-	"dropped_icmp_unrelated",
+// counterNames names every counter of enum fw_counter (generated from the
+// C by bpf2go); TestCounterNames fails when the enum gains a value without
+// a name here.
+var counterNames = map[fwFwCounter]string{
+	fwFwCounterFW_CNT_FORWARDED:               "forwarded",
+	fwFwCounterFW_CNT_PASS_NON_IP:             "passed_non_ip",
+	fwFwCounterFW_CNT_PASS_ND:                 "passed_neighbor_discovery",
+	fwFwCounterFW_CNT_PASS_LOCAL:              "passed_local",
+	fwFwCounterFW_CNT_PASS_NO_NEIGH:           "passed_no_neighbor",
+	fwFwCounterFW_CNT_PASS_TTL:                "passed_ttl_expired",
+	fwFwCounterFW_CNT_PASS_FRAG_NEEDED:        "passed_fragmentation_needed",
+	fwFwCounterFW_CNT_PASS_FWD_DISABLED:       "passed_forwarding_disabled",
+	fwFwCounterFW_CNT_PASS_UNMANAGED:          "passed_unmanaged_ingress",
+	fwFwCounterFW_CNT_DROP_POLICY:             "dropped_policy",
+	fwFwCounterFW_CNT_DROP_NO_ROUTE:           "dropped_no_route",
+	fwFwCounterFW_CNT_DROP_PARSE:              "dropped_parse_error",
+	fwFwCounterFW_CNT_DROP_FRAGMENT:           "dropped_fragment",
+	fwFwCounterFW_CNT_DROP_EGRESS_UNMANAGED:   "dropped_egress_unmanaged",
+	fwFwCounterFW_CNT_DROP_UNSUPPORTED_ROUTE:  "dropped_unsupported_route",
+	fwFwCounterFW_CNT_SESSION_HIT:             "session_hits",
+	fwFwCounterFW_CNT_SESSION_EXPIRED:         "sessions_expired",
+	fwFwCounterFW_CNT_SESSION_CREATED_V4:      "sessions_created_ipv4",
+	fwFwCounterFW_CNT_SESSION_CREATED_V6:      "sessions_created_ipv6",
+	fwFwCounterFW_CNT_FIB_LOOKUP:              "fib_lookups",
+	fwFwCounterFW_CNT_FLOW_CACHE_HIT:          "flow_cache_hits",
+	fwFwCounterFW_CNT_RELATED_ICMP:            "related_icmp",
+	fwFwCounterFW_CNT_DROP_ICMP_UNRELATED:     "dropped_icmp_unrelated",
+	fwFwCounterFW_CNT_PASS_EGRESS_NOT_XDP:     "passed_egress_not_xdp",
+	fwFwCounterFW_CNT_PASS_GSO_TOO_BIG:        "passed_gso_too_big",
+	fwFwCounterFW_CNT_SESSION_EARLY_DROP:      dataplane.CounterSessionEarlyDrop,
+	fwFwCounterFW_CNT_SESSION_TABLE_FULL:      dataplane.CounterSessionTableFull,
+	fwFwCounterFW_CNT_DROP_TCP_NOT_SYN:        dataplane.CounterDropTCPNotSYN,
+	fwFwCounterFW_CNT_DROP_ZONE_MISMATCH:      dataplane.CounterDropZoneMismatch,
+	fwFwCounterFW_CNT_SESSION_REOPENED:        "sessions_reopened",
+	fwFwCounterFW_CNT_SESSION_EXPIRED_EVICTED: "sessions_expired_evicted",
 }
 
 type namedMap struct {
@@ -59,28 +65,34 @@ type namedMap struct {
 	m    *ebpf.Map
 }
 
+// named lists every map of the program, read from the maps struct bpf2go
+// generates (its `ebpf:"..."` tags are the maps' names in the C), so a map
+// added to the C is reported without a line here. The session tables come
+// first: they are what an operator looks for.
 func (o *fwObjects) named() []namedMap {
-	return []namedMap{
-		{"fw_sessions_v4", o.FwSessionsV4},
-		{"fw_sessions_v6", o.FwSessionsV6},
-		{"fw_rules", o.FwRules},
-		{"fw_pairs", o.FwPairs},
-		{"fw_if_zone", o.FwIfZone},
-		{"fw_settings_map", o.FwSettingsMap},
-		{"fw_active", o.FwActive},
-		{"fw_tx_ports", o.FwTxPorts},
-		{"fw_counters", o.FwCounters},
-		{"fw_flow_cache", o.FwFlowCache},
-		{"fw_mirror_rules", o.FwMirrorRules},
-		{"fw_mirror_counts", o.FwMirrorCounts},
-		{"fw_mirror_out", o.FwMirrorOut},
-		{"fw_mirror_pairs", o.FwMirrorPairs},
-		{"fw_mirror_on", o.FwMirrorOn},
-		{"fw_cpus", o.FwCpus},
-		{"fw_stage_cpu", o.FwStageCpu},
-		{"fw_stage_prod_map", o.FwStageProdMap},
-		{"fw_stage_done_map", o.FwStageDoneMap},
+	v := reflect.ValueOf(&o.fwMaps).Elem()
+	out := make([]namedMap, 0, v.NumField())
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Tag.Get("ebpf")
+		m, ok := v.Field(i).Interface().(*ebpf.Map)
+		if name == "" || !ok {
+			continue
+		}
+		out = append(out, namedMap{name, m})
 	}
+	first := func(n string) int {
+		if strings.HasPrefix(n, "fw_sessions_") {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(out, func(a, b namedMap) int {
+		if c := first(a.name) - first(b.name); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	return out
 }
 
 func kindOf(t ebpf.MapType) string {
@@ -185,9 +197,15 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 			}
 		}
 	}
+	sw, swErr := b.sweepStats()
+	rows = append(rows, b.unassuredRows(sw, swErr)...)
 	rep.Resources = rows
 	if v4 != nil && v6 != nil {
 		rep.Sessions = &dataplane.SessionCounts{IPv4: *v4, IPv6: *v6, Total: *v4 + *v6}
+		if swErr == nil {
+			rep.Sessions.Unassured = sw.Unassured[0] + sw.Unassured[1]
+			rep.Sessions.EarlyAging = sw.Aging[0] != 0 || sw.Aging[1] != 0
+		}
 	}
 
 	counters, err := readCounters(b.objs.FwCounters)
@@ -195,26 +213,61 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		return rep, fmt.Errorf("read counters: %w", err)
 	}
 	for i, v := range counters {
-		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[i], Scope: "global", Value: v})
+		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[fwFwCounter(i)], Scope: "global", Value: v})
 	}
-	var generic uint64
+	var generic, tc uint64
 	for name, a := range b.attached {
 		if a.generic {
 			generic++
 			rep.Counters = append(rep.Counters, dataplane.Counter{Name: "xdp_generic_mode", Scope: name, Detail: true, Value: 1})
 		}
+		if a.mode == dataplane.AttachedTC {
+			tc++
+		}
+		rep.Interfaces = append(rep.Interfaces, dataplane.InterfaceStatus{Name: name, Ifindex: a.ifindex, Zone: b.zoneOf(name), Attach: a.mode, Reason: a.reason})
 	}
+	slices.SortFunc(rep.Interfaces, func(x, y dataplane.InterfaceStatus) int { return strings.Compare(x.Name, y.Name) })
 	mc, err := b.mirrorCounters(b.objs)
 	if err != nil {
 		return rep, err
 	}
 	rep.Counters = append(rep.Counters, mc...)
 	rep.Counters = append(rep.Counters,
-		dataplane.Counter{Name: "sessions_reaped", Scope: "global", Value: b.reaped.Load()},
-		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached))},
-		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic})
+		dataplane.Counter{Name: "sessions_expired_swept", Scope: "global", Value: sw.Expired},
+		dataplane.Counter{Name: "session_sweeps", Scope: "global", Value: sw.Runs},
+		dataplane.Counter{Name: dataplane.CounterSessionsEndedByPolicy, Scope: "global", Value: b.endedByPolicy.Load()},
+		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: "global", Value: b.cleared.Load()},
+		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached)) - tc},
+		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic},
+		dataplane.Counter{Name: "tc_interfaces", Scope: "global", Value: tc})
 	return rep, nil
 }
+
+// unassuredRows are the sessions_unassured rows, one per family (each
+// family has a table of the configured size): counted by the kernel's
+// sweep at its last pass (Method "sweep", Cost its pass time). Without a
+// pass yet there is no count, and the row says why.
+func (b *Backend) unassuredRows(sw fwFwSweep, err error) []dataplane.Resource {
+	rows := make([]dataplane.Resource, 2)
+	for i, fam := range []string{"ipv4", "ipv6"} {
+		r := dataplane.Resource{Name: dataplane.ResourceSessionsUnassured, Kind: dataplane.KindTable, Scope: fam,
+			Capacity: uint64(b.capacity), Method: methodSweep}
+		switch {
+		case err != nil:
+			r.Error = err.Error()
+		case sw.Runs == 0:
+			r.Error = "the in-kernel sweep has not run yet"
+		default:
+			r.Used = dataplane.Uint64(sw.Unassured[i])
+			r.Cost = time.Duration(sw.TookNs)
+		}
+		rows[i] = r
+	}
+	return rows
+}
+
+// methodSweep: counted by the kernel's session sweep at its last pass.
+const methodSweep = "sweep"
 
 // readCounters sums the per-CPU counters (one element holds them all).
 func readCounters(m *ebpf.Map) ([]uint64, error) {
@@ -222,7 +275,7 @@ func readCounters(m *ebpf.Map) ([]uint64, error) {
 	if err := m.Lookup(uint32(0), &per); err != nil {
 		return nil, err
 	}
-	out := make([]uint64, len(counterNames))
+	out := make([]uint64, fwFwCounterFW_CNT_MAX)
 	for _, c := range per {
 		for i := range out {
 			out[i] += c.C[i]
@@ -230,98 +283,8 @@ func readCounters(m *ebpf.Map) ([]uint64, error) {
 	}
 	// The cache-hit path bumps one counter less: a flow-cache hit is a
 	// session hit by construction (entries exist only for live sessions).
-	out[cntSessionHit] += out[cntFlowCacheHit]
+	out[fwFwCounterFW_CNT_SESSION_HIT] += out[fwFwCounterFW_CNT_FLOW_CACHE_HIT]
 	return out, nil
-}
-
-// Sessions lists up to limit sessions (limit <= 0: 1000), IPv4 first, and
-// the session counts. Entries idle past their timeout are not listed (the
-// datapath treats them as gone); they hold a slot until the reaper deletes
-// them (Options.SessionReapInterval), so the counts, which are the tables'
-// element counts, may include them for up to one reap interval.
-func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session, dataplane.SessionCounts, error) {
-	if b == nil {
-		return nil, dataplane.SessionCounts{}, dataplane.ErrClosed
-	}
-	if limit <= 0 {
-		limit = 1000
-	}
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return nil, dataplane.SessionCounts{}, dataplane.ErrClosed
-	}
-	if b.objs == nil {
-		return nil, dataplane.SessionCounts{}, nil
-	}
-	res, err := b.countMaps(ctx, []*ebpf.Map{b.objs.FwSessionsV4, b.objs.FwSessionsV6})
-	if err != nil {
-		return nil, dataplane.SessionCounts{}, fmt.Errorf("count sessions: %w", err)
-	}
-	for _, r := range res {
-		if r.err != nil {
-			return nil, dataplane.SessionCounts{}, fmt.Errorf("count sessions: %w", r.err)
-		}
-	}
-	counts := dataplane.SessionCounts{IPv4: res[0].count, IPv6: res[1].count, Total: res[0].count + res[1].count}
-
-	var settings fwFwSettings
-	if err := b.objs.FwSettingsMap.Lookup(b.slot, &settings); err != nil {
-		return nil, counts, fmt.Errorf("read timeouts: %w", err)
-	}
-	now, err := monotonicNow()
-	if err != nil {
-		return nil, counts, err
-	}
-	pending, err := b.pendingCounts(ctx)
-	if err != nil {
-		return nil, counts, err
-	}
-	var out []dataplane.Session
-	add := func(proto uint8, lo, hi netip.AddrPort, v fwFwSessVal) bool {
-		if pc, ok := pending[sessKey{proto, lo, hi}]; ok {
-			v.Packets += pc[0]
-			v.Bytes += pc[1]
-		}
-		if now-v.LastSeenNs > settings.TimeoutNs[protoClass(proto)] {
-			return true
-		}
-		src, dst := lo, hi
-		if v.InitiatorIsLo == 0 {
-			src, dst = hi, lo
-		}
-		out = append(out, dataplane.Session{
-			Protocol: protoName(proto), Source: src.String(), Destination: dst.String(),
-			Packets: v.Packets, Bytes: v.Bytes,
-			IdleSeconds: float64(now-v.LastSeenNs) / 1e9,
-		})
-		return len(out) < limit
-	}
-	var k4 fwFwSess4Key
-	var v fwFwSessVal
-	it := b.objs.FwSessionsV4.Iterate()
-	more := true
-	for more && it.Next(&k4, &v) {
-		if err := ctx.Err(); err != nil {
-			return out, counts, err
-		}
-		more = add(k4.Proto, addrPort4(k4.LoAddr, k4.LoPort), addrPort4(k4.HiAddr, k4.HiPort), v)
-	}
-	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
-		return out, counts, fmt.Errorf("list IPv4 sessions: %w", err)
-	}
-	var k6 fwFwSess6Key
-	it = b.objs.FwSessionsV6.Iterate()
-	for more && it.Next(&k6, &v) {
-		if err := ctx.Err(); err != nil {
-			return out, counts, err
-		}
-		more = add(k6.Proto, addrPort6(k6.LoAddr, k6.LoPort), addrPort6(k6.HiAddr, k6.HiPort), v)
-	}
-	if err := it.Err(); err != nil && !errors.Is(err, ebpf.ErrIterationAborted) {
-		return out, counts, fmt.Errorf("list IPv6 sessions: %w", err)
-	}
-	return out, counts, nil
 }
 
 type sessKey struct {
@@ -432,3 +395,16 @@ func addrPort6(a [4]uint32, port uint16) netip.AddrPort {
 }
 
 func ntohs(v uint16) uint16 { return v>>8 | v<<8 }
+
+// zoneOf returns the zone of a managed interface in the applied config.
+func (b *Backend) zoneOf(name string) string {
+	if b.cfg == nil {
+		return ""
+	}
+	for _, it := range b.cfg.Interfaces {
+		if it.Name == name {
+			return it.Zone
+		}
+	}
+	return ""
+}

@@ -26,8 +26,8 @@ enum fw_action {
 	FW_ALLOW = 1,
 };
 
-/* Per-CPU counters, summed in Go. The names live in ebpfbackend/counters.go
- * and must stay in this order. */
+/* Per-CPU counters, summed in Go. Go names each counter after its constant
+ * (FW_CNT_DROP_POLICY -> "drop_policy"), read from the generated code. */
 enum fw_counter {
 	FW_CNT_FORWARDED = 0,
 	FW_CNT_PASS_NON_IP,       /* ARP and other non-IP ethertypes */
@@ -52,15 +52,26 @@ enum fw_counter {
 	FW_CNT_FLOW_CACHE_HIT,    /* forwarded from the per-CPU flow cache */
 	FW_CNT_RELATED_ICMP,      /* ICMP error quoting a live session: passed */
 	FW_CNT_DROP_ICMP_UNRELATED, /* ICMP error quoting no live session */
+	FW_CNT_PASS_EGRESS_NOT_XDP, /* XDP ingress, egress takes no XDP redirects: kernel forwards */
+	FW_CNT_PASS_GSO_TOO_BIG,  /* TC: a GSO packet whose segments exceed the egress MTU */
+	FW_CNT_SESSION_EARLY_DROP, /* unassured session evicted for a new flow */
+	FW_CNT_SESSION_TABLE_FULL, /* new flow dropped: table full, no candidate */
+	FW_CNT_DROP_TCP_NOT_SYN,  /* TCP without session and not a SYN */
+	FW_CNT_DROP_ZONE_MISMATCH, /* session hit from an interface of another zone */
+	FW_CNT_SESSION_REOPENED,  /* SYN on a closed session: ended, judged anew */
+	FW_CNT_SESSION_EXPIRED_EVICTED, /* expired session evicted for a new flow */
 	FW_CNT_MAX,
 };
 
-/* All counters of one CPU in one value: one (inlined) lookup per packet. */
+/* All counters of one CPU in one value: one (inlined) lookup per packet.
+ * The empty array only puts enum fw_counter into the BTF, so bpf2go
+ * generates its constants and Go derives the counter names from them. */
 struct fw_cpu_counters {
 	__u64 c[FW_CNT_MAX];
+	enum fw_counter names[0];
 };
 
-/* Idle timeouts, indexed by enum fw_proto_class. */
+/* Protocol classes of the session model. */
 enum fw_proto_class {
 	FW_PC_TCP = 0,
 	FW_PC_UDP,
@@ -69,16 +80,60 @@ enum fw_proto_class {
 	FW_PC_MAX,
 };
 
+/* Session flags (struct fw_sess_val.flags). They are only ever set, with
+ * an atomic OR, never cleared: the state is a function of them
+ * (fw_sess_state), so concurrent updates on several CPUs cannot
+ * disagree. "Initiator" is the endpoint whose packet created the session. */
+#define FW_SF_REPLY 0x01       /* a packet travelled in the reply direction */
+#define FW_SF_ESTABLISHED 0x02 /* TCP: handshake completed (or picked up) */
+#define FW_SF_FIN_INIT 0x04    /* TCP: FIN from the initiator */
+#define FW_SF_FIN_RESP 0x08    /* TCP: FIN from the responder */
+#define FW_SF_RST 0x10         /* TCP: RST from either side */
+
+/* Session states, as dataplane.SessionState numbers them. */
+enum fw_sess_state {
+	FW_ST_OPENING = 1,
+	FW_ST_ESTABLISHED = 2,
+	FW_ST_CLOSING = 3,
+	FW_ST_CLOSED = 4,
+	FW_ST_UNREPLIED = 5,
+	FW_ST_REPLIED = 6,
+};
+
+/* Timeout slots: TCP has four states, the other classes two. */
+enum fw_timeout {
+	FW_TO_TCP_OPENING = 0,
+	FW_TO_TCP_ESTABLISHED,
+	FW_TO_TCP_CLOSING,
+	FW_TO_TCP_CLOSED,
+	FW_TO_UDP_UNREPLIED,
+	FW_TO_UDP_REPLIED,
+	FW_TO_ICMP_UNREPLIED,
+	FW_TO_ICMP_REPLIED,
+	FW_TO_OTHER_UNREPLIED,
+	FW_TO_OTHER_REPLIED,
+	FW_TO_MAX,
+};
+
+/* fw_settings.flags */
+#define FW_SET_TCP_PICKUP 1 /* a non-SYN TCP packet may open a session */
+
 struct fw_settings {
-	__u64 timeout_ns[FW_PC_MAX];
+	__u64 timeout_ns[FW_TO_MAX];
 	/* How long a flow-cache entry may forward without touching its
-	 * session (refreshing last-seen, adding its packets), per class.
-	 * Set by the control plane to a fraction of the timeout, at most
-	 * FW_FIB_CACHE_NS. */
-	__u64 refresh_ns[FW_PC_MAX];
+	 * session (refreshing last-seen, adding its packets), per timeout
+	 * slot. Set by the control plane to a fraction of the timeout, at
+	 * most FW_FIB_CACHE_NS. */
+	__u64 refresh_ns[FW_TO_MAX];
 	/* One jiffy in ns (the coarse clock's resolution): the cache-hit
 	 * path reads jiffies, which the verifier inlines into one load. */
 	__u64 tick_ns;
+	/* Unassured timeouts are divided by this while early aging is on. */
+	__u32 aging_div;
+	__u32 flags; /* FW_SET_* */
+	/* The sweep's period, and the session table size (each family). */
+	__u64 sweep_ns;
+	__u64 capacity;
 };
 
 /* One expanded policy term. Addresses are in network byte order; IPv4 uses
@@ -106,6 +161,16 @@ struct fw_pair {
 struct fw_if_key {
 	__u32 ifindex;
 	__u32 slot;
+};
+
+/* fw_if_val.flags */
+#define FW_IF_XDP_TX 1 /* the device takes frames an XDP program redirects
+			* into it (it advertises ndo_xdp_xmit; a veth only
+			* while its peer runs NAPI) */
+
+struct fw_if_val {
+	__u32 zone;
+	__u32 flags;
 };
 
 /* Session keys are canonical: the endpoint that sorts lower (address, then
@@ -143,7 +208,8 @@ struct fw_hop {
 	/* The largest IP length the FIB's MTU check accepted with this answer:
 	 * a bigger packet asks the FIB again (and meets the MTU check). */
 	__u16 len_ok;
-	__u8 pad[6];
+	__u8 xdp_tx; /* the egress takes XDP redirects (FW_IF_XDP_TX) */
+	__u8 pad[5];
 };
 
 struct fw_sess_val {
@@ -151,9 +217,41 @@ struct fw_sess_val {
 	__u64 last_seen_ns;
 	__u64 packets;
 	__u64 bytes;
+	/* FW_SF_*, set with atomic OR only (a 64-bit OR on this 8-byte
+	 * aligned word: the bits land here on little-endian). */
+	__u32 flags;
 	__u8 initiator_is_lo; /* 1: the lo endpoint sent the first packet */
-	__u8 pad[7];
+	__u8 from_zone;       /* zone the first packet arrived from */
+	__u8 to_zone;         /* zone it was routed to */
+	__u8 pad;
 	struct fw_hop hop[2]; /* [0]: lo -> hi, [1]: hi -> lo */
+};
+
+/* Early drop: each CPU remembers the keys of the last FW_RECENT sessions
+ * it created, oldest first; a new flow that finds its table full evicts
+ * the first of them (at most FW_EARLY_DROP_PROBES looked at) that is
+ * unassured or expired. Assured sessions are skipped, never evicted. */
+#define FW_RECENT 2048 /* power of two */
+#define FW_EARLY_DROP_PROBES 8
+
+struct fw_recent_pos {
+	__u64 w[2]; /* next write, per family (0: IPv4, 1: IPv6) */
+	__u64 r[2]; /* next candidate to look at */
+};
+
+/* The in-kernel sweep (a bpf_timer): removes expired sessions whether or
+ * not a control process runs, counts what is left, and switches early
+ * aging per family. Only the kernel writes it (its period and the table
+ * size come from fw_settings); Go reads it. */
+struct fw_sweep {
+	struct bpf_timer timer;
+	__u64 runs;
+	__u64 last_ns;      /* when the last pass ended (coarse clock) */
+	__u64 took_ns;      /* how long it took */
+	__u64 expired;      /* sessions removed by sweeps, in total */
+	__u64 used[2];      /* live sessions at the last pass, per family */
+	__u64 unassured[2]; /* of them unassured */
+	__u32 aging[2];     /* early aging on, per family */
 };
 
 /* Flow cache: a per-CPU, direct-mapped cache in front of the session
@@ -181,7 +279,10 @@ struct fw_flow {
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u16 len_ok;
-	__u8 pad[2];
+	__u8 xdp_tx;     /* the egress takes XDP redirects */
+	__u8 pad;
+	__u32 in_ifindex; /* the packet must arrive here (session zones) */
+	__u32 pad2;
 };
 
 /* Port mirroring. A rule is keyed by its ingress ifindex; stats are per

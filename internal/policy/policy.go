@@ -211,7 +211,11 @@ func (s *Set) Zone(ifindex int) (string, bool) {
 // that decided, or -1 when no rule did (default deny, or an unmanaged
 // interface).
 func (s *Set) Decide(in, out int, t Tuple) (allow bool, rule int) {
-	zin, zout := s.zone(in), s.zone(out)
+	return s.decidePair(s.zone(in), s.zone(out), t)
+}
+
+// decidePair is Decide for zone indexes (-1: not a zone).
+func (s *Set) decidePair(zin, zout int, t Tuple) (allow bool, rule int) {
 	if zin < 0 || zout < 0 || (t.Family != FamilyIPv4 && t.Family != FamilyIPv6) {
 		return false, -1
 	}
