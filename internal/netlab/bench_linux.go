@@ -170,7 +170,7 @@ func benchSetting(b *testing.B, dp BenchDataplane, opts Options) {
 func benchUDP(b *testing.B, l *Lab, dp BenchDataplane, opts Options, flows FloodFlows) {
 	ctx := context.Background()
 	if opts.KernelVethDefaults {
-		restore, err := ensureNAPI(l.Firewall, l.FwClientIf)
+		restore, err := EnsureNAPI(l.Firewall, l.FwClientIf)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -229,11 +229,12 @@ func settle(c *Counter) (uint64, error) {
 	return last, err
 }
 
-// ensureNAPI makes sure iface in ns runs NAPI, which the live-frames
-// generator's frames need to be received: it does when an XDP program is
-// attached or GRO is on; otherwise it turns GRO on and returns what turns
-// it off again.
-func ensureNAPI(ns *NS, iface string) (restore func(), err error) {
+// EnsureNAPI makes sure iface in ns runs NAPI, which the live-frames
+// generator's frames (and XDP redirects into its peer) need to be
+// received: it does when an XDP program is attached or GRO is on;
+// otherwise EnsureNAPI turns GRO on and returns what turns it off again.
+// On kernel-default veths with a TC dataplane, the generator needs it.
+func EnsureNAPI(ns *NS, iface string) (restore func(), err error) {
 	napi, err := RunsNAPI(ns, iface)
 	if err != nil || napi {
 		return func() {}, err
