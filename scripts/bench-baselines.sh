@@ -56,12 +56,12 @@ function median(s,   a, n, i, j, x) {
 }
 END {
 	if (!nrow) { print "bench-baselines: no results (skipped?)" > "/dev/stderr"; exit 1 }
-	printf "\n%-10s %-8s %-8s", "veth", "traffic", "unit"
+	printf "\n%-10s %-11s %-7s", "veth", "traffic", "unit"
 	for (c = 1; c <= ncol; c++) printf " %12s", cols[c]
 	printf "\n"
 	for (r = 1; r <= nrow; r++) {
 		split(rows[r], k, SUBSEP)
-		printf "%-10s %-8s %-8s", k[1], k[2], units[rows[r]]
+		printf "%-10s %-11s %-7s", k[1], k[2], units[rows[r]]
 		for (c = 1; c <= ncol; c++) {
 			s = vals[rows[r], cols[c]]
 			if (s == "") printf " %12s", "-"; else printf " %12.2f", median(s)
