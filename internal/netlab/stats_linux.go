@@ -4,29 +4,16 @@ package netlab
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-)
 
-// The ethtool ioctl commands for driver statistics (linux/ethtool.h).
-// vishvananda/netlink reads standard link statistics only, and the
-// ethtool generic-netlink family carries only the standard groups, not a
-// driver's own counters such as veth's per-queue XDP drops: hence the
-// legacy ioctl, through golang.org/x/sys/unix.
-const (
-	ethtoolGStrings = 0x1b
-	ethtoolGStats   = 0x1d
-	ethtoolGSSInfo  = 0x37
-	ethSSStats      = 1
-	ethGStringLen   = 32
+	"github.com/fwplane/fwplane/internal/ethtool"
 )
 
 // EthtoolStats returns the driver statistics of iface in ns (what
@@ -35,67 +22,13 @@ func EthtoolStats(ns *NS, iface string) (map[string]uint64, error) {
 	var out map[string]uint64
 	err := ns.Do(func() error {
 		var err error
-		out, err = ethtoolStats(iface)
+		out, err = ethtool.Stats(iface)
 		if err != nil {
-			return fmt.Errorf("read driver statistics of %s in %s: %w", iface, ns, err)
+			return fmt.Errorf("read driver statistics in %s: %w", ns, err)
 		}
 		return nil
 	})
 	return out, err
-}
-
-// ethtoolStats reads the driver statistics of iface in the calling thread's
-// namespace.
-func ethtoolStats(iface string) (map[string]uint64, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open ethtool socket: %w", err)
-	}
-	defer unix.Close(fd)
-	// struct ethtool_sset_info with room for one count.
-	info := struct {
-		cmd, reserved uint32
-		mask          uint64
-		n             uint32
-	}{cmd: ethtoolGSSInfo, mask: 1 << ethSSStats}
-	if err := ethtoolRaw(fd, iface, unsafe.Pointer(&info)); err != nil {
-		return nil, fmt.Errorf("count statistics: %w", err)
-	}
-	out := map[string]uint64{}
-	if info.mask&(1<<ethSSStats) == 0 || info.n == 0 {
-		return out, nil
-	}
-	n := int(info.n)
-	// struct ethtool_gstrings: cmd, string_set, len, then the names.
-	strs := make([]byte, 12+n*ethGStringLen)
-	*(*[3]uint32)(unsafe.Pointer(&strs[0])) = [3]uint32{ethtoolGStrings, ethSSStats, uint32(n)}
-	if err := ethtoolRaw(fd, iface, unsafe.Pointer(&strs[0])); err != nil {
-		return nil, fmt.Errorf("read statistics names: %w", err)
-	}
-	// struct ethtool_stats: cmd, n_stats, then the values (the first
-	// uint64 holds both header words).
-	vals := make([]uint64, 1+n)
-	*(*[2]uint32)(unsafe.Pointer(&vals[0])) = [2]uint32{ethtoolGStats, uint32(n)}
-	if err := ethtoolRaw(fd, iface, unsafe.Pointer(&vals[0])); err != nil {
-		return nil, fmt.Errorf("read statistics: %w", err)
-	}
-	for i := range n {
-		name := string(bytes.TrimRight(strs[12+i*ethGStringLen:12+(i+1)*ethGStringLen], "\x00"))
-		out[name] = vals[1+i]
-	}
-	return out, nil
-}
-
-// ethtoolRaw is the SIOCETHTOOL ioctl with ifr_data pointing at data.
-func ethtoolRaw(fd int, iface string, data unsafe.Pointer) error {
-	var ifr ifreqData
-	copy(ifr.name[:unix.IFNAMSIZ-1], iface)
-	ifr.data = data
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	if errno != 0 {
-		return errno
-	}
-	return nil
 }
 
 // VethDrops are the frames the kernel dropped on one direction of a veth
@@ -176,21 +109,15 @@ type Offloads struct {
 func ReadOffloads(ns *NS, iface string) (Offloads, error) {
 	var o Offloads
 	err := ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open ethtool socket: %w", err)
-		}
-		defer unix.Close(fd)
 		for _, f := range []struct {
 			cmd uint32
 			to  *bool
-			is  string
-		}{{unix.ETHTOOL_GGRO, &o.GRO, "GRO"}, {unix.ETHTOOL_GTXCSUM, &o.TxChecksum, "TX checksum offload"}, {unix.ETHTOOL_GTSO, &o.TSO, "TSO"}} {
-			v := ethtoolValue{cmd: f.cmd}
-			if err := ethtoolIoctl(fd, iface, &v); err != nil {
-				return fmt.Errorf("read %s of %s in %s: %w", f.is, iface, ns, err)
+		}{{unix.ETHTOOL_GGRO, &o.GRO}, {unix.ETHTOOL_GTXCSUM, &o.TxChecksum}, {unix.ETHTOOL_GTSO, &o.TSO}} {
+			v, err := ethtool.Feature(iface, f.cmd)
+			if err != nil {
+				return fmt.Errorf("read offloads in %s: %w", ns, err)
 			}
-			*f.to = v.data != 0
+			*f.to = v
 		}
 		return nil
 	})
