@@ -9,7 +9,7 @@ import (
 	"github.com/fwplane/fwplane/userspacebackend"
 )
 
-func registered() []backend {
+func registered(opts *Options) []backend {
 	return []backend{
 		{
 			decl: capability.Backend{
@@ -17,11 +17,19 @@ func registered() []backend {
 				Features: ebpfbackend.Supported(),
 				Requires: []capability.ProbeName{capability.ProbeBPFSyscall, capability.ProbeXDPProgram,
 					capability.ProbeXDPLink, capability.ProbeFIBLookup, capability.ProbeDevMap, capability.ProbeLRUHash},
-				MaxSessions: dataplane.MaxTableEntries,
+				Limits: ebpfbackend.Limits(),
+				Memory: func(cfg *dataplane.Config, _ *capability.Host) (dataplane.MemoryCost, error) {
+					return ebpfbackend.MemoryCost(cfg)
+				},
 				AttachModes: true,
 			},
-			open: func(ctx context.Context, netns string) (dataplane.DataPlane, error) {
-				return ebpfbackend.New(ctx, &ebpfbackend.Options{NetNS: netns})
+			open: func(ctx context.Context) (dataplane.DataPlane, error) {
+				o := ebpfbackend.Options{}
+				if opts.EBPF != nil {
+					o = *opts.EBPF
+				}
+				o.NetNS = opts.NetNS
+				return ebpfbackend.New(ctx, &o)
 			},
 		},
 		{
@@ -30,12 +38,24 @@ func registered() []backend {
 				Features: userspacebackend.Supported(),
 				Requires: []capability.ProbeName{capability.ProbeBPFSyscall, capability.ProbeXDPProgram,
 					capability.ProbeXDPLink, capability.ProbeXSKMap, capability.ProbeAFXDPSocket},
-				// The session table is preallocated (88 bytes a slot):
-				// 2^24 sessions is 1.5 GiB, a sane ceiling for one process.
-				MaxSessions: 1 << 24,
+				Limits: userspacebackend.Limits(),
+				Memory: func(cfg *dataplane.Config, h *capability.Host) (dataplane.MemoryCost, error) {
+					queues := func(name string) int {
+						if h == nil {
+							return 1
+						}
+						return h.Interfaces[name].RXQueues
+					}
+					return userspacebackend.MemoryCost(cfg, opts.Userspace, queues), nil
+				},
 			},
-			open: func(ctx context.Context, netns string) (dataplane.DataPlane, error) {
-				return userspacebackend.New(ctx, &userspacebackend.Options{NetNS: netns})
+			open: func(ctx context.Context) (dataplane.DataPlane, error) {
+				o := userspacebackend.Options{}
+				if opts.Userspace != nil {
+					o = *opts.Userspace
+				}
+				o.NetNS = opts.NetNS
+				return userspacebackend.New(ctx, &o)
 			},
 		},
 	}

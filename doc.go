@@ -22,10 +22,21 @@
 // needs ([dataplane.Config.Features]) and picks a backend with stated
 // reasons (package capability). Auto prefers the eBPF backend, which
 // forwards fastest, and falls back to userspace when the eBPF backend cannot
-// do what the config asks. Name a backend in [Options.Backend] and set
-// [Options.Strict] to forbid the fallback. fwplane fails closed: a config
-// that no allowed backend can run is an error listing every reason, never a
-// dataplane that silently ignores a feature.
+// do what the config asks: a feature it lacks, more than its declared
+// limits (100 000 policies, say), or more memory than the budget
+// ([Options.MemoryBudget], by default half the host's memory; a typo in
+// tables.sessions is refused in milliseconds with the figures, before
+// anything is allocated). When the chosen backend's Apply still refuses the
+// config, Open tries the next one and the decision says why. Name a backend
+// in [Options.Backend] and set [Options.Strict] to forbid the fallback.
+// fwplane fails closed: a config that no allowed backend can run is an
+// error listing every reason, never a dataplane that silently ignores a
+// feature or a setting.
+//
+// The config is the network's desired state; how this process runs it is
+// [Options]: the namespace, the budget, and each backend's own options
+// ([Options.EBPF], [Options.Userspace]; nil means defaults), used when that
+// backend runs. docs/architecture.md ("Config or options") has the rule.
 //
 // # Resource reports
 //

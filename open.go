@@ -2,38 +2,62 @@ package fwplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/ebpfbackend"
+	"github.com/fwplane/fwplane/userspacebackend"
 )
 
-// Options tell Open how to choose and build the dataplane. Nil means: probe
-// the host, prefer the eBPF backend, fall back to userspace when the eBPF
-// backend cannot do what the config needs, work in the current network
-// namespace.
+// Options tell Open how to choose and build the dataplane: how this
+// process runs the config, as opposed to the config itself, which is the
+// network's desired state (docs/architecture.md, "Config or options").
+// Nil means: probe the host, prefer the eBPF backend, fall back to
+// userspace when the eBPF backend cannot do what the config needs, work in
+// the current network namespace, each backend with its defaults, a memory
+// budget of capability.DefaultMemoryShare of the host's memory.
 type Options struct {
 	// Backend is the preferred backend: auto (default), ebpf or userspace.
 	Backend capability.Preference
-	// Strict forbids falling back from the preferred backend.
+	// Strict forbids falling back from the preferred backend, both when
+	// choosing and when the chosen backend's Apply refuses the config.
 	Strict bool
 	// NetNS is the path of the network namespace to run in (e.g.
-	// /var/run/netns/fw); "" = the current one.
+	// /var/run/netns/fw); "" = the current one. It is the namespace of
+	// whichever backend runs: leave the backends' own NetNS empty.
 	NetNS string
 	// Host replaces the host probe (tests, or a cached probe). Nil probes.
 	Host *capability.Host
+	// MemoryBudget bounds what the config may make the chosen backend
+	// allocate, in bytes (session tables, UMEM, ...): a backend whose cost
+	// exceeds it is refused before anything is allocated, with the
+	// figures. 0 means capability.DefaultMemoryShare of the host's memory.
+	MemoryBudget uint64
+
+	// EBPF and Userspace are the backends' own options, used when that
+	// backend runs; nil means its defaults. Their NetNS must be empty or
+	// equal to NetNS.
+	EBPF      *ebpfbackend.Options
+	Userspace *userspacebackend.Options
 }
 
 // backend is a backend this binary can build.
 type backend struct {
 	decl capability.Backend
-	open func(ctx context.Context, netns string) (dataplane.DataPlane, error)
+	open func(ctx context.Context) (dataplane.DataPlane, error)
 }
 
-// Backends returns the declarations of the backends this build knows, for
-// capability.Decide and for tooling that explains decisions.
+// Backends returns the declarations of the backends this build knows
+// (their features, required probes, limits and memory cost, with default
+// options), for capability.Decide and for tooling that explains decisions.
 func Backends() []capability.Backend {
-	bs := registered()
+	return declarations(registered(&Options{}))
+}
+
+func declarations(bs []backend) []capability.Backend {
 	out := make([]capability.Backend, len(bs))
 	for i, b := range bs {
 		out[i] = b.decl
@@ -41,11 +65,36 @@ func Backends() []capability.Backend {
 	return out
 }
 
+// check refuses backend options that contradict Options, naming the
+// field.
+func (o *Options) check() error {
+	var problems []dataplane.Problem
+	if o.EBPF != nil && o.EBPF.NetNS != "" && o.EBPF.NetNS != o.NetNS {
+		problems = append(problems, dataplane.Problem{Field: "Options.EBPF.NetNS",
+			Message: fmt.Sprintf("%q differs from Options.NetNS %q: set Options.NetNS only", o.EBPF.NetNS, o.NetNS)})
+	}
+	if o.Userspace != nil && o.Userspace.NetNS != "" && o.Userspace.NetNS != o.NetNS {
+		problems = append(problems, dataplane.Problem{Field: "Options.Userspace.NetNS",
+			Message: fmt.Sprintf("%q differs from Options.NetNS %q: set Options.NetNS only", o.Userspace.NetNS, o.NetNS)})
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("fwplane options: %w", &dataplane.ConfigError{Problems: problems})
+	}
+	return nil
+}
+
 // Decide probes the host (unless opts.Host is set) and decides which
 // backend would run cfg, without building anything.
 func Decide(ctx context.Context, cfg *dataplane.Config, opts *Options) (capability.Decision, error) {
 	if opts == nil {
 		opts = &Options{}
+	}
+	return decide(ctx, cfg, opts, registered(opts))
+}
+
+func decide(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backend) (capability.Decision, error) {
+	if err := opts.check(); err != nil {
+		return capability.Decision{}, err
 	}
 	if err := cfg.Validate(); err != nil {
 		return capability.Decision{}, err
@@ -62,11 +111,14 @@ func Decide(ctx context.Context, cfg *dataplane.Config, opts *Options) (capabili
 			return capability.Decision{}, fmt.Errorf("probe host: %w", err)
 		}
 	}
-	return capability.Decide(cfg, host, Backends(), capability.Request{Preference: opts.Backend, Strict: opts.Strict})
+	return capability.Decide(cfg, host, declarations(bs), capability.Request{
+		Preference: opts.Backend, Strict: opts.Strict, MemoryBudget: opts.MemoryBudget})
 }
 
 // Result says how Open chose the backend and what the first Apply did.
-// The embedded Decision gives Mode, FellBack, Verdicts and Explain().
+// The embedded Decision gives Mode, FellBack, Verdicts and Explain(); a
+// backend whose Apply refused the config is in Verdicts as not supported,
+// with the refusal's reasons.
 type Result struct {
 	capability.Decision
 	// Applied is the first Apply's result: generation 1 and its warnings
@@ -80,35 +132,104 @@ type Result struct {
 // warnings). On error nothing is left running; the decision is returned
 // when one was made, so a refusal can be explained.
 //
-// Errors: a *dataplane.ConfigError for an invalid config; a
-// *dataplane.NotSupportedError (errors.Is dataplane.ErrNotSupported) when no
-// allowed backend can run the config on this host, listing every reason;
-// otherwise the chosen backend's error, wrapped; a permission error names the
-// capabilities the process lacks (CAP_BPF, CAP_NET_ADMIN, ...).
+// When the chosen backend's Apply refuses the config as not supported
+// (something the gate could not see from declarations, e.g. a mirror input
+// the kernel attaches only in generic mode) and Strict is not set, Open
+// closes it and tries the next backend the decision found fit; the
+// refusal's reasons become that backend's verdict, and FellBack is set.
+//
+// Errors: a *dataplane.ConfigError for an invalid config or contradictory
+// options; a *dataplane.NotSupportedError (errors.Is
+// dataplane.ErrNotSupported) when no allowed backend can run the config on
+// this host, listing every reason; otherwise the chosen backend's error,
+// wrapped; a permission error names the capabilities the process lacks
+// (CAP_BPF, CAP_NET_ADMIN, ...).
 func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.DataPlane, Result, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
-	dec, err := Decide(ctx, cfg, opts)
-	d := Result{Decision: dec}
+	return open(ctx, cfg, opts, registered(opts))
+}
+
+func open(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backend) (dataplane.DataPlane, Result, error) {
+	dec, err := decide(ctx, cfg, opts, bs)
+	res := Result{Decision: dec}
 	if err != nil {
-		return nil, d, err
+		return nil, res, err
 	}
-	for _, b := range registered() {
-		if b.decl.Mode != d.Mode {
+	byMode := map[dataplane.Mode]backend{}
+	for _, b := range bs {
+		byMode[b.decl.Mode] = b
+	}
+	// The candidates: the chosen mode, then (unless strict) every other
+	// considered backend the gate found fit, in the decision's order.
+	var refused []string
+	for i := range res.Verdicts {
+		v := &res.Verdicts[i]
+		if !v.Considered || !v.Supported {
 			continue
 		}
-		dp, err := b.open(ctx, opts.NetNS)
-		if err != nil {
-			return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, capability.ExplainPermission(err))
+		b, ok := byMode[v.Mode]
+		if !ok {
+			continue
 		}
-		applied, err := dp.Apply(ctx, cfg)
-		if err != nil {
-			dp.Close()
-			return nil, d, fmt.Errorf("apply config to %s backend: %w", d.Mode, capability.ExplainPermission(err))
+		dp, applied, err := openApply(ctx, b, cfg)
+		if err == nil {
+			if v.Mode != res.Mode {
+				v.Notes = append(v.Notes, "chosen after Apply refused the config on the "+strings.Join(refused, ", ")+" backend")
+				res.Mode, res.FellBack = v.Mode, true
+			}
+			res.Applied = applied
+			return dp, res, nil
 		}
-		d.Applied = applied
-		return dp, d, nil
+		if !errors.Is(err, dataplane.ErrNotSupported) {
+			if v.Mode != res.Mode {
+				res.Mode, res.FellBack = v.Mode, true
+			}
+			return nil, res, err
+		}
+		// The backend refused what the gate admitted: record why, and try
+		// the next one unless strict.
+		v.Supported = false
+		var nse *dataplane.NotSupportedError
+		if errors.As(err, &nse) && len(nse.Reasons) > 0 {
+			for _, r := range nse.Reasons {
+				v.Reasons = append(v.Reasons, "apply refused: "+r)
+			}
+		} else {
+			v.Reasons = append(v.Reasons, "apply refused: "+err.Error())
+		}
+		if opts.Strict {
+			res.Mode = ""
+			return nil, res, err
+		}
+		refused = append(refused, string(v.Mode))
 	}
-	return nil, d, fmt.Errorf("open %s backend: %w", d.Mode, dataplane.ErrNotSupported)
+	res.Mode, res.FellBack = "", false
+	all := &dataplane.NotSupportedError{What: "apply config (" + string(res.Request.Preference) + ")"}
+	for _, v := range res.Verdicts {
+		if !v.Considered {
+			continue
+		}
+		for _, r := range v.Reasons {
+			all.Reasons = append(all.Reasons, string(v.Mode)+": "+r)
+		}
+	}
+	return nil, res, all
+}
+
+// openApply builds one backend and applies cfg; on error nothing of it is
+// left.
+func openApply(ctx context.Context, b backend, cfg *dataplane.Config) (dataplane.DataPlane, dataplane.ApplyResult, error) {
+	mode := b.decl.Mode
+	dp, err := b.open(ctx)
+	if err != nil {
+		return nil, dataplane.ApplyResult{}, fmt.Errorf("open %s backend: %w", mode, capability.ExplainPermission(err))
+	}
+	applied, err := dp.Apply(ctx, cfg)
+	if err != nil {
+		dp.Close()
+		return nil, dataplane.ApplyResult{}, fmt.Errorf("apply config to %s backend: %w", mode, capability.ExplainPermission(err))
+	}
+	return dp, applied, nil
 }

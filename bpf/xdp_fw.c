@@ -126,24 +126,24 @@ struct {
 	__type(value, struct fw_sess_val);
 } fw_sessions_v6 SEC(".maps");
 
-/* Early-drop candidates: FW_RECENT keys per CPU (the control plane sizes
- * the arrays to possible CPUs x FW_RECENT before load). */
+/* Early-drop candidates (the control plane sizes the rings before load:
+ * fw_settings.recent_mask + 1 entries). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FW_RECENT);
+	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct fw_sess4_key);
 } fw_recent_v4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, FW_RECENT);
+	__uint(max_entries, 1024);
 	__type(key, __u32);
 	__type(value, struct fw_sess6_key);
 } fw_recent_v6 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct fw_recent_pos);
@@ -862,27 +862,24 @@ static __noinline int icmp_related(void *data, void *end, const struct pkt *p, c
 	return now - sv->last_seen_ns <= sess_timeout(set, q->k.proto, sv->flags, aging_on(q->k.family));
 }
 
-/* Remembers a new session's key as an early-drop candidate of this CPU. */
-static __always_inline void recent_push(__u8 family, const void *key)
+/* Remembers a new session's key as an early-drop candidate. */
+static __always_inline void recent_push(__u8 family, const void *key, const struct fw_settings *set)
 {
 	__u32 zero = 0;
 	struct fw_recent_pos *pos = bpf_map_lookup_elem(&fw_recent_pos_map, &zero);
 	if (!pos)
 		return;
 	__u32 f = family == 4 ? 0 : 1;
-	__u32 idx = bpf_get_smp_processor_id() * FW_RECENT + (__u32)(pos->w[f] & (FW_RECENT - 1));
+	__u32 idx = (__u32)(__sync_fetch_and_add(&pos->w[f], 1) & set->recent_mask);
 	if (f == 0) {
 		struct fw_sess4_key *slot = bpf_map_lookup_elem(&fw_recent_v4, &idx);
-		if (!slot)
-			return;
-		__builtin_memcpy(slot, key, sizeof(*slot));
+		if (slot)
+			__builtin_memcpy(slot, key, sizeof(*slot));
 	} else {
 		struct fw_sess6_key *slot = bpf_map_lookup_elem(&fw_recent_v6, &idx);
-		if (!slot)
-			return;
-		__builtin_memcpy(slot, key, sizeof(*slot));
+		if (slot)
+			__builtin_memcpy(slot, key, sizeof(*slot));
 	}
-	pos->w[f] += 1;
 }
 
 struct early_drop_ctx {
@@ -890,23 +887,25 @@ struct early_drop_ctx {
 	struct fw_cpu_counters *cnt;
 	struct fw_recent_pos *pos;
 	__u64 now;
-	__u32 cpu;
+	__u64 w; /* the write position when the search began */
 	__u32 v6;
 	int aging;
 	int freed;
 };
 
 /* One early-drop probe (bpf_loop: the callback is verified once rather
- * than once per unrolled probe and path). Returns 1 to stop. */
+ * than once per unrolled probe and path): claims the oldest candidate
+ * (an atomic add, so two CPUs never look at the same one). Returns 1 to
+ * stop. */
 static long early_drop_probe(__u64 i, void *data)
 {
 	struct early_drop_ctx *c = data;
 	struct fw_recent_pos *pos = c->pos;
 	__u32 f = c->v6 ? 1 : 0;
-	if (pos->r[f] == pos->w[f])
-		return 1;
-	__u32 idx = c->cpu * FW_RECENT + (__u32)(pos->r[f] & (FW_RECENT - 1));
-	pos->r[f] += 1;
+	__u64 r = __sync_fetch_and_add(&pos->r[f], 1);
+	if (r >= c->w)
+		return 1; /* none left (the position overshoots by a claim or two) */
+	__u32 idx = (__u32)(r & c->set->recent_mask);
 	struct fw_sess_val *sv;
 	__u8 proto;
 	void *k;
@@ -939,8 +938,8 @@ static long early_drop_probe(__u64 i, void *data)
 	return 1;
 }
 
-/* A full table: looks at up to FW_EARLY_DROP_PROBES of this CPU's oldest
- * recent keys and deletes the first session that is expired or unassured
+/* A full table: looks at up to FW_EARLY_DROP_PROBES of the oldest recent
+ * keys and deletes the first session that is expired or unassured
  * (counted). Assured, live sessions are skipped: never evicted. Returns
  * whether a slot was freed. */
 static __always_inline int early_drop(__u8 family, const struct fw_settings *set, __u64 now,
@@ -951,11 +950,16 @@ static __always_inline int early_drop(__u8 family, const struct fw_settings *set
 	if (!pos)
 		return 0;
 	__u32 f = family == 4 ? 0 : 1;
-	if (pos->w[f] - pos->r[f] > FW_RECENT)
-		pos->r[f] = pos->w[f] - FW_RECENT;
+	__u64 w = pos->w[f];
+	if (pos->r[f] > w) /* claims overshoot by a few */
+		pos->r[f] = w;
+	/* Candidates older than the ring's size were overwritten. */
+	if (w - pos->r[f] > set->recent_mask + 1)
+		pos->r[f] = w - set->recent_mask - 1;
+	if (pos->r[f] >= w)
+		return 0;
 	struct early_drop_ctx c = {
-		.set = set, .cnt = cnt, .pos = pos, .now = now,
-		.cpu = bpf_get_smp_processor_id(), .v6 = f, .aging = aging_on(family),
+		.set = set, .cnt = cnt, .pos = pos, .now = now, .w = w, .v6 = f, .aging = aging_on(family),
 	};
 	bpf_loop(FW_EARLY_DROP_PROBES, early_drop_probe, &c, 0);
 	return c.freed;
@@ -1013,7 +1017,7 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
 		else
 			err = bpf_map_update_elem(&fw_sessions_v6, key, nv, BPF_ANY);
 		if (err == 0) {
-			recent_push(p->k.family, key);
+			recent_push(p->k.family, key, set);
 			return 0;
 		}
 		if (err != -E2BIG_ || attempt)

@@ -36,8 +36,12 @@ type Backend struct {
 	Features []dataplane.Feature `json:"features"`
 	// Requires lists the host probes the backend cannot run without.
 	Requires []ProbeName `json:"requires"`
-	// MaxSessions bounds tables.sessions; 0 = no limit beyond validation.
-	MaxSessions uint32 `json:"max_sessions,omitempty"`
+	// Limits the backend declares; a config beyond them is refused with
+	// the figures (see limits.go).
+	Limits dataplane.Limits `json:"limits"`
+	// Memory, when set, computes what a config would make the backend
+	// allocate; a cost over the request's budget is refused.
+	Memory MemoryFunc `json:"-"`
 	// NeedsInterfaceFeatures lists XDP features every managed interface
 	// must advertise (when the kernel advertises them at all).
 	NeedsInterfaceFeatures []string `json:"needs_interface_features,omitempty"`
@@ -54,6 +58,9 @@ type Request struct {
 	Preference Preference `json:"preference"`
 	// Strict forbids falling back from a named backend to another.
 	Strict bool `json:"strict"`
+	// MemoryBudget bounds what the config may make a backend allocate, in
+	// bytes; 0 means DefaultMemoryShare of the host's memory.
+	MemoryBudget uint64 `json:"memory_budget,omitempty"`
 }
 
 // Verdict is one backend's fitness for the config on the host.
@@ -108,10 +115,7 @@ func Evaluate(cfg *dataplane.Config, h *Host, b Backend) Verdict {
 			v.Reasons = append(v.Reasons, fmt.Sprintf("config needs %s: not supported by the %s backend", f, b.Mode))
 		}
 	}
-	if b.MaxSessions > 0 && cfg.Tables.SessionsOrDefault() > b.MaxSessions {
-		v.Reasons = append(v.Reasons, fmt.Sprintf("tables.sessions %d exceeds the %s backend's limit of %d",
-			cfg.Tables.SessionsOrDefault(), b.Mode, b.MaxSessions))
-	}
+	v.Reasons = append(v.Reasons, checkLimits(cfg, b)...)
 	for _, p := range b.Requires {
 		r := h.Status(p)
 		switch r.Status {
@@ -201,6 +205,8 @@ func Decide(cfg *dataplane.Config, h *Host, backends []Backend, req Request) (De
 		var v Verdict
 		if ok {
 			v = Evaluate(cfg, h, b)
+			checkMemory(&v, cfg, h, b, req)
+			v.Supported = len(v.Reasons) == 0
 		} else {
 			v = Verdict{Mode: m, Considered: true, Reasons: []string{"backend not registered"}}
 		}
@@ -215,6 +221,8 @@ func Decide(cfg *dataplane.Config, h *Host, backends []Backend, req Request) (De
 	for _, b := range backends {
 		if !contains(considered, b.Mode) {
 			v := Evaluate(cfg, h, b)
+			checkMemory(&v, cfg, h, b, req)
+			v.Supported = len(v.Reasons) == 0
 			v.Considered = false
 			v.Notes = append(v.Notes, "not considered: strict preference for "+string(req.Preference))
 			d.Verdicts = append(d.Verdicts, v)

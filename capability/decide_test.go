@@ -19,15 +19,15 @@ var (
 		Mode: dataplane.ModeEBPF,
 		Features: []dataplane.Feature{dataplane.FeatureIPv4Forwarding, dataplane.FeatureIPv6Forwarding,
 			dataplane.FeatureStatefulPolicy, dataplane.FeaturePortPolicy, dataplane.FeaturePortMirroring, dataplane.FeatureMirrorSampling},
-		Requires:    []ProbeName{ProbeBPFSyscall, ProbeXDPProgram, ProbeXDPLink, ProbeFIBLookup, ProbeDevMap, ProbeLRUHash},
-		MaxSessions: 1 << 24,
+		Requires: []ProbeName{ProbeBPFSyscall, ProbeXDPProgram, ProbeXDPLink, ProbeFIBLookup, ProbeDevMap, ProbeLRUHash},
+		Limits:   dataplane.Limits{Sessions: dataplane.TableLimit{Max: 1 << 24}},
 	}
 	userDecl = Backend{
 		Mode: dataplane.ModeUserspace,
 		Features: []dataplane.Feature{dataplane.FeatureIPv4Forwarding, dataplane.FeatureIPv6Forwarding,
 			dataplane.FeatureStatefulPolicy, dataplane.FeaturePortPolicy, dataplane.FeatureQueueSelection},
-		Requires:    []ProbeName{ProbeBPFSyscall, ProbeXDPProgram, ProbeXDPLink, ProbeXSKMap, ProbeAFXDPSocket},
-		MaxSessions: 1 << 22,
+		Requires: []ProbeName{ProbeBPFSyscall, ProbeXDPProgram, ProbeXDPLink, ProbeXSKMap, ProbeAFXDPSocket},
+		Limits:   dataplane.Limits{Sessions: dataplane.TableLimit{Max: 1 << 22}},
 	}
 )
 
@@ -103,9 +103,9 @@ func TestDecide(t *testing.T) {
 		{name: "optional probes do not block", host: hostWithout(ProbeMapIterKfunc, notSup), req: Request{}, wantMode: dataplane.ModeEBPF},
 		{name: "sessions beyond userspace limit", cfg: func(c *dataplane.Config) { c.Tables.Sessions = 1 << 23 },
 			host: fullHost(), req: Request{Preference: PreferUserspace}, wantMode: dataplane.ModeEBPF, wantFellBk: true,
-			wantReasons: map[dataplane.Mode][]string{dataplane.ModeUserspace: {"tables.sessions 8388608 exceeds the userspace backend's limit of 4194304"}}},
+			wantReasons: map[dataplane.Mode][]string{dataplane.ModeUserspace: {"tables.sessions: 8388608 entries, the userspace backend supports at most 4194304"}}},
 		{name: "sessions beyond every limit", cfg: func(c *dataplane.Config) { c.Tables.Sessions = 1 << 25 }, host: fullHost(), req: Request{},
-			wantReasons: map[dataplane.Mode][]string{dataplane.ModeEBPF: {"exceeds the ebpf backend's limit"}, dataplane.ModeUserspace: {"exceeds the userspace backend's limit"}}},
+			wantReasons: map[dataplane.Mode][]string{dataplane.ModeEBPF: {"the ebpf backend supports at most"}, dataplane.ModeUserspace: {"the userspace backend supports at most"}}},
 		{name: "interface lacks redirect", host: func() *Host {
 			h := fullHost()
 			h.Interfaces = map[string]InterfaceCaps{"eth0": {Name: "eth0", Exists: true, Features: []string{"basic"}}}
@@ -175,6 +175,10 @@ func TestDecideCoversEveryFeature(t *testing.T) {
 		cfg.PortMirroring = []dataplane.MirrorRule{{Input: "eth0", Output: "m", Rate: 5}}
 		cfg.Userspace.Queues = []int{0}
 		cfg.Interfaces[0].Attach = dataplane.AttachTC
+		cfg.NAT = []dataplane.NATRule{
+			{Type: dataplane.NATSource, FromZone: cfg.Zones[0].Name, ToZone: cfg.Zones[0].Name, Pool: []string{"2001:db8::1"}},
+			{Type: dataplane.NATDestination, Destination: "192.0.2.1", TranslateTo: "10.0.0.1"},
+		}
 		v := Evaluate(cfg, fullHost(), b)
 		if !strings.Contains(strings.Join(v.Reasons, "\n"), "config needs "+string(f)+":") {
 			t.Errorf("feature %s missing from reasons %q", f, v.Reasons)

@@ -23,5 +23,13 @@
 // reasons why not. [Decision.Explain] renders it for people; the Decision
 // marshals to JSON for machines.
 //
+// A backend is refused when the config needs a feature it does not
+// declare, a host probe it requires failed, the config exceeds the limits
+// it declares (Backend.Limits: policy terms, zones, interfaces, table
+// sizes; internal/limits.Check, the same code its Apply runs), or what the
+// config would make it allocate (Backend.Memory, computed without
+// allocating) exceeds Request.MemoryBudget, by default
+// [DefaultMemoryShare] of Host.MemoryBytes. Each reason gives the figures.
+//
 // Everything in this package is safe for concurrent use.
 package capability

@@ -99,6 +99,9 @@ type InterfaceCaps struct {
 	// in another network namespace); PeerErr says why it could not.
 	Peer    *PeerCaps `json:"peer,omitempty"`
 	PeerErr string    `json:"peer_error,omitempty"`
+	// RXQueues is the interface's RX queue count (0: unknown); the
+	// userspace backend binds one socket per queue.
+	RXQueues int `json:"rx_queues,omitempty"`
 }
 
 // PeerCaps is what was read of a veth's peer, in its own namespace.
@@ -133,6 +136,9 @@ type Host struct {
 	Kernel     string                   `json:"kernel,omitempty"`
 	Probes     map[ProbeName]Result     `json:"probes"`
 	Interfaces map[string]InterfaceCaps `json:"interfaces,omitempty"`
+	// MemoryBytes is the host's memory (0: unknown), the base of the
+	// default memory budget.
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
 }
 
 // Status returns a probe's status; a probe that was not run is Inconclusive.

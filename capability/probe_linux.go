@@ -95,7 +95,7 @@ func ProbeHost(ctx context.Context, opts *ProbeOptions) (*Host, error) {
 	}
 	// Kernels before 5.11 account BPF memory to RLIMIT_MEMLOCK.
 	_ = rlimit.RemoveMemlock()
-	h := &Host{Kernel: kernelRelease(), Probes: map[ProbeName]Result{}}
+	h := &Host{Kernel: kernelRelease(), Probes: map[ProbeName]Result{}, MemoryBytes: hostMemory()}
 	for _, p := range probes {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("probe host: %w", err)
@@ -330,6 +330,7 @@ func probeInterface(name string) InterfaceCaps {
 			caps.PeerErr = err.Error()
 		}
 	}
+	caps.RXQueues = l.Attrs().NumRxQueues
 	feats, err := xdpFeatures(caps.Ifindex)
 	if err != nil {
 		caps.FeaturesErr = err.Error()

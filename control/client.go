@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
 )
 
 // maxReply bounds a reply body: a full session listing is the largest.
@@ -72,6 +73,56 @@ func (c *Client) Resources(ctx context.Context) (dataplane.ResourceReport, error
 	return r, err
 }
 
+// Buffers returns the resource report with the trends of every counted
+// row (Trends is nil when the server keeps no history).
+func (c *Client) Buffers(ctx context.Context) (ResourcesReply, error) {
+	var r ResourcesReply
+	err := c.do(ctx, http.MethodGet, PathResources, nil, &r)
+	return r, err
+}
+
+// History returns one row's samples over the last since (0 = all kept);
+// an empty scope means "global". An unknown row is an *Error with code
+// not_found.
+func (c *Client) History(ctx context.Context, name, scope string, since time.Duration) (HistoryReply, error) {
+	q := url.Values{"name": {name}}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	if since > 0 {
+		q.Set("since", since.String())
+	}
+	var r HistoryReply
+	err := c.do(ctx, http.MethodGet, PathHistory, q, &r)
+	return r, err
+}
+
+// HistoryRows lists the rows whose history the server keeps.
+func (c *Client) HistoryRows(ctx context.Context) (HistoryReply, error) {
+	var r HistoryReply
+	err := c.do(ctx, http.MethodGet, PathHistory, nil, &r)
+	return r, err
+}
+
+// Events returns the threshold events the server keeps.
+func (c *Client) Events(ctx context.Context) (EventsReply, error) {
+	var r EventsReply
+	err := c.do(ctx, http.MethodGet, PathEvents, nil, &r)
+	return r, err
+}
+
+// Diagnose runs the debugging checklist over window (0 = the server's
+// default, 2 s). The call lasts at least the window.
+func (c *Client) Diagnose(ctx context.Context, window time.Duration) (diagnose.Report, error) {
+	q := url.Values{}
+	if window > 0 {
+		q.Set("window", window.String())
+	}
+	var r diagnose.Report
+	err := c.do(ctx, http.MethodGet, PathDiagnose, q, &r)
+	return r, err
+}
+
 // Capability returns the backend decision.
 func (c *Client) Capability(ctx context.Context) (CapabilityReply, error) {
 	var r CapabilityReply
@@ -103,8 +154,18 @@ func (c *Client) Reload(ctx context.Context) (dataplane.ApplyResult, error) {
 }
 
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, out any) error {
-	u := url.URL{Scheme: "http", Host: "fwd", Path: path, RawQuery: q.Encode()}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
+	return c.doURL(ctx, method, url.URL{Scheme: "http", Host: "fwd", Path: path, RawQuery: q.Encode()}, nil, out)
+}
+
+// doBody sends a request with a body (no endpoint takes one today; tests
+// use it to check that refusal).
+func (c *Client) doBody(ctx context.Context, method, path string, body io.Reader, out any) error {
+	return c.doURL(ctx, method, url.URL{Scheme: "http", Host: "fwd", Path: path}, body, out)
+}
+
+func (c *Client) doURL(ctx context.Context, method string, u url.URL, body io.Reader, out any) error {
+	path := u.Path
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return fmt.Errorf("build request: %w", err)
 	}
@@ -113,18 +174,18 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, out 
 		return c.connErr(method, path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
+	reply, err := io.ReadAll(io.LimitReader(resp.Body, maxReply))
 	if err != nil {
 		return fmt.Errorf("%s %s: read reply: %w", method, path, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &Error{Status: resp.StatusCode}
-		if jerr := json.Unmarshal(body, &e.ErrorReply); jerr != nil || e.Code == "" {
-			e.Code, e.Message = CodeInternal, fmt.Sprintf("%s %s: HTTP %d: %.200s", method, path, resp.StatusCode, body)
+		if jerr := json.Unmarshal(reply, &e.ErrorReply); jerr != nil || e.Code == "" {
+			e.Code, e.Message = CodeInternal, fmt.Sprintf("%s %s: HTTP %d: %.200s", method, path, resp.StatusCode, reply)
 		}
 		return e
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(reply, out); err != nil {
 		return fmt.Errorf("%s %s: decode reply: %w", method, path, err)
 	}
 	return nil

@@ -7,13 +7,20 @@
 //
 // Every endpoint is versioned under /v1 and answers application/json:
 //
-//	GET  /v1/resources          dataplane.ResourceReport (one fresh read)
+//	GET  /v1/resources          ResourcesReply: dataplane.ResourceReport (one
+//	                            fresh read) and, with a history, the trends
 //	GET  /v1/capability         CapabilityReply: the backend decision, in
 //	                            words (explanation) and as data (decision)
 //	GET  /v1/sessions?limit=N   SessionsReply: the session counts and at most
 //	                            N sessions (default 100, at most 100000)
 //	POST /v1/reload             dataplane.ApplyResult of re-applying the
 //	                            daemon's config source (e.g. its file)
+//	GET  /v1/history?name=N&scope=S&since=D
+//	                            HistoryReply: a row's samples (no name: the
+//	                            rows kept)
+//	GET  /v1/events             EventsReply: threshold events, counts
+//	GET  /v1/diagnose?window=D  diagnose.Report: the debugging checklist
+//	                            over D (default 2 s, at most 20 s)
 //
 // A failure is never a 200 with a made-up zero: it is a non-2xx status with
 // an ErrorReply body whose code is one of the Code* constants, e.g.
@@ -44,7 +51,18 @@
 // # Concurrency
 //
 // A [Server] serves requests concurrently; the [Service] it wraps must be
-// safe for concurrent use (a dataplane.DataPlane is). Reload calls are not
-// serialised here: the Service's Reload function must do that. A [Client]
-// is safe for concurrent use. Close on either is idempotent and safe on nil.
+// safe for concurrent use (a dataplane.DataPlane is). Reloads run one at a
+// time: a reload request waits for the one before it only as long as its
+// client waits, and one whose client went away (or that timed out) never
+// runs. A [Client] is safe for concurrent use. Close on either is
+// idempotent and safe on nil.
+//
+// # Limits
+//
+// A connection that sends no request for Service.IdleTimeout (default
+// 30 s) is closed, keep-alive connections included; at most
+// Service.MaxConns (default 64) are open at once, and one more is answered
+// 503 {"code":"busy"} and closed rather than left queued. POST /v1/reload
+// with a body is refused (400 bad_request): the server re-reads its own
+// config source and never applies what a request carries.
 package control

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 )
 
 // DefaultSocket is where fwd listens and fwctl connects by default.
@@ -25,7 +28,41 @@ const (
 	PathCapability = "/v1/capability"
 	PathSessions   = "/v1/sessions"
 	PathReload     = "/v1/reload"
+	PathHistory    = "/v1/history"
+	PathEvents     = "/v1/events"
+	PathDiagnose   = "/v1/diagnose"
 )
+
+// Diagnose window bounds.
+const (
+	DefaultDiagnoseWindow = diagnose.DefaultWindow
+	MaxDiagnoseWindow     = 20 * time.Second
+)
+
+// ResourcesReply is the body of GET /v1/resources: the report and, when
+// the server keeps a history, every counted row's trend. It decodes into a
+// dataplane.ResourceReport as well (the trends are one more field).
+type ResourcesReply struct {
+	dataplane.ResourceReport
+	// Trends are nil when the server keeps no history.
+	Trends []history.Trend `json:"trends,omitempty"`
+}
+
+// HistoryReply is the body of GET /v1/history?name=N[&scope=S][&since=D]:
+// one row's samples, or (without a name) the rows kept.
+type HistoryReply struct {
+	Series *history.Series  `json:"series,omitempty"`
+	Rows   []history.Series `json:"rows,omitempty"`
+	Stats  history.Stats    `json:"stats"`
+}
+
+// EventsReply is the body of GET /v1/events: the threshold events kept,
+// oldest first, and how often each row entered each level.
+type EventsReply struct {
+	Events []history.Event      `json:"events"`
+	Counts []history.EventCount `json:"counts"`
+	Stats  history.Stats        `json:"stats"`
+}
 
 // CapabilityReply is the body of GET /v1/capability.
 type CapabilityReply struct {
@@ -60,6 +97,7 @@ const (
 	CodeNotSupported     = "not_supported"
 	CodeClosed           = "closed"
 	CodeTimeout          = "timeout"
+	CodeBusy             = "busy"
 	CodeInternal         = "internal"
 )
 
@@ -135,6 +173,9 @@ func replyFor(err error) (int, ErrorReply) {
 	case errors.Is(err, dataplane.ErrClosed):
 		rep.Code = CodeClosed
 		return http.StatusServiceUnavailable, rep
+	case errors.Is(err, history.ErrNoRow):
+		rep.Code = CodeNotFound
+		return http.StatusNotFound, rep
 	case errors.Is(err, errTimeout):
 		rep.Code = CodeTimeout
 		return http.StatusGatewayTimeout, rep

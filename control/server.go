@@ -14,6 +14,8 @@ import (
 
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 )
 
 // Service is what the control API serves.
@@ -25,13 +27,52 @@ type Service struct {
 	// /v1/capability with not_supported.
 	Decision func() capability.Decision
 	// Reload re-reads the config source and applies it. Nil answers
-	// /v1/reload with not_supported. It must serialise itself.
+	// /v1/reload with not_supported. The server runs one Reload at a
+	// time; a request waiting for its turn whose client goes away (or
+	// whose Timeout passes) is dropped and never runs. Reload is called
+	// with the request's context and should stop when it is done.
 	Reload func(ctx context.Context) (dataplane.ApplyResult, error)
 	// Timeout bounds one request's work; 0 means 30 s.
 	Timeout time.Duration
+	// IdleTimeout closes a connection that has sent no request for this
+	// long, keep-alive connections included; 0 means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxConns caps the connections open at once; one more is answered
+	// 503 with code "busy" and closed. 0 means DefaultMaxConns.
+	MaxConns int
+	// History, when set, adds trends to /v1/resources and serves
+	// /v1/history and /v1/events; nil answers those with not_supported.
+	History History
+	// Diagnose runs the debugging checklist over a window; nil answers
+	// /v1/diagnose with not_supported.
+	Diagnose func(ctx context.Context, window time.Duration) (diagnose.Report, error)
 	// Logger receives one line per failed request; nil discards.
 	Logger *slog.Logger
+
+	reloadOnce sync.Once
+	reloadSem  chan struct{}
 }
+
+// History is what the server reads from a history.Recorder.
+type History interface {
+	Trends() []history.Trend
+	Series(name, scope string, since time.Duration) (history.Series, error)
+	Rows() []history.Series
+	Events() []history.Event
+	EventCounts() []history.EventCount
+	Stats() history.Stats
+}
+
+var _ History = (*history.Recorder)(nil)
+
+// Connection limits of a Server (see Service).
+const (
+	DefaultIdleTimeout = 30 * time.Second
+	DefaultMaxConns    = 64
+	// headerTimeout closes a connection that opened but sent no complete
+	// request head.
+	headerTimeout = 10 * time.Second
+)
 
 // Handler returns the HTTP handler of the control API for s.
 func Handler(s *Service) http.Handler {
@@ -40,6 +81,9 @@ func Handler(s *Service) http.Handler {
 	mux.HandleFunc(PathCapability, s.get(s.capability))
 	mux.HandleFunc(PathSessions, s.get(s.sessions))
 	mux.HandleFunc(PathReload, s.post(s.reload))
+	mux.HandleFunc(PathHistory, s.get(s.history))
+	mux.HandleFunc(PathEvents, s.get(s.events))
+	mux.HandleFunc(PathDiagnose, s.get(s.diagnose))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorReply{Code: CodeNotFound, Message: "no endpoint " + r.URL.Path})
 	})
@@ -97,7 +141,78 @@ func (s *Service) resources(ctx context.Context, _ *http.Request) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read resources: %w", err)
 	}
-	return r, nil
+	rep := ResourcesReply{ResourceReport: r}
+	if s.History != nil {
+		rep.Trends = s.History.Trends()
+		if rep.Trends == nil {
+			rep.Trends = []history.Trend{}
+		}
+	}
+	return rep, nil
+}
+
+func (s *Service) noHistory(what string) error {
+	return &dataplane.NotSupportedError{What: what, Reasons: []string{"this server keeps no history"}}
+}
+
+func (s *Service) history(_ context.Context, r *http.Request) (any, error) {
+	if s.History == nil {
+		return nil, s.noHistory("read history")
+	}
+	q := r.URL.Query()
+	var since time.Duration
+	if v := q.Get("since"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, badRequest{fmt.Sprintf("since %q: want a positive duration such as 10m", v)}
+		}
+		since = d
+	}
+	rep := HistoryReply{Stats: s.History.Stats()}
+	name := q.Get("name")
+	if name == "" {
+		rep.Rows = s.History.Rows()
+		return rep, nil
+	}
+	scope := q.Get("scope")
+	if scope == "" {
+		scope = "global"
+	}
+	ser, err := s.History.Series(name, scope, since)
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	if ser.Points == nil {
+		ser.Points = []history.Point{}
+	}
+	rep.Series = &ser
+	return rep, nil
+}
+
+func (s *Service) events(context.Context, *http.Request) (any, error) {
+	if s.History == nil {
+		return nil, s.noHistory("read events")
+	}
+	return EventsReply{Events: s.History.Events(), Counts: s.History.EventCounts(), Stats: s.History.Stats()}, nil
+}
+
+func (s *Service) diagnose(ctx context.Context, r *http.Request) (any, error) {
+	window := DefaultDiagnoseWindow
+	if v := r.URL.Query().Get("window"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > MaxDiagnoseWindow {
+			return nil, badRequest{fmt.Sprintf("window %q: want a duration above 0 and at most %s", v, MaxDiagnoseWindow)}
+		}
+		window = d
+	}
+	if s.Diagnose == nil {
+		return nil, &dataplane.NotSupportedError{What: "diagnose", Reasons: []string{"this server cannot run the checks"}}
+	}
+	rep, err := s.Diagnose(ctx, window)
+	if err != nil {
+		return nil, fmt.Errorf("diagnose: %w", err)
+	}
+	return rep, nil
 }
 
 func (s *Service) capability(context.Context, *http.Request) (any, error) {
@@ -139,9 +254,25 @@ func (s *Service) sessions(ctx context.Context, r *http.Request) (any, error) {
 	return SessionsReply{Counts: counts, Limit: limit, Sessions: list, Truncated: uint64(len(list)) < counts.Total}, nil
 }
 
-func (s *Service) reload(ctx context.Context, _ *http.Request) (any, error) {
+func (s *Service) reload(ctx context.Context, r *http.Request) (any, error) {
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+		// A body would suggest the config travels with the request; it
+		// does not, and applying the file instead would surprise.
+		return nil, badRequest{"reload takes no body: the server re-reads its own config source (edit that, then reload); nothing was applied"}
+	}
 	if s.Reload == nil {
 		return nil, &dataplane.NotSupportedError{What: "reload", Reasons: []string{"this server has no config source to re-read"}}
+	}
+	s.reloadOnce.Do(func() { s.reloadSem = make(chan struct{}, 1) })
+	select {
+	case s.reloadSem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("reload not run: gave up waiting for the reload before it: %w", ctx.Err())
+	}
+	defer func() { <-s.reloadSem }()
+	// The client may have left while the lock was handed over.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("reload not run: %w", err)
 	}
 	res, err := s.Reload(ctx)
 	if err != nil {
@@ -166,6 +297,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type Server struct {
 	path string
 	ln   net.Listener
+	lim  *limitListener
 	http *http.Server
 	done chan struct{}
 
@@ -187,17 +319,26 @@ func Serve(path string, s *Service) (*Server, error) {
 // A daemon calls Listen first, to claim the socket before it touches the
 // dataplane, and ServeListener once the dataplane runs.
 func ServeListener(ln net.Listener, s *Service) *Server {
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	maxConns := s.MaxConns
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
 	srv := &Server{
 		path: ln.Addr().String(),
 		ln:   ln,
-		http: &http.Server{Handler: Handler(s), ReadHeaderTimeout: 10 * time.Second},
+		lim:  &limitListener{Listener: ln, max: maxConns},
+		http: &http.Server{Handler: Handler(s), ReadHeaderTimeout: min(headerTimeout, idle), IdleTimeout: idle},
 		done: make(chan struct{}),
 	}
 	go func() {
 		defer close(srv.done)
 		// Serve returns ErrServerClosed after Shutdown; anything else
 		// also ends serving, and Close reports the listener's state.
-		srv.http.Serve(ln)
+		srv.http.Serve(srv.lim)
 	}()
 	return srv
 }
@@ -208,6 +349,15 @@ func (s *Server) Path() string {
 		return ""
 	}
 	return s.path
+}
+
+// Conns returns the connections open now and the connections refused
+// because MaxConns were open, since the server started.
+func (s *Server) Conns() (open int, refused uint64) {
+	if s == nil {
+		return 0, 0
+	}
+	return int(s.lim.open.Load()), s.lim.refused.Load()
 }
 
 // Close stops accepting, waits up to 5 s for requests in flight, and

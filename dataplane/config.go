@@ -46,6 +46,7 @@ type Config struct {
 	Tables        Tables        `json:"tables,omitzero"`
 	Timeouts      Timeouts      `json:"timeouts,omitzero"`
 	PortMirroring []MirrorRule  `json:"port_mirroring,omitempty"`
+	NAT           []NATRule     `json:"nat,omitempty"`
 	Sessions      SessionOpts   `json:"sessions,omitzero"`
 	Userspace     UserspaceOpts `json:"userspace,omitzero"`
 }
@@ -357,6 +358,14 @@ func (c *Config) Clone() *Config {
 	}
 	out.Forwarding.Routes = append([]Route(nil), c.Forwarding.Routes...)
 	out.PortMirroring = append([]MirrorRule(nil), c.PortMirroring...)
+	if c.NAT != nil {
+		out.NAT = make([]NATRule, len(c.NAT))
+		for i, r := range c.NAT {
+			r.Sources = append([]string(nil), r.Sources...)
+			r.Pool = append([]string(nil), r.Pool...)
+			out.NAT[i] = r
+		}
+	}
 	out.Userspace.Queues = append([]int(nil), c.Userspace.Queues...)
 	return &out
 }

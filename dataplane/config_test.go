@@ -3,6 +3,7 @@ package dataplane
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -330,6 +331,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(`{"interfaces":[{"name":"a","zone":"z"}],"zones":[{"name":"z"}],"port_mirroring":[{"input":"a","output":"b","rate":-1}]}`))
 	f.Add([]byte(`{"policies":[{"destination_ports":["1-","-2",65535]}]}`))
 	f.Add([]byte(`{"userspace":{"ring_size":0,"frames_per_binding":4294967295}}`))
+	f.Add([]byte(`{"interfaces":[{"name":"a","zone":"z"}],"zones":[{"name":"z"}],"nat":[{"type":"source","from_zone":"z","to_zone":"z","pool":["10.0.0.0/30"],"ports":"1-9"},{"type":"destination","destination":"1.2.3.4","protocol":"tcp","destination_ports":80,"translate_to":"10.0.0.1","translate_port":8080}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConfig(data)
 		if err != nil {
@@ -359,4 +361,72 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		_ = c.Features()
 	})
+}
+
+// TestValidateNAT breaks NAT rules one field at a time.
+func TestValidateNAT(t *testing.T) {
+	base := func() *Config {
+		c := validConfig()
+		c.NAT = []NATRule{
+			{Name: "out", Type: NATSource, FromZone: "trust", ToZone: "untrust", Masquerade: true},
+			{Type: NATSource, FromZone: "trust", ToZone: "untrust", Sources: []string{"10.1.0.0/16"}, Pool: []string{"198.51.100.0/30", "198.51.100.9"}, Ports: PortRange{2000, 2015}, Protocol: ProtoUDP},
+			{Name: "web", Type: NATDestination, FromZone: "untrust", Destination: "198.51.100.1", Protocol: ProtoTCP, DestinationPorts: PortRange{8080, 8080}, TranslateTo: "10.0.0.80", TranslatePort: 80},
+			{Type: NATDestination, Destination: "198.51.100.2", TranslateTo: "10.0.0.2"},
+		}
+		return c
+	}
+	if err := base().Validate(); err != nil {
+		t.Fatalf("valid NAT rejected: %v", err)
+	}
+	if got := base().NAT[1]; len(PoolAddresses(got.Pool)) != 3 {
+		t.Errorf("pool %v expands to %v, want 198.51.100.1, .2 and .9", got.Pool, PoolAddresses(got.Pool))
+	}
+	tests := []struct {
+		name   string
+		break_ func(c *Config)
+		want   []string
+	}{
+		{"no type", func(c *Config) { c.NAT[0].Type = "" }, []string{"nat[0].type"}},
+		{"bad type", func(c *Config) { c.NAT[0].Type = "both" }, []string{"nat[0].type"}},
+		{"snat without zones", func(c *Config) { c.NAT[0].FromZone, c.NAT[0].ToZone = "", "nowhere" }, []string{"nat[0].from_zone", "nat[0].to_zone"}},
+		{"snat pool and masquerade", func(c *Config) { c.NAT[0].Pool = []string{"198.51.100.5"} }, []string{"nat[0].pool"}},
+		{"snat neither", func(c *Config) { c.NAT[0].Masquerade = false }, []string{"nat[0].pool"}},
+		{"snat bad pool", func(c *Config) { c.NAT[1].Pool = []string{"x"} }, []string{"nat[1].pool[0]"}},
+		{"snat huge pool", func(c *Config) { c.NAT[1].Pool = []string{"10.0.0.0/16"} }, []string{"nat[1].pool"}},
+		{"snat reversed ports", func(c *Config) { c.NAT[1].Ports = PortRange{9, 1} }, []string{"nat[1].ports"}},
+		{"snat with dnat fields", func(c *Config) { c.NAT[0].TranslateTo = "10.0.0.1" }, []string{"nat[0].translate_to"}},
+		{"dnat without addresses", func(c *Config) { c.NAT[2].Destination, c.NAT[2].TranslateTo = "", "x" }, []string{"nat[2].destination", "nat[2].translate_to"}},
+		{"dnat ports without proto", func(c *Config) { c.NAT[3].DestinationPorts = PortRange{1, 2} }, []string{"nat[3].destination_ports"}},
+		{"dnat tcp without ports", func(c *Config) { c.NAT[2].DestinationPorts = PortRange{} }, []string{"nat[2].destination_ports"}},
+		{"dnat new port for a range", func(c *Config) { c.NAT[2].DestinationPorts = PortRange{8080, 8081} }, []string{"nat[2].translate_port"}},
+		{"dnat to_zone", func(c *Config) { c.NAT[2].ToZone = "trust" }, []string{"nat[2].to_zone"}},
+		{"dnat families", func(c *Config) { c.NAT[3].TranslateTo = "2001:db8::1" }, []string{"nat[3].translate_to"}},
+		{"dnat with a pool", func(c *Config) { c.NAT[2].Masquerade = true }, []string{"nat[2].pool"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.break_(c)
+			var ce *ConfigError
+			if err := c.Validate(); !errors.As(err, &ce) {
+				t.Fatalf("Validate = %v", err)
+			}
+			var got []string
+			for _, p := range ce.Problems {
+				got = append(got, p.Field)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+				t.Errorf("fields (-want +got):\n%s\n%v", diff, ce)
+			}
+		})
+	}
+	// IPv6 in a rule is valid config, but a feature no backend has.
+	c := base()
+	c.NAT[3].Destination, c.NAT[3].TranslateTo = "2001:db8::1", "fd00::1"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(c.Features(), FeatureNATv6) || !slices.Contains(c.Features(), FeatureSourceNAT) || !slices.Contains(c.Features(), FeatureDestinationNAT) {
+		t.Errorf("features %v lack the NAT ones", c.Features())
+	}
 }

@@ -18,14 +18,18 @@ const (
 	FeatureMirrorSampling Feature = "mirror_sampling"
 	FeatureQueueSelection Feature = "queue_selection"
 	// FeatureTCAttach: an interface forces attach mode "tc".
-	FeatureTCAttach Feature = "tc_attach"
+	FeatureTCAttach       Feature = "tc_attach"
+	FeatureSourceNAT      Feature = "source_nat"
+	FeatureDestinationNAT Feature = "destination_nat"
+	// FeatureNATv6: a NAT rule names an IPv6 address or ICMPv6.
+	FeatureNATv6 Feature = "nat_ipv6"
 )
 
 // AllFeatures lists every feature a config can need, in a stable order.
 var AllFeatures = []Feature{
 	FeatureIPv4Forwarding, FeatureIPv6Forwarding, FeatureStatefulPolicy, FeaturePortPolicy,
 	FeatureStaticRoutes, FeaturePortMirroring, FeatureMirrorSampling, FeatureQueueSelection,
-	FeatureTCAttach,
+	FeatureTCAttach, FeatureSourceNAT, FeatureDestinationNAT, FeatureNATv6,
 }
 
 // Features lists what the config needs, sorted and without duplicates. It
@@ -62,9 +66,38 @@ func (c *Config) Features() []Feature {
 			break
 		}
 	}
+	for _, r := range c.NAT {
+		switch r.Type {
+		case NATSource:
+			fs = append(fs, FeatureSourceNAT)
+		case NATDestination:
+			fs = append(fs, FeatureDestinationNAT)
+		}
+		if r.natV6() {
+			fs = append(fs, FeatureNATv6)
+		}
+	}
 	if len(c.Userspace.Queues) > 0 {
 		fs = append(fs, FeatureQueueSelection)
 	}
 	slices.Sort(fs)
 	return slices.Compact(fs)
+}
+
+// natV6 reports whether the rule names IPv6 anywhere.
+func (r NATRule) natV6() bool {
+	if r.Protocol == ProtoICMPv6 {
+		return true
+	}
+	for _, list := range [][]string{r.Sources, r.Pool, {r.Destination, r.TranslateTo}} {
+		for _, s := range list {
+			if s == "" {
+				continue
+			}
+			if p, err := ParsePrefix(s); err == nil && p.Addr().Is6() {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"fmt"
 	"time"
 )
 
@@ -116,6 +117,17 @@ type Resource struct {
 	// Error says why Used is missing, when it is missing because of a
 	// failure rather than by nature.
 	Error string `json:"error,omitempty"`
+	// Figures are measurements that describe the row without being a
+	// count of its slots (e.g. the session table's shard skew). They are
+	// values, never part of the row's identity (Name, Scope), so that a
+	// changing figure never makes a row, or a metric series, new.
+	Figures []Figure `json:"figures,omitempty"`
+}
+
+// Figure is one named measurement of a resource row.
+type Figure struct {
+	Name  string  `json:"name"`
+	Value float64 `json:"value"`
 }
 
 // Part is one named share of a resource.
@@ -169,6 +181,17 @@ func (l Level) String() string {
 
 // MarshalText makes levels readable in JSON.
 func (l Level) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText parses a level name as MarshalText writes it.
+func (l *Level) UnmarshalText(b []byte) error {
+	for c := LevelNone; c <= LevelCritical; c++ {
+		if c.String() == string(b) {
+			*l = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown level %q", b)
+}
 
 // Default thresholds, in percent.
 const (

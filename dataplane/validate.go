@@ -29,6 +29,9 @@ func (c *Config) Validate() error {
 	v.tables(c.Tables)
 	v.timeouts(c.Timeouts)
 	v.mirrors(c.PortMirroring, ifaces)
+	for i, r := range c.NAT {
+		v.nat(fmt.Sprintf("nat[%d]", i), r, zones)
+	}
 	v.userspace(c.Userspace)
 	if len(v.problems) == 0 {
 		return nil
@@ -266,5 +269,91 @@ func (v *validator) userspace(u UserspaceOpts) {
 	}
 	if b := u.BatchSize; b != 0 && ringOK && b > u.RingSizeOrDefault() {
 		v.addf("userspace.batch_size", "must be <= the ring size %d, got %d", u.RingSizeOrDefault(), b)
+	}
+}
+
+func (v *validator) nat(f string, r NATRule, zones map[string]bool) {
+	zone := func(field, z string, required bool) {
+		switch {
+		case z == "" && required:
+			v.addf(f+field, "zone is required")
+		case z != "" && !zones[z]:
+			v.addf(f+field, "unknown zone %q", z)
+		}
+	}
+	v.prefixes(f+".sources", r.Sources)
+	switch r.Protocol {
+	case "", ProtoAny, ProtoTCP, ProtoUDP, ProtoICMP, ProtoICMPv6:
+	default:
+		v.addf(f+".protocol", "unknown protocol %q (want any, tcp, udp, icmp or icmpv6)", r.Protocol)
+	}
+	addr := func(field, s string) {
+		if s == "" {
+			v.addf(f+field, "address is required")
+			return
+		}
+		if a, err := netip.ParseAddr(s); err != nil || a.Zone() != "" {
+			v.addf(f+field, "%q is not an IP address", s)
+		}
+	}
+	portRange := func(field string, pr PortRange) {
+		if pr.First == 0 || pr.First > pr.Last {
+			v.addf(f+field, "range %s must be from 1 up, first <= last", pr)
+		}
+	}
+	switch r.Type {
+	case NATSource:
+		zone(".from_zone", r.FromZone, true)
+		zone(".to_zone", r.ToZone, true)
+		switch {
+		case r.Masquerade && len(r.Pool) > 0:
+			v.addf(f+".pool", "masquerade and a pool exclude each other")
+		case !r.Masquerade && len(r.Pool) == 0:
+			v.addf(f+".pool", "a source-NAT rule needs a pool or masquerade")
+		}
+		v.prefixes(f+".pool", r.Pool)
+		if n := len(PoolAddresses(r.Pool)); n > MaxNATPoolAddresses {
+			v.addf(f+".pool", "%d addresses, at most %d", n, MaxNATPoolAddresses)
+		}
+		if r.Ports != (PortRange{}) {
+			portRange(".ports", r.Ports)
+		}
+		for field, set := range map[string]bool{".destination": r.Destination != "", ".destination_ports": r.DestinationPorts != (PortRange{}),
+			".translate_to": r.TranslateTo != "", ".translate_port": r.TranslatePort != 0} {
+			if set {
+				v.addf(f+field, "belongs to destination NAT, not to a source rule")
+			}
+		}
+	case NATDestination:
+		zone(".from_zone", r.FromZone, false)
+		if r.ToZone != "" {
+			v.addf(f+".to_zone", "destination NAT routes by the translated address: no to_zone")
+		}
+		addr(".destination", r.Destination)
+		addr(".translate_to", r.TranslateTo)
+		if a, err := netip.ParseAddr(r.Destination); err == nil {
+			if b, err := netip.ParseAddr(r.TranslateTo); err == nil && a.Is4() != b.Is4() {
+				v.addf(f+".translate_to", "%s and destination %s are of different address families", b, a)
+			}
+		}
+		ported := r.Protocol == ProtoTCP || r.Protocol == ProtoUDP
+		switch {
+		case ported && r.DestinationPorts == (PortRange{}):
+			v.addf(f+".destination_ports", "ports are required with protocol %s", r.Protocol)
+		case !ported && r.DestinationPorts != (PortRange{}):
+			v.addf(f+".destination_ports", "ports need protocol tcp or udp, not %q", protoName(r.Protocol))
+		case ported:
+			portRange(".destination_ports", r.DestinationPorts)
+		}
+		if r.TranslatePort != 0 && (!ported || r.DestinationPorts.First != r.DestinationPorts.Last) {
+			v.addf(f+".translate_port", "a new port needs protocol tcp or udp and a single destination port")
+		}
+		if r.Masquerade || len(r.Pool) > 0 || r.Ports != (PortRange{}) {
+			v.addf(f+".pool", "masquerade, pool and ports belong to source NAT, not to a destination rule")
+		}
+	case "":
+		v.addf(f+".type", "type is required (source or destination)")
+	default:
+		v.addf(f+".type", "unknown NAT type %q (want source or destination)", r.Type)
 	}
 }

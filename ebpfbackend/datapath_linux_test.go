@@ -545,9 +545,9 @@ func TestResourceRows(t *testing.T) {
 		"fw_stage_cpu":      {dataplane.KindArray, maxCPUs, false},
 		"fw_stage_prod_map": {dataplane.KindPerCPUArray, 1, false},
 		"fw_stage_done_map": {dataplane.KindArray, maxCPUs, false},
-		"fw_recent_v4":      {dataplane.KindArray, uint64(recentPerCPU * ebpf.MustPossibleCPU()), false},
-		"fw_recent_v6":      {dataplane.KindArray, uint64(recentPerCPU * ebpf.MustPossibleCPU()), false},
-		"fw_recent_pos_map": {dataplane.KindPerCPUArray, 1, false},
+		"fw_recent_v4":      {dataplane.KindArray, 4096, false},
+		"fw_recent_v6":      {dataplane.KindArray, 4096, false},
+		"fw_recent_pos_map": {dataplane.KindArray, 1, false},
 		"fw_sweep_map":      {dataplane.KindArray, 1, false},
 		"fw_scratch_map":    {dataplane.KindPerCPUArray, 1, false},
 		// Counted by the sweep, one row per family.

@@ -252,9 +252,13 @@
 //
 //   - An invalid config: the *dataplane.ConfigError from Validate, unchanged.
 //   - A config needing features this backend lacks (static routes, queue
-//     selection) or more rules/zones/interfaces/mirror pairs than the
-//     datapath holds: a *dataplane.NotSupportedError (matches
-//     dataplane.ErrNotSupported) listing every reason.
+//     selection), more than Limits (policy terms per zone pair and in all,
+//     zones, interfaces, mirror rules, mirror pairs), a tables.flow_cache
+//     other than the fixed FW_FLOW_CACHE_SLOTS, or any tables.neighbors
+//     (next hops come from the kernel's neighbour table): a
+//     *dataplane.NotSupportedError (matches dataplane.ErrNotSupported)
+//     listing every reason. MemoryCost says what a config's maps take;
+//     the capability gate refuses one beyond its memory budget.
 //   - A mirror output that does not exist: a warning in the ApplyResult,
 //     the rule is skipped.
 //   - A mirror input attached in generic (skb) XDP mode (the driver has no

@@ -241,14 +241,15 @@ type fwFwSessVal struct {
 }
 
 type fwFwSettings struct {
-	_         structs.HostLayout
-	TimeoutNs [10]uint64
-	RefreshNs [10]uint64
-	TickNs    uint64
-	AgingDiv  uint32
-	Flags     uint32
-	SweepNs   uint64
-	Capacity  uint64
+	_          structs.HostLayout
+	TimeoutNs  [10]uint64
+	RefreshNs  [10]uint64
+	TickNs     uint64
+	AgingDiv   uint32
+	Flags      uint32
+	SweepNs    uint64
+	Capacity   uint64
+	RecentMask uint64
 }
 
 type fwFwStageDone struct {

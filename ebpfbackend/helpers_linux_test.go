@@ -25,6 +25,7 @@ import (
 // BPF_PROG_TEST_RUN answers like a real router. No packet leaves it: test
 // runs never transmit.
 type fibLab struct {
+	runOn        bool // run test programs on the calling, CPU-pinned thread
 	path         string
 	in, out      string // interface names
 	inIdx        int
@@ -187,7 +188,7 @@ func (l *fibLab) run(t testing.TB, prog *ebpf.Program, ifindex int, frame []byte
 	var ret uint32
 	out := make([]byte, len(frame)+256)
 	var outLen int
-	err := netnsutil.Do(l.path, func() error {
+	err := l.do(func() error {
 		ctx := xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)}
 		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx}
 		r, err := prog.Run(opts)
@@ -199,6 +200,30 @@ func (l *fibLab) run(t testing.TB, prog *ebpf.Program, ifindex int, frame []byte
 		t.Fatalf("test run: %v", err)
 	}
 	return ret, out[:outLen]
+}
+
+// do runs fn in the lab's namespace: on a thread of its own, or, with
+// runOn set, on the calling (locked) thread, which a test has pinned to a
+// CPU.
+func (l *fibLab) do(fn func() error) error {
+	if !l.runOn {
+		return netnsutil.Do(l.path, fn)
+	}
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(l.path)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return err
+	}
+	defer netns.Set(orig)
+	return fn()
 }
 
 // skbCtx is the head of struct __sk_buff, up to the fields
@@ -222,7 +247,7 @@ func (l *fibLab) runAny(t testing.TB, prog *ebpf.Program, tc bool, ifindex int, 
 	var ret uint32
 	out := make([]byte, len(frame)+256)
 	var outLen int
-	err := netnsutil.Do(l.path, func() error {
+	err := l.do(func() error {
 		ctx := skbCtx{IngressIfindex: uint32(ifindex), Ifindex: uint32(ifindex)}
 		opts := &ebpf.RunOptions{Data: frame, DataOut: out, Context: ctx}
 		r, err := prog.Run(opts)

@@ -90,9 +90,7 @@ func mirrorReasons(cfg *dataplane.Config, nIfaces int) []string {
 		outs[r.Output] = true
 	}
 	var why []string
-	if n := len(cfg.PortMirroring); n > maxMirrors {
-		why = append(why, fmt.Sprintf("port_mirroring: %d rules, the eBPF datapath holds %d", n, maxMirrors))
-	}
+	// The rule count is one of Limits (internal/limits reports it).
 	if n := nIfaces * len(outs); n > maxMirrorPairs {
 		why = append(why, fmt.Sprintf("port_mirroring: %d interfaces x %d distinct outputs = %d broadcast maps, the eBPF datapath holds %d", nIfaces, len(outs), n, maxMirrorPairs))
 	}

@@ -429,7 +429,13 @@ func TestMirrorApplyFailureKeepsRunning(t *testing.T) {
 	}
 	frame := m.udp4(40000, mirrorPort, 18)
 	m.flood(t, frame, 100)
+	// The mirror stage clones on another CPU, a little later on a busy
+	// machine: wait for it.
 	before, ok := m.counts(t)
+	for deadline := time.Now().Add(5 * time.Second); ok && before.Mirrored < 100 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		before, ok = m.counts(t)
+	}
 	if !ok || before.Mirrored < 100 {
 		t.Fatalf("mirror counters before: %+v", before)
 	}

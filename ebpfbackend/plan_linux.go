@@ -10,20 +10,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/limits"
+	"github.com/fwplane/fwplane/internal/policy"
 )
 
-// Limits of the datapath, mirrored from bpf/include/fw_common.h (a test
-// checks them against the loaded map sizes).
+// Datapath constants mirrored from bpf/include/fw_common.h (limits.go has
+// the limits).
 const (
-	maxRulesPerPair = 256
-	maxRules        = 4096
-	maxZones        = 64 // zone ids 1..63
-	maxIfaces       = 256
-	numSlots        = 2
-	flowCacheSlots  = 4096
-	ifXDPTx         = 1    // FW_IF_XDP_TX
-	setTCPPickup    = 1    // FW_SET_TCP_PICKUP
-	recentPerCPU    = 2048 // FW_RECENT
+	ifXDPTx      = 1    // FW_IF_XDP_TX
+	setTCPPickup = 1    // FW_SET_TCP_PICKUP
 )
 
 // plan is a config translated into what one slot of the datapath holds. It
@@ -50,38 +45,39 @@ type planIface struct {
 func buildPlan(cfg *dataplane.Config, zoneIDs map[string]uint32) (*plan, []string) {
 	var reasons []string
 	p := &plan{zoneID: make(map[string]uint32, len(cfg.Zones)), pairs: map[uint32]fwFwPair{}}
-	if len(cfg.Interfaces) > maxIfaces {
-		reasons = append(reasons, fmt.Sprintf("interfaces: %d interfaces, the eBPF backend supports at most %d", len(cfg.Interfaces), maxIfaces))
+	rs, err := policy.Normalize(cfg)
+	if err != nil {
+		// Apply validated cfg first; this is a programming error.
+		return p, []string{err.Error()}
 	}
+	reasons = append(reasons, checkLimits(cfg, rs)...)
 	for _, z := range cfg.Zones {
 		p.zoneID[z.Name] = zoneIDs[z.Name]
 	}
 	for i, it := range cfg.Interfaces {
 		p.ifaces = append(p.ifaces, planIface{name: it.Name, field: fmt.Sprintf("interfaces[%d].name", i), zone: p.zoneID[it.Zone]})
 	}
+	if len(reasons) > 0 {
+		// Do not expand a rule set that does not fit (100 000 policies
+		// would be built only to be refused).
+		return p, reasons
+	}
 
-	// Rules are grouped by zone pair, keeping the config order inside each
-	// pair: that order is the first-match order.
-	var order []uint32
-	byPair := map[uint32][]fwFwRule{}
-	for _, pol := range cfg.Policies {
-		k := p.zoneID[pol.FromZone]*maxZones + p.zoneID[pol.ToZone]
-		if _, ok := byPair[k]; !ok {
-			order = append(order, k)
+	// The rule set is grouped by zone pair in config order: that order is
+	// the first-match order. Zone ids in the datapath are 1-based.
+	var terms []policy.Term
+	for _, k := range rs.Pairs() {
+		start := len(p.rules)
+		for _, r := range rs.Pair(k) {
+			terms = r.AppendTerms(terms[:0])
+			for _, t := range terms {
+				p.rules = append(p.rules, termRule(t))
+			}
 		}
-		byPair[k] = append(byPair[k], expandPolicy(pol)...)
-	}
-	for _, k := range order {
-		rs := byPair[k]
-		if len(rs) > maxRulesPerPair {
-			reasons = append(reasons, fmt.Sprintf("policies: zone pair %s -> %s expands to %d rules (one per source x destination x port range), the eBPF backend evaluates at most %d per zone pair",
-				p.zoneName(k/maxZones), p.zoneName(k%maxZones), len(rs), maxRulesPerPair))
-		}
-		p.pairs[k] = fwFwPair{Start: uint32(len(p.rules)), Count: uint32(len(rs))}
-		p.rules = append(p.rules, rs...)
-	}
-	if len(p.rules) > maxRules {
-		reasons = append(reasons, fmt.Sprintf("policies: %d expanded rules, the eBPF backend holds at most %d", len(p.rules), maxRules))
+		// Zone ids are the stable ones (nextZoneIDs), not config order.
+		from, to := p.zoneID[cfg.Zones[k.From].Name], p.zoneID[cfg.Zones[k.To].Name]
+		key := from*maxZones + to
+		p.pairs[key] = fwFwPair{Start: uint32(start), Count: uint32(len(p.rules) - start)}
 	}
 
 	p.settings = settingsOf(cfg)
@@ -116,6 +112,7 @@ func settingsOf(cfg *dataplane.Config) fwFwSettings {
 		st.Flags |= setTCPPickup
 	}
 	st.Capacity = uint64(cfg.Tables.SessionsOrDefault())
+	st.RecentMask = uint64(recentRing(cfg.Tables.SessionsOrDefault()) - 1)
 	st.SweepNs = uint64(sweepInterval(st.Capacity).Nanoseconds())
 	return st
 }
@@ -181,96 +178,34 @@ var coarseTick = sync.OnceValue(func() uint64 {
 	return uint64(ts.Nano())
 })
 
-// zoneName returns the name of the zone with id in p.
-func (p *plan) zoneName(id uint32) string {
-	for name, zid := range p.zoneID {
-		if zid == id {
-			return name
-		}
+// termRule is one term of the normalised rule set as the datapath reads it
+// (struct fw_rule).
+func termRule(t policy.Term) fwFwRule {
+	r := fwFwRule{PortLo: t.Ports.First, PortHi: t.Ports.Last, Family: t.Family, Proto: t.Proto}
+	if t.Allow {
+		r.Action = 1
 	}
-	return fmt.Sprintf("zone %d", id)
-}
-
-// expandPolicy turns one policy into its source x destination x port-range
-// terms. Consecutive terms share the policy's action, so the expansion keeps
-// first-match semantics. A source/destination pair of different address
-// families can never match and is left out.
-func expandPolicy(pol dataplane.Policy) []fwFwRule {
-	srcs := prefixesOrAny(pol.Sources)
-	dsts := prefixesOrAny(pol.Destinations)
-	ports := pol.DestinationPorts
-	if len(ports) == 0 {
-		ports = []dataplane.PortRange{{First: 0, Last: 65535}}
-	}
-	action := uint8(0)
-	if pol.Action == dataplane.ActionAllow {
-		action = 1
-	}
-	var out []fwFwRule
-	for _, s := range srcs {
-		for _, d := range dsts {
-			sf, df := family(s), family(d)
-			if sf != 0 && df != 0 && sf != df {
-				continue
-			}
-			fam := max(sf, df)
-			for _, pr := range ports {
-				r := fwFwRule{PortLo: pr.First, PortHi: pr.Last, Family: fam, Proto: pol.Protocol.Number(), Action: action}
-				r.SrcAddr, r.SrcMask = prefixWords(s)
-				r.DstAddr, r.DstMask = prefixWords(d)
-				out = append(out, r)
-			}
-		}
-	}
-	return out
-}
-
-// prefixesOrAny parses validated prefixes; an empty list is one "any"
-// (the zero Prefix).
-func prefixesOrAny(ss []string) []netip.Prefix {
-	if len(ss) == 0 {
-		return []netip.Prefix{{}}
-	}
-	out := make([]netip.Prefix, 0, len(ss))
-	for _, s := range ss {
-		p, err := dataplane.ParsePrefix(s)
-		if err != nil {
-			continue // Validate already reported it
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-func family(p netip.Prefix) uint8 {
-	switch {
-	case !p.IsValid():
-		return 0
-	case p.Addr().Unmap().Is4() && (p.Addr().Is4() || p.Bits() >= 96):
-		return 4
-	}
-	return 6
+	r.SrcAddr, r.SrcMask = prefixWords(t.Src)
+	r.DstAddr, r.DstMask = prefixWords(t.Dst)
+	return r
 }
 
 // prefixWords returns address and mask as the datapath compares them: the
-// packet's bytes loaded as native (little-endian) u32 words, IPv4 in word 0.
+// packet's bytes loaded as native (little-endian) u32 words, IPv4 in word 0,
+// IPv6 (IPv4-mapped included: the family was decided by internal/policy)
+// in all four. The zero Prefix (any) is all zeros.
 func prefixWords(p netip.Prefix) (addr, mask [4]uint32) {
 	if !p.IsValid() {
 		return addr, mask
 	}
 	var a, m [16]byte
-	bits := p.Bits()
-	if p.Addr().Is4In6() && bits >= 96 {
-		p = netip.PrefixFrom(p.Addr().Unmap(), bits-96)
-		bits -= 96
-	}
 	if p.Addr().Is4() {
 		b := p.Addr().As4()
 		copy(a[:4], b[:])
 	} else {
 		a = p.Addr().As16()
 	}
-	for i := 0; i < bits; i++ {
+	for i := 0; i < p.Bits(); i++ {
 		m[i/8] |= 0x80 >> (i % 8)
 	}
 	for i := range 4 {
@@ -278,4 +213,22 @@ func prefixWords(p netip.Prefix) (addr, mask [4]uint32) {
 		mask[i] = binary.LittleEndian.Uint32(m[i*4:])
 	}
 	return addr, mask
+}
+
+// checkLimits refuses what the datapath cannot hold (Limits), with the
+// gate's words and figures.
+func checkLimits(cfg *dataplane.Config, rs *policy.Ruleset) []string {
+	return limits.Check(cfg, rs, Limits(), string(dataplane.ModeEBPF))
+}
+
+// recentRing is the size of the early-drop candidate rings for a session
+// table of capacity: a power of two from 1 Ki to 64 Ki, at least the
+// table where it can be (a flood fills the table with candidates; more
+// than 64 Ki of them are not needed to find an unassured one).
+func recentRing(capacity uint32) uint32 {
+	r := uint32(1024)
+	for r < capacity && r < 1<<16 {
+		r <<= 1
+	}
+	return r
 }

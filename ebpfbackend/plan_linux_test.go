@@ -2,6 +2,7 @@ package ebpfbackend
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -22,6 +23,9 @@ func TestPrefixWords(t *testing.T) {
 		{"2001:db8::/32", [4]uint32{0xb80d0120}, [4]uint32{0xffffffff}},
 		{"fd00::1/127", [4]uint32{0x000000fd, 0, 0, 0}, [4]uint32{0xffffffff, 0xffffffff, 0xffffffff, 0xfeffffff}},
 		{"10.1.2.3/8", [4]uint32{0x0000000a}, [4]uint32{0x000000ff}}, // masked
+		// IPv4-mapped IPv6 stays IPv6: all four words (the plan used to
+		// unmap it into an IPv4 prefix, which the Config contract forbids).
+		{"::ffff:198.51.100.0/120", [4]uint32{0, 0, 0xffff0000, 0x006433c6}, [4]uint32{0xffffffff, 0xffffffff, 0xffffffff, 0x00ffffff}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -40,35 +44,47 @@ func TestPrefixWords(t *testing.T) {
 	}
 }
 
-func TestExpandPolicy(t *testing.T) {
+// TestPlanRules: the plan's fw_rule entries are the normalised rule set's
+// terms (internal/policy), with the family the Config contract gives.
+func TestPlanRules(t *testing.T) {
 	type term struct {
 		Family, Proto, Action uint8
 		PortLo, PortHi        uint16
-		Src, Dst              uint32 // word 0
-	}
-	summarise := func(rs []fwFwRule) []term {
-		var out []term
-		for _, r := range rs {
-			out = append(out, term{r.Family, r.Proto, r.Action, r.PortLo, r.PortHi, r.SrcAddr[0], r.DstAddr[0]})
-		}
-		return out
+		Src, Dst              [4]uint32
 	}
 	tests := []struct {
 		name string
 		pol  dataplane.Policy
 		want []term
 	}{
-		{"any", dataplane.Policy{Action: dataplane.ActionAllow}, []term{{0, 0, 1, 0, 65535, 0, 0}}},
+		{"any", dataplane.Policy{Action: dataplane.ActionAllow}, []term{{0, 0, 1, 0, 65535, [4]uint32{}, [4]uint32{}}}},
 		{"family mismatch dropped, ports expanded",
 			dataplane.Policy{Sources: []string{"10.0.0.0/8", "2001:db8::/32"}, Destinations: []string{"192.0.2.1"}, Protocol: dataplane.ProtoTCP,
 				DestinationPorts: []dataplane.PortRange{{First: 80, Last: 80}, {First: 8000, Last: 8080}}, Action: dataplane.ActionDeny},
-			[]term{{4, 6, 0, 80, 80, 0x0a, 0x010200c0}, {4, 6, 0, 8000, 8080, 0x0a, 0x010200c0}}},
+			[]term{{4, 6, 0, 80, 80, [4]uint32{0x0a}, [4]uint32{0x010200c0}}, {4, 6, 0, 8000, 8080, [4]uint32{0x0a}, [4]uint32{0x010200c0}}}},
 		{"v6 only by destination", dataplane.Policy{Destinations: []string{"2001:db8::/32"}, Protocol: dataplane.ProtoICMPv6, Action: dataplane.ActionAllow},
-			[]term{{6, 58, 1, 0, 65535, 0, 0xb80d0120}}},
+			[]term{{6, 58, 1, 0, 65535, [4]uint32{}, [4]uint32{0xb80d0120}}}},
+		{"mapped source is an IPv6 rule", dataplane.Policy{Sources: []string{"::ffff:198.51.100.0/120"}, Action: dataplane.ActionAllow},
+			[]term{{6, 0, 1, 0, 65535, [4]uint32{0, 0, 0xffff0000, 0x006433c6}, [4]uint32{}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, summarise(expandPolicy(tt.pol))); diff != "" {
+			tt.pol.FromZone, tt.pol.ToZone = "a", "b"
+			cfg := &dataplane.Config{
+				Zones:      []dataplane.Zone{{Name: "a"}, {Name: "b"}},
+				Interfaces: []dataplane.Interface{{Name: "x", Zone: "a"}},
+				Policies:   []dataplane.Policy{tt.pol},
+			}
+			zones, _ := nextZoneIDs(nil, cfg, false)
+			p, reasons := buildPlan(cfg, zones)
+			if len(reasons) != 0 {
+				t.Fatal(reasons)
+			}
+			var got []term
+			for _, r := range p.rules {
+				got = append(got, term{r.Family, r.Proto, r.Action, r.PortLo, r.PortHi, r.SrcAddr, r.DstAddr})
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
@@ -80,7 +96,8 @@ func TestExpandPolicy(t *testing.T) {
 // with reasons.
 func TestBuildPlanOrder(t *testing.T) {
 	cfg := &dataplane.Config{
-		Zones: []dataplane.Zone{{Name: "a"}, {Name: "b"}},
+		Zones:      []dataplane.Zone{{Name: "a"}, {Name: "b"}},
+		Interfaces: []dataplane.Interface{{Name: "x", Zone: "a"}},
 		Policies: []dataplane.Policy{
 			{FromZone: "a", ToZone: "b", Protocol: dataplane.ProtoTCP, Action: dataplane.ActionDeny},
 			{FromZone: "b", ToZone: "a", Action: dataplane.ActionAllow},
@@ -103,8 +120,8 @@ func TestBuildPlanOrder(t *testing.T) {
 	for range maxRulesPerPair {
 		cfg.Policies = append(cfg.Policies, dataplane.Policy{FromZone: "b", ToZone: "a", Action: dataplane.ActionDeny})
 	}
-	if _, reasons := buildPlan(cfg, zones); len(reasons) != 1 {
-		t.Errorf("over the per-pair limit: reasons %v, want one", reasons)
+	if _, reasons := buildPlan(cfg, zones); len(reasons) != 1 || !strings.Contains(reasons[0], "zone pair b -> a expands to 257 terms") {
+		t.Errorf("over the per-pair limit: reasons %v, want one naming b -> a and 257 terms", reasons)
 	}
 }
 

@@ -3,8 +3,11 @@ package ebpfbackend
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cilium/ebpf"
 
@@ -342,5 +345,51 @@ func TestClearSessions(t *testing.T) {
 	}
 	if v := counterOf(t, s.b, dataplane.CounterSessionsCleared); v != 10 {
 		t.Errorf("%s = %d, want 10", dataplane.CounterSessionsCleared, v)
+	}
+}
+
+// TestSessionModelEarlyDropAcrossCPUs: a flood created on one CPU is
+// evicted by a new flow arriving on another (the candidate ring is shared).
+func TestSessionModelEarlyDropAcrossCPUs(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two CPUs: one for the flood, one for the new flow")
+	}
+	const size = 64
+	s := newSMLab(t, false, func(c *dataplane.Config) { c.Tables.Sessions = size }, Options{SessionSweepInterval: -1})
+	onCPU := func(cpu int, fn func()) {
+		t.Helper()
+		errc := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			var set unix.CPUSet
+			set.Set(cpu)
+			if err := unix.SchedSetaffinity(0, &set); err != nil {
+				errc <- err
+				return
+			}
+			fn()
+			errc <- nil
+		}()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	onCPU(0, func() {
+		for p := uint16(20000); p < 20000+size; p++ {
+			s.l.runOn = true
+			if s.udp(t, true, p, 53) != xdpRedirect {
+				t.Errorf("flood flow %d", p)
+			}
+		}
+	})
+	onCPU(1, func() {
+		if got := s.udp(t, true, 30000, 53); got != xdpRedirect {
+			t.Errorf("new flow on another CPU: %s, want REDIRECT by early drop", actionNames[got])
+		}
+	})
+	s.l.runOn = false
+	if v := counterOf(t, s.b, dataplane.CounterSessionEarlyDrop); v != 1 {
+		t.Errorf("%s = %d, want 1", dataplane.CounterSessionEarlyDrop, v)
 	}
 }

@@ -305,7 +305,12 @@ func (b *Backend) endDeniedSessions(ctx context.Context, set *policy.Set, zones 
 		if !fok || !tok {
 			return true, false
 		}
-		allow, _ := set.DecideZones(from, to, e.tuple())
+		fi, fok := set.ZoneID(from)
+		ti, tok := set.ZoneID(to)
+		if !fok || !tok {
+			return true, false
+		}
+		allow, _ := set.DecideZones(fi, ti, e.tuple())
 		return !allow, false
 	})
 }

@@ -208,9 +208,11 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		}
 	}
 
+	// A part of the read that fails becomes its map's row in error; the
+	// rest of the report stands (an operator still sees every table).
 	counters, err := readCounters(b.objs.FwCounters)
 	if err != nil {
-		return rep, fmt.Errorf("read counters: %w", err)
+		markRow(rep.Resources, "fw_counters", fmt.Errorf("read counters: %w", err))
 	}
 	for i, v := range counters {
 		rep.Counters = append(rep.Counters, dataplane.Counter{Name: counterNames[fwFwCounter(i)], Scope: "global", Value: v})
@@ -229,7 +231,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 	slices.SortFunc(rep.Interfaces, func(x, y dataplane.InterfaceStatus) int { return strings.Compare(x.Name, y.Name) })
 	mc, err := b.mirrorCounters(b.objs)
 	if err != nil {
-		return rep, err
+		markRow(rep.Resources, "fw_mirror_counts", err)
 	}
 	rep.Counters = append(rep.Counters, mc...)
 	rep.Counters = append(rep.Counters,
@@ -241,6 +243,17 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic},
 		dataplane.Counter{Name: "tc_interfaces", Scope: "global", Value: tc})
 	return rep, nil
+}
+
+// markRow records err on the named row: the counters it holds are
+// missing from the report.
+func markRow(rows []dataplane.Resource, name string, err error) {
+	for i := range rows {
+		if rows[i].Name == name {
+			rows[i].Error = err.Error() + " (its counters are missing from this report)"
+			return
+		}
+	}
 }
 
 // unassuredRows are the sessions_unassured rows, one per family (each

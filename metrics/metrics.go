@@ -5,11 +5,22 @@
 //
 // The Collector reads a fresh report on every scrape (the report is cheap by
 // design), so values are never older than the scrape. A row whose count is
-// missing exports no used/utilisation sample rather than a false zero; a
-// failed read is reported to Prometheus as an invalid metric so the scrape
-// shows the error.
+// missing exports no used/utilisation sample rather than a false zero, and
+// fwplane_resource_error is 1 for it (a failed part of the backend's read);
+// fwplane_resource_count_partial is 1 for a row whose count is a lower
+// bound (a walk stopped by its cap). A failed read of the whole report is
+// reported to Prometheus as an invalid metric so the scrape shows the
+// error.
 //
-// A Collector is safe for concurrent use.
+// Label sets are stable: labels name a row (resource, kind, scope, mode) or
+// a counter, never a value, so a series lives as long as its row; values
+// that describe a row (e.g. the session table's shard skew) are their own
+// series, fwplane_resource_figure{figure="max_skew"}.
+//
+// [NewHistoryCollector] adds the threshold events and the cost of the
+// history kept by package history.
+//
+// Collectors are safe for concurrent use.
 package metrics
 
 import (
@@ -38,7 +49,7 @@ type Collector struct {
 	timeout time.Duration
 
 	capacity, used, util, sessions, readSeconds, generation *prometheus.Desc
-	counter                                                 *prometheus.Desc
+	counter, partial, rowError, figure                      *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -65,12 +76,19 @@ func NewCollector(src Source, opts *Options) *Collector {
 		readSeconds: prometheus.NewDesc(ns+"_resource_report_duration_seconds",
 			"How long the last resource report took to read.", []string{"mode"}, nil),
 		generation: prometheus.NewDesc(ns+"_config_generation", "Generation of the applied config.", []string{"mode"}, nil),
+		partial: prometheus.NewDesc(ns+"_resource_count_partial",
+			"1 when the row's used count is a lower bound (a walk stopped by its cap or its deadline), else 0.", labels, nil),
+		rowError: prometheus.NewDesc(ns+"_resource_error",
+			"1 when the row could not be read (its count, or the part of the backend's read it stands for, failed), else 0.", labels, nil),
+		figure: prometheus.NewDesc(ns+"_resource_figure",
+			"A measurement describing a row that is not a count of its slots (e.g. figure=max_skew of the session table).",
+			append(labels[:len(labels):len(labels)], "figure"), nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.capacity, c.used, c.util, c.counter, c.sessions, c.readSeconds, c.generation} {
+	for _, d := range []*prometheus.Desc{c.capacity, c.used, c.util, c.counter, c.sessions, c.readSeconds, c.generation, c.partial, c.rowError, c.figure} {
 		ch <- d
 	}
 }
@@ -96,6 +114,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if u, ok := res.Utilization(); ok {
 			ch <- prometheus.MustNewConstMetric(c.util, prometheus.GaugeValue, u/100, lv...)
 		}
+		if res.Used != nil {
+			ch <- prometheus.MustNewConstMetric(c.partial, prometheus.GaugeValue, b2f(res.Partial), lv...)
+		}
+		ch <- prometheus.MustNewConstMetric(c.rowError, prometheus.GaugeValue, b2f(res.Error != ""), lv...)
+		for _, f := range res.Figures {
+			ch <- prometheus.MustNewConstMetric(c.figure, prometheus.GaugeValue, f.Value, append(lv, f.Name)...)
+		}
 	}
 	for _, ctr := range r.Counters {
 		ch <- prometheus.MustNewConstMetric(c.counter, prometheus.CounterValue, float64(ctr.Value), ctr.Name, ctr.Scope, mode)
@@ -107,4 +132,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.readSeconds, prometheus.GaugeValue, r.Took.Seconds(), mode)
 	ch <- prometheus.MustNewConstMetric(c.generation, prometheus.GaugeValue, float64(r.Generation), mode)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

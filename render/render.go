@@ -8,7 +8,10 @@
 //   - a count that is missing because counting failed reads "unavailable",
 //     never 0;
 //   - levels follow dataplane.Thresholds (WARNING >= 80 %, CRITICAL >= 90 %
-//     by default).
+//     by default);
+//   - nothing is hidden: the default view lists every detail row at
+//     WARNING or above or in error, the summary counts every row, and
+//     every row's error is printed under it.
 //
 // Functions here are pure and safe for concurrent use.
 package render
@@ -21,9 +24,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/history"
 )
 
 // Options change what is printed. Nil means the aggregate view with the
@@ -33,9 +38,21 @@ type Options struct {
 	// utilisation, and the counters table.
 	Detail     bool
 	Thresholds dataplane.Thresholds
+	// Trends, when not nil, adds the Trend/min and Full in columns (see
+	// package history for how they are decided); rows without a trend
+	// show "-".
+	Trends []history.Trend
+	// MaxHot bounds the detail rows the default view lists because they
+	// are at WARNING or above or unavailable; 0 means 10.
+	MaxHot int
 }
 
 // Buffers writes the `show system buffers` view of r to w.
+//
+// The default view lists the aggregate rows, then every detail row that
+// is at WARNING or above or whose count failed (up to MaxHot, the rest
+// counted with a pointer to the detail view), so that it never says all
+// is well while a binding or shard is hot. The summary counts every row.
 func Buffers(w io.Writer, r dataplane.ResourceReport, opts *Options) error {
 	if opts == nil {
 		opts = &Options{}
@@ -43,40 +60,70 @@ func Buffers(w io.Writer, r dataplane.ResourceReport, opts *Options) error {
 	ew := &errWriter{w: w}
 	fmt.Fprintf(ew, "Dataplane: %s  generation %d  read in %s\n\n", r.Mode, r.Generation, r.Took.Round(1000))
 
+	trends := trendIndex(opts.Trends)
 	rows := r.Aggregate()
-	table(ew, "", rows, opts.Thresholds, false)
+	table(ew, "", rows, opts, trends, opts.Detail)
+	var detail []dataplane.Resource
+	for _, res := range r.Resources {
+		if res.Detail {
+			detail = append(detail, res)
+		}
+	}
+	sortByUtilization(detail)
 	if opts.Detail {
-		var detail []dataplane.Resource
-		for _, res := range r.Resources {
-			if res.Detail {
-				detail = append(detail, res)
+		if len(detail) > 0 {
+			fmt.Fprintln(ew)
+			table(ew, "Detail (per binding, queue, shard; highest utilisation first):", detail, opts, trends, true)
+		}
+	} else {
+		var hot []dataplane.Resource
+		for _, res := range detail {
+			if opts.Thresholds.Level(res) >= dataplane.LevelWarning || res.Error != "" {
+				hot = append(hot, res)
 			}
 		}
-		if len(detail) > 0 {
-			sortByUtilization(detail)
+		maxHot := opts.MaxHot
+		if maxHot <= 0 {
+			maxHot = 10
+		}
+		if len(hot) > 0 {
 			fmt.Fprintln(ew)
-			table(ew, "Detail (per binding, queue, shard; highest utilisation first):", detail, opts.Thresholds, true)
+			table(ew, "Detail rows at WARNING or above, or unavailable:", hot[:min(len(hot), maxHot)], opts, trends, false)
+			if len(hot) > maxHot {
+				fmt.Fprintf(ew, "... and %d more detail row%s at WARNING or above or unavailable: see `show system buffers detail`.\n",
+					len(hot)-maxHot, plural(len(hot)-maxHot))
+			}
 		}
 	}
 
 	fmt.Fprintln(ew)
-	all := rows
-	if opts.Detail {
-		all = r.Resources
-	}
-	warn, crit := 0, 0
-	for _, res := range all {
-		switch opts.Thresholds.Level(res) {
+	warn, crit, hotDetail, failed := 0, 0, 0, 0
+	for _, res := range r.Resources {
+		lv := opts.Thresholds.Level(res)
+		switch lv {
 		case dataplane.LevelWarning:
 			warn++
 		case dataplane.LevelCritical:
 			crit++
 		}
+		if lv >= dataplane.LevelWarning && res.Detail {
+			hotDetail++
+		}
+		if res.Error != "" {
+			failed++
+		}
 	}
 	if warn+crit == 0 {
 		fmt.Fprintln(ew, "No resource at or above the warning threshold.")
 	} else {
-		fmt.Fprintf(ew, "%d resource%s at high utilisation (%d critical, %d warning).\n", warn+crit, plural(warn+crit), crit, warn)
+		fmt.Fprintf(ew, "%d resource%s at high utilisation (%d critical, %d warning", warn+crit, plural(warn+crit), crit, warn)
+		if hotDetail > 0 {
+			fmt.Fprintf(ew, "; %d in detail rows", hotDetail)
+		}
+		fmt.Fprintln(ew, ").")
+	}
+	if failed > 0 {
+		fmt.Fprintf(ew, "%d row%s unavailable: counting failed (the error is printed under each).\n", failed, plural(failed))
 	}
 	if s := r.Sessions; s != nil {
 		fmt.Fprintf(ew, "Active sessions: IPv4 %d, IPv6 %d, total %d\n", s.IPv4, s.IPv6, s.Total)
@@ -101,24 +148,106 @@ func Buffers(w io.Writer, r dataplane.ResourceReport, opts *Options) error {
 	return ew.err
 }
 
-func table(w io.Writer, title string, rows []dataplane.Resource, th dataplane.Thresholds, breakdown bool) {
+type trendKey struct{ name, scope string }
+
+func trendIndex(ts []history.Trend) map[trendKey]history.Trend {
+	if ts == nil {
+		return nil
+	}
+	m := make(map[trendKey]history.Trend, len(ts))
+	for _, t := range ts {
+		m[trendKey{t.Name, t.Scope}] = t
+	}
+	return m
+}
+
+// table prints rows; notes (breakdown, figures) only when notes is set,
+// errors always.
+func table(w io.Writer, title string, rows []dataplane.Resource, opts *Options, trends map[trendKey]history.Trend, notes bool) {
 	if title != "" {
 		fmt.Fprintln(w, title)
 	}
-	t := &columns{right: []bool{false, false, false, true, true, true, false}}
-	t.add("Resource", "Kind", "Scope", "Capacity", "Used", "Usage%", "Status")
+	right := []bool{false, false, false, true, true, true, false}
+	head := []string{"Resource", "Kind", "Scope", "Capacity", "Used", "Usage%", "Status"}
+	if trends != nil {
+		right = []bool{false, false, false, true, true, true, true, true, false}
+		head = []string{"Resource", "Kind", "Scope", "Capacity", "Used", "Usage%", "Trend/min", "Full in", "Status"}
+	}
+	t := &columns{right: right}
+	t.add(head...)
 	for _, res := range rows {
-		capacity, used, pct, status := Cells(res, th)
-		t.add(res.Name, res.Kind, res.Scope, capacity, used, pct, status)
-		if breakdown && len(res.Breakdown) > 0 {
+		capacity, used, pct, status := Cells(res, opts.Thresholds)
+		if trends != nil {
+			rate, full := TrendCells(trends[trendKey{res.Name, res.Scope}])
+			t.add(res.Name, res.Kind, res.Scope, capacity, used, pct, rate, full, status)
+		} else {
+			t.add(res.Name, res.Kind, res.Scope, capacity, used, pct, status)
+		}
+		if notes && len(res.Breakdown) > 0 {
 			parts := make([]string, len(res.Breakdown))
 			for i, p := range res.Breakdown {
 				parts[i] = p.Name + " " + strconv.FormatUint(p.Value, 10)
 			}
 			t.note("  by state: " + strings.Join(parts, ", "))
 		}
+		if notes && len(res.Figures) > 0 {
+			parts := make([]string, len(res.Figures))
+			for i, f := range res.Figures {
+				parts[i] = f.Name + " " + strconv.FormatFloat(f.Value, 'f', -1, 64)
+				if f.Value != math.Trunc(f.Value) {
+					parts[i] = f.Name + " " + strconv.FormatFloat(f.Value, 'f', 2, 64)
+				}
+			}
+			t.note("  figures: " + strings.Join(parts, ", "))
+		}
+		if res.Error != "" {
+			t.note("  error: " + res.Error)
+		}
 	}
 	t.write(w)
+}
+
+// TrendCells returns the Trend/min and Full in cells of a row's trend
+// ("-" where there is none: warming up, or the rule shows no estimate).
+func TrendCells(t history.Trend) (rate, fullIn string) {
+	rate, fullIn = "-", "-"
+	if t.PerMinute != nil {
+		v := *t.PerMinute
+		switch {
+		case math.Abs(v) >= 10:
+			rate = strconv.FormatFloat(math.Round(v), 'f', 0, 64)
+		default:
+			rate = strconv.FormatFloat(math.Round(v*10)/10, 'f', 1, 64)
+		}
+		if rate == "0" || rate == "0.0" || rate == "-0.0" || rate == "-0" {
+			rate = "0"
+		} else if v > 0 {
+			rate = "+" + rate
+		}
+	}
+	if d, ok := t.FullIn(); ok {
+		if d <= 0 {
+			fullIn = "full"
+		} else {
+			fullIn = Duration(d)
+		}
+	}
+	return rate, fullIn
+}
+
+// Duration prints d the way an operator reads a countdown: two units at
+// most ("45s", "12m30s", "3h05m", "2d4h").
+func Duration(d time.Duration) string {
+	s := int64(d.Round(time.Second) / time.Second)
+	switch {
+	case s < 60:
+		return strconv.FormatInt(s, 10) + "s"
+	case s < 3600:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	case s < 86400:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	}
+	return fmt.Sprintf("%dd%dh", s/86400, s%86400/3600)
 }
 
 // columns lays out a table: text columns left-aligned, numbers right.

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/history"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -50,6 +51,8 @@ func userspaceFixture() dataplane.ResourceReport {
 			{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "fw-s/q0", Detail: true, Capacity: 8192, Used: u(800)},
 			{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: "fw-c/q0", Detail: true, Capacity: 4096, Used: u(4096), Method: dataplane.MethodRing},
 			{Name: "session_shard", Kind: dataplane.KindTable, Scope: "shard 7", Detail: true, Capacity: 1024, Used: u(30)},
+			{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Scope: "global", Detail: true, Capacity: 1024, Used: u(30),
+				Figures: []dataplane.Figure{{Name: "shard", Value: 7}, {Name: "max_skew", Value: 1.5}}},
 		},
 		Counters: []dataplane.Counter{{Name: "rx_fill_ring_empty_descs", Scope: "fw-c/q0", Detail: true, Value: 5}, {Name: "tx_ring_full", Scope: "global", Value: 0}},
 		Sessions: &dataplane.SessionCounts{IPv4: 1000, IPv6: 200, Total: 1200},
@@ -71,6 +74,8 @@ func TestGolden(t *testing.T) {
 		{"userspace_detail", userspaceFixture(), &Options{Detail: true}},
 		{"missing_sessions", noSessions, nil},
 		{"custom_thresholds", userspaceFixture(), &Options{Thresholds: th}},
+		{"trends", userspaceFixture(), &Options{Trends: trendFixture()}},
+		{"many_hot_detail_rows", manyHot(), &Options{MaxHot: 3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,6 +94,59 @@ func TestGolden(t *testing.T) {
 				t.Errorf("render (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func f(v float64) *float64 { return &v }
+
+func trendFixture() []history.Trend {
+	return []history.Trend{
+		{Name: "session_table", Scope: "64 shards", PerMinute: f(1200), FullInSeconds: f(3217), Estimate: history.EstimateRising},
+		{Name: "flow_cache", Scope: "2 workers", PerMinute: f(-3.04), Estimate: history.EstimateFalling},
+		{Name: "umem_frames", Scope: "all bindings", PerMinute: f(0.02), Estimate: history.EstimateFlat},
+		{Name: "fill_ring_empty", Scope: "fw-c/q0", Detail: true, FullInSeconds: f(0), Estimate: history.EstimateFull},
+		{Name: "neighbors", Scope: "global", Estimate: history.EstimateWarmingUp},
+	}
+}
+
+// manyHot has one aggregate row and five critical detail rows.
+func manyHot() dataplane.ResourceReport {
+	r := dataplane.ResourceReport{Mode: dataplane.ModeUserspace, Generation: 1,
+		Resources: []dataplane.Resource{{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "global", Capacity: 4096, Used: u(100)}}}
+	for i := range 5 {
+		r.Resources = append(r.Resources, dataplane.Resource{Name: "fill_ring_empty", Kind: dataplane.KindRing,
+			Scope: "fw/q" + string(rune('0'+i)), Detail: true, Capacity: 100, Used: u(uint64(91 + i))})
+	}
+	return r
+}
+
+// The default view must not say all is well while a detail row is
+// critical (issue 14): the row is listed and counted.
+func TestDefaultViewFlagsCriticalDetailRow(t *testing.T) {
+	r := dataplane.ResourceReport{Mode: dataplane.ModeUserspace, Resources: []dataplane.Resource{
+		{Name: "umem_frames", Kind: dataplane.KindUMEM, Scope: "global", Capacity: 8192, Used: u(100)},
+		{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: "global", Capacity: 4096, Used: u(2048)},
+		{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: "fwc/q0", Detail: true, Capacity: 2048, Used: u(2040)},
+		{Name: "fill_ring_empty", Kind: dataplane.KindRing, Scope: "fws/q0", Detail: true, Capacity: 2048, Used: u(8)},
+	}}
+	out := String(r, nil)
+	if strings.Contains(out, "No resource at or above the warning threshold") {
+		t.Errorf("default view says all is well with a CRITICAL detail row:\n%s", out)
+	}
+	if !strings.Contains(out, "1 resource at high utilisation (1 critical, 0 warning; 1 in detail rows).") {
+		t.Errorf("summary does not count the detail row:\n%s", out)
+	}
+	var line string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "fwc/q0") {
+			line = l
+		}
+	}
+	if !strings.HasSuffix(line, "CRITICAL") {
+		t.Errorf("the critical detail row is not listed as CRITICAL (line %q):\n%s", line, out)
+	}
+	if strings.Contains(out, "fws/q0") {
+		t.Errorf("a detail row at OK is listed in the default view:\n%s", out)
 	}
 }
 

@@ -1,7 +1,8 @@
 // Package userspacebackend is fwplane's second dataplane: forwarding in Go
 // over AF_XDP sockets, with the same policy semantics as the eBPF backend
-// (see dataplane.Config; TestConformance runs identical traffic through
-// both and compares every flow's outcome).
+// (see dataplane.Config; TestConformance runs the shared conformance suite,
+// internal/dptest, whose known differences are listed in
+// dptest.Divergences).
 //
 // # Datapath
 //
@@ -138,7 +139,8 @@
 // (scope "ifname/qN") umem_frames with the breakdown (it always sums to
 // the capacity: the ledger is read under a sequence counter), fill, RX,
 // TX and completion ring depth vs size, flow_cache; per session shard
-// ("shard/NN") and the fullest shard with the table's max skew; per
+// ("shard/NN") and the fullest shard (scope "global"; which shard and the
+// table's max skew are the row's figures "shard" and "max_skew"); per
 // neighbour shard. Counters: every datapath drop reason, forwarding and
 // session counters, the six XDP_STATISTICS per binding (detail) and
 // summed, and the shim's verdicts per interface and summed. Counters of

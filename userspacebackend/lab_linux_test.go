@@ -3,7 +3,6 @@ package userspacebackend
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -221,10 +220,12 @@ func waitDrained(t testing.TB, b *Backend) {
 	}
 }
 
-// TestIntegrationForwarding: allowed TCP and UDP flows pass both ways over
-// IPv4 and IPv6 through the userspace datapath, replies pass without a
-// reverse policy, denied flows are dropped and counted.
-func TestIntegrationForwarding(t *testing.T) {
+// TestIntegrationUMEMAfterTraffic: traffic of both families and
+// protocols goes through the shim to the sockets, and afterwards every
+// binding's frame ledger adds up and holds nothing in flight outside the
+// fill ring. (Verdicts and counters common to every backend are checked by
+// the conformance suite, internal/dptest.)
+func TestIntegrationUMEMAfterTraffic(t *testing.T) {
 	e := newLabEnv(t, 0)
 	l := e.l
 	b := newBackend(t, e, nil, nil)
@@ -236,56 +237,17 @@ func TestIntegrationForwarding(t *testing.T) {
 			t.Errorf("allowed tcp to %s: %v", dst, err)
 		}
 	}
-	if fwd := counter(t, b, "forwarded"); fwd < 24 {
-		t.Errorf("forwarded = %d: the userspace datapath did not carry the traffic", fwd)
-	}
-	if v := counter(t, b, "session_hits"); v == 0 {
-		t.Error("no session hits: replies did not ride the sessions")
-	}
 	if v := counter(t, b, "shim_redirected"); v < 24 {
-		t.Errorf("shim_redirected = %d", v)
-	}
-
-	before := counter(t, b, "dropped_policy")
-	for _, dst := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {
-		if err := udpRT(l, 0, dst, portDenied, 300*time.Millisecond); err == nil {
-			t.Errorf("denied udp to %s:%d got through", dst, portDenied)
-		}
-	}
-	if got := counter(t, b, "dropped_policy") - before; got < 2 {
-		t.Errorf("dropped_policy rose by %d, want >= 2", got)
-	}
-
-	// Server-initiated flows have no policy: denied.
-	stop, err := netlab.UDPEcho(context.Background(), l.Client, netip.AddrPortFrom(l.ClientAddr4, portUDP))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-	defer cancel()
-	if _, err := netlab.UDPRoundTrip(ctx, l.Server, netip.AddrPort{}, netip.AddrPortFrom(l.ClientAddr4, portUDP), []byte("x")); err == nil {
-		t.Error("server -> client without a policy got through")
-	}
-
-	// The firewall's own addresses still answer (the shim passes them).
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel2()
-	stopFw, err := netlab.UDPEcho(ctx2, l.Firewall, netip.AddrPortFrom(l.FwClientAddr4, 7000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stopFw()
-	if _, err := netlab.UDPRoundTrip(ctx2, l.Client, netip.AddrPort{}, netip.AddrPortFrom(l.FwClientAddr4, 7000), []byte("me")); err != nil {
-		t.Errorf("udp to the firewall itself: %v", err)
+		t.Errorf("shim_redirected = %d: the shim did not steer the traffic to the sockets", v)
 	}
 	waitDrained(t, b)
 	checkUMEM(t, b, true)
 }
 
-// TestIntegrationSessionCounts: after N distinct flows the session table
-// fill in ResourceStats equals N, by family, and Sessions lists them.
-func TestIntegrationSessionCounts(t *testing.T) {
+// TestIntegrationSessionShardRows: the per-shard session rows add up to
+// the sessions row (the flow count itself is checked by the conformance
+// suite).
+func TestIntegrationSessionShardRows(t *testing.T) {
 	const flows = 40
 	e := newLabEnv(t, 0)
 	l := e.l
@@ -304,9 +266,6 @@ func TestIntegrationSessionCounts(t *testing.T) {
 	if !ok || r.Used == nil || *r.Used != flows {
 		t.Errorf("sessions row = %+v, want used %d", r, flows)
 	}
-	if rep.Sessions == nil || *rep.Sessions != (dataplane.SessionCounts{IPv4: flows * 3 / 4, IPv6: flows / 4, Total: flows}) {
-		t.Errorf("sessions = %+v, want %d flows", rep.Sessions, flows)
-	}
 	var shardSum uint64
 	for _, r := range rep.Resources {
 		if r.Name == "sessions" && r.Detail {
@@ -315,79 +274,5 @@ func TestIntegrationSessionCounts(t *testing.T) {
 	}
 	if shardSum != flows {
 		t.Errorf("per-shard rows sum to %d, want %d", shardSum, flows)
-	}
-	list, counts, err := b.Sessions(context.Background(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(list) != flows || counts.Total != flows {
-		t.Errorf("Sessions() = %d entries, counts %+v", len(list), counts)
-	}
-}
-
-// TestIntegrationBadConfigKeepsForwarding: invalid and unprogrammable
-// configs fail with every problem named, and the running generation keeps
-// forwarding exactly as before.
-func TestIntegrationBadConfigKeepsForwarding(t *testing.T) {
-	e := newLabEnv(t, 0)
-	l := e.l
-	b := newBackend(t, e, nil, nil)
-	ctx := context.Background()
-	if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {
-		t.Fatalf("before: %v", err)
-	}
-	bad := netlabConfig(l)
-	bad.Interfaces[1].Name = ""
-	bad.Policies[0].Action = "maybe"
-	bad.Policies[1].Sources = []string{"not-an-address"}
-	_, err := b.Apply(ctx, bad)
-	var ce *dataplane.ConfigError
-	if !errors.As(err, &ce) {
-		t.Fatalf("invalid config: %v", err)
-	}
-	got := map[string]bool{}
-	for _, p := range ce.Problems {
-		got[p.Field] = true
-	}
-	for _, f := range []string{"interfaces[1].name", "policies[0].action", "policies[1].sources[0]"} {
-		if !got[f] {
-			t.Errorf("problem for %s not reported: %v", f, ce)
-		}
-	}
-
-	missing := netlabConfig(l)
-	missing.Interfaces[1].Name = "gone" + l.Suffix[:4]
-	missing.Policies = nil // would deny everything if it were applied
-	_, err = b.Apply(ctx, missing)
-	if !errors.As(err, &ce) || ce.Problems[0].Field != "interfaces[1].name" {
-		t.Fatalf("missing interface: %v", err)
-	}
-
-	unsup := netlabConfig(l)
-	unsup.PortMirroring = []dataplane.MirrorRule{{Input: l.FwClientIf, Output: l.FwServerIf, Rate: 10}}
-	unsup.Forwarding.Routes = []dataplane.Route{{Destination: "198.51.100.0/24", Interface: l.FwServerIf}}
-	unsup.Tables.Sessions = 1000
-	unsup.Policies = nil
-	_, err = b.Apply(ctx, unsup)
-	var nse *dataplane.NotSupportedError
-	if !errors.Is(err, dataplane.ErrNotSupported) || !errors.As(err, &nse) || len(nse.Reasons) != 2 {
-		t.Fatalf("unsupported features: want 2 reasons (routes, table size), got %v", err)
-	}
-
-	for _, dst := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {
-		if err := udpRT(l, 0, dst, portUDP, 3*time.Second); err != nil {
-			t.Errorf("after failed applies, allowed udp to %s: %v", dst, err)
-		}
-		if err := udpRT(l, 0, dst, portDenied, 300*time.Millisecond); err == nil {
-			t.Errorf("after failed applies, denied udp to %s passed", dst)
-		}
-	}
-	if rep := report(t, b); rep.Generation != 1 {
-		t.Errorf("generation = %d, want 1", rep.Generation)
-	}
-	// A good config still applies: generation 2.
-	res, err := b.Apply(ctx, netlabConfig(l))
-	if err != nil || res.Generation != 2 {
-		t.Errorf("reapply: %+v, %v", res, err)
 	}
 }

@@ -3,7 +3,6 @@ package userspacebackend
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/fwplane/fwplane/dataplane"
@@ -40,7 +39,7 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 		return err
 	}
 	start := time.Now()
-	res, cnt, sess := rep.Resources[:0], rep.Counters[:0], rep.Sessions
+	res, cnt, sess, ifs := rep.Resources[:0], rep.Counters[:0], rep.Sessions, rep.Interfaces[:0]
 	*rep = dataplane.ResourceReport{Mode: dataplane.ModeUserspace, Taken: start}
 	s := b.snap.Load()
 	if s == nil {
@@ -164,9 +163,13 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 		}
 	}
 	if fullest >= 0 {
+		// The shard and the skew are figures, not the scope: a scope is
+		// the row's identity (a metric label) and must not change with
+		// the fill.
 		n, c := st.ShardUsed(fullest)
 		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "sessions_fullest_shard", Kind: dataplane.KindTable, Detail: true,
-			Scope: skewScope(fullest, st.MaxSkew()), Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter})
+			Scope: g, Capacity: uint64(c), Used: u.used(uint64(n)), Method: dataplane.MethodCounter,
+			Figures: []dataplane.Figure{{Name: "shard", Value: float64(fullest)}, {Name: "max_skew", Value: st.MaxSkew()}}})
 	}
 	for i := range s.neigh.Shards() {
 		rep.Resources = append(rep.Resources, dataplane.Resource{Name: "neighbors", Kind: dataplane.KindTable, Scope: shardScope(i), Detail: true,
@@ -225,6 +228,8 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 	}
 	rep.Counters = append(rep.Counters, shimCounters(sh, g, false)...)
 
+	rep.Interfaces = interfaceRows(ifs, s)
+
 	v4, v6 := st.Counts()
 	if sess == nil {
 		sess = new(dataplane.SessionCounts)
@@ -268,18 +273,6 @@ func framesParts(buf *[]dataplane.Part, free, fill, rx, tx, comp uint64) []datap
 	*buf = append(*buf, dataplane.Part{Name: "free", Value: free}, dataplane.Part{Name: "fill", Value: fill}, dataplane.Part{Name: "rx", Value: rx},
 		dataplane.Part{Name: "tx", Value: tx}, dataplane.Part{Name: "completion", Value: comp})
 	return (*buf)[n:len(*buf):len(*buf)]
-}
-
-// skewScope is the scope of the fullest-shard row, e.g.
-// "shard/07 (max skew 1.23)", built without fmt (this is the report's
-// only formatted string).
-func skewScope(shard int, skew float64) string {
-	var b [48]byte
-	out := append(b[:0], shardScope(shard)...)
-	out = append(out, " (max skew "...)
-	out = strconv.AppendFloat(out, skew, 'f', 2, 64)
-	out = append(out, ')')
-	return string(out)
 }
 
 // fillEmptyRow reports a fill ring by its empty slots (see fill_ring_empty).
@@ -340,4 +333,17 @@ func shimCounters(c xsk.ShimCounters, scope string, detail bool) []dataplane.Cou
 		{Name: "shim_pass_local", Scope: scope, Detail: detail, Value: c.PassLocal},
 		{Name: "shim_drop_no_socket", Scope: scope, Detail: detail, Value: c.DropNoSocket},
 	}
+}
+
+// interfaceRows says how each managed interface is attached: through the
+// AF_XDP shim, natively or in generic mode.
+func interfaceRows(out []dataplane.InterfaceStatus, s *snapshot) []dataplane.InterfaceStatus {
+	for _, p := range s.ports {
+		st := dataplane.InterfaceStatus{Name: p.name, Ifindex: p.ifindex, Attach: dataplane.AttachedXDP, Reason: "AF_XDP shim"}
+		if p.shim.Mode() == xsk.AttachGeneric {
+			st.Attach, st.Reason = dataplane.AttachedXDPGeneric, "AF_XDP shim in generic mode (native XDP failed, or forced)"
+		}
+		out = append(out, st)
+	}
+	return out
 }

@@ -134,6 +134,8 @@ struct fw_settings {
 	/* The sweep's period, and the session table size (each family). */
 	__u64 sweep_ns;
 	__u64 capacity;
+	/* The early-drop rings' size less one (a power of two less one). */
+	__u64 recent_mask;
 };
 
 /* One expanded policy term. Addresses are in network byte order; IPv4 uses
@@ -227,11 +229,13 @@ struct fw_sess_val {
 	struct fw_hop hop[2]; /* [0]: lo -> hi, [1]: hi -> lo */
 };
 
-/* Early drop: each CPU remembers the keys of the last FW_RECENT sessions
- * it created, oldest first; a new flow that finds its table full evicts
- * the first of them (at most FW_EARLY_DROP_PROBES looked at) that is
- * unassured or expired. Assured sessions are skipped, never evicted. */
-#define FW_RECENT 2048 /* power of two */
+/* Early drop: the keys of recently created sessions, oldest first, in a
+ * ring shared by every CPU (positions taken with atomic adds); a new flow
+ * that finds its table full evicts the first of them (at most
+ * FW_EARLY_DROP_PROBES looked at) that is unassured or expired. Assured
+ * sessions are skipped, never evicted. Shared, so that new flows arriving
+ * on one CPU can displace a flood that arrived on another. Go sizes the
+ * rings (a power of two, fw_settings.recent_mask + 1). */
 #define FW_EARLY_DROP_PROBES 8
 
 struct fw_recent_pos {

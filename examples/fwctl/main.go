@@ -3,12 +3,15 @@
 // type `show system buffers` for.
 //
 //	fwctl [--socket PATH] show system buffers [detail] [--json]
+//	fwctl [--socket PATH] show system buffers history [NAME] [--scope S] [--since D] [--json]
+//	fwctl [--socket PATH] show system buffers events [--json]
+//	fwctl [--socket PATH] diagnose [--window D] [--json]
 //	fwctl [--socket PATH] show capability [--json]
 //	fwctl [--socket PATH] show sessions [--limit N] [--json]
-//	fwctl [--socket PATH] reload
+//	fwctl [--socket PATH] reload [--json]
 //
 // Exit status: 0 on success, 1 when the daemon is unreachable or refuses,
-// 2 on a usage error.
+// 2 on a usage error, 3 when diagnose finds a failing check.
 package main
 
 import (

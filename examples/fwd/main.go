@@ -5,6 +5,15 @@
 //
 //	fwd --config FILE [--backend auto|ebpf|userspace] [--strict]
 //	    [--netns PATH] [--socket PATH] [--metrics ADDR]
+//	    [--history-interval D] [--history-retention D]
+//
+// The daemon samples the resource report every --history-interval
+// (default 1s; 0 turns history off) and keeps a bounded history (package
+// history): trends and time to full in `fwctl show system buffers`, charts
+// in `... history NAME`, threshold events (logged once, counted in
+// fwplane_threshold_events_total, listed by `... events`). `fwctl
+// diagnose` runs the debugging checklist (package diagnose) here, where
+// the dataplane's namespace is.
 //
 // A config with problems is refused with every problem, at start (exit
 // status 1) and on reload (the running config stays). Logs are structured
@@ -36,6 +45,8 @@ import (
 	"github.com/fwplane/fwplane/capability"
 	"github.com/fwplane/fwplane/control"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 	"github.com/fwplane/fwplane/metrics"
 )
 
@@ -72,6 +83,7 @@ type readyInfo struct {
 type options struct {
 	config, backend, netns, socket, metrics string
 	strict                                  bool
+	historyInterval, historyRetention       time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, capability.Preference, error) {
@@ -84,6 +96,8 @@ func parseFlags(args []string, stderr io.Writer) (options, capability.Preference
 	fs.StringVar(&o.netns, "netns", "", "network namespace path to run the dataplane in (default: the current one)")
 	fs.StringVar(&o.socket, "socket", control.DefaultSocket, "control socket path")
 	fs.StringVar(&o.metrics, "metrics", DefaultMetrics, `Prometheus listen address ("" disables)`)
+	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history)")
+	fs.DurationVar(&o.historyRetention, "history-retention", history.DefaultRetention, "how far back the per-minute history goes")
 	if err := fs.Parse(args); err != nil {
 		return o, "", err
 	}
@@ -167,14 +181,44 @@ func run(ctx context.Context, args []string, e *env) error {
 	for _, w := range d.Applied.Warnings {
 		log.Warn("config applied with a warning", "field", w.Field, "warning", w.Message)
 	}
-	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation}
+	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation, turn: make(chan struct{}, 1), managed: names(cfg)}
 
-	srv := control.ServeListener(ln, &control.Service{
+	var rec *history.Recorder
+	histDone := make(chan struct{})
+	histCtx, stopHist := context.WithCancel(ctx)
+	defer stopHist()
+	if o.historyInterval > 0 {
+		rec = history.New(history.FromDataPlane(dp), &history.Options{Interval: o.historyInterval, Retention: o.historyRetention, Logger: log})
+		go func() {
+			defer close(histDone)
+			rec.Run(histCtx)
+		}()
+		hs := rec.Stats()
+		log.Info("history on", "interval", o.historyInterval, "retention", o.historyRetention, "fine_samples", hs.Fine,
+			"max_rows", hs.MaxRows, "bytes_per_row", 8*hs.Fine+32*int((o.historyRetention+time.Minute-1)/time.Minute))
+	} else {
+		close(histDone)
+	}
+	dm.stopHistory = func() { stopHist(); <-histDone }
+
+	svc := &control.Service{
 		DataPlane: dp,
 		Decision:  func() capability.Decision { return d.Decision },
 		Reload:    dm.reload,
 		Logger:    log,
-	})
+		Diagnose: func(ctx context.Context, window time.Duration) (diagnose.Report, error) {
+			in, err := diagnose.Gather(ctx, dp, &diagnose.GatherOptions{Window: window, NetNS: o.netns})
+			if err != nil {
+				return diagnose.Report{}, err
+			}
+			in.Decision, in.Managed = &d.Decision, dm.managedNow()
+			return diagnose.Run(in), nil
+		},
+	}
+	if rec != nil {
+		svc.History = rec
+	}
+	srv := control.ServeListener(ln, svc)
 	log.Info("control socket listening", "socket", ln.Addr().String())
 
 	var msrv *http.Server
@@ -183,6 +227,11 @@ func run(ctx context.Context, args []string, e *env) error {
 		reg := prometheus.NewRegistry()
 		if err := reg.Register(metrics.NewCollector(dp.ResourceStats, nil)); err != nil {
 			return dm.stop(srv, nil, fmt.Errorf("register metrics: %w", err))
+		}
+		if rec != nil {
+			if err := reg.Register(metrics.NewHistoryCollector(rec, nil)); err != nil {
+				return dm.stop(srv, nil, fmt.Errorf("register history metrics: %w", err))
+			}
 		}
 		mln, err := net.Listen("tcp", o.metrics)
 		if err != nil {
@@ -234,15 +283,45 @@ type daemon struct {
 	file string
 	dp   dataplane.DataPlane
 
-	mu         sync.Mutex // serialises reloads
+	// turn serialises reloads (SIGHUP and the control socket) and lets a
+	// waiting one give up with its context: a reload whose client went
+	// away never runs later.
+	turn       chan struct{}
 	generation uint64
+
+	mu      sync.Mutex // guards managed
+	managed []string   // interfaces of the config in force
+
+	stopHistory func()
+}
+
+// names lists the interfaces of cfg.
+func names(cfg *dataplane.Config) []string {
+	out := make([]string, len(cfg.Interfaces))
+	for i, it := range cfg.Interfaces {
+		out[i] = it.Name
+	}
+	return out
+}
+
+func (dm *daemon) managedNow() []string {
+	dm.mu.Lock()
+	defer dm.mu.Unlock()
+	return dm.managed
 }
 
 // reload re-reads the config file and applies it; a refused config leaves
 // the running one in force, and every problem is logged.
 func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
-	dm.mu.Lock()
-	defer dm.mu.Unlock()
+	select {
+	case dm.turn <- struct{}{}:
+	case <-ctx.Done():
+		return dataplane.ApplyResult{}, fmt.Errorf("reload not run: %w", ctx.Err())
+	}
+	defer func() { <-dm.turn }()
+	if err := ctx.Err(); err != nil {
+		return dataplane.ApplyResult{}, fmt.Errorf("reload not run: %w", err)
+	}
 	refuse := func(err error) (dataplane.ApplyResult, error) {
 		ps := problems(err)
 		for _, p := range ps {
@@ -261,6 +340,9 @@ func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
 		return refuse(err)
 	}
 	dm.generation = res.Generation
+	dm.mu.Lock()
+	dm.managed = names(cfg)
+	dm.mu.Unlock()
 	for _, w := range res.Warnings {
 		dm.log.Warn("config applied with a warning", "generation", res.Generation, "field", w.Field, "warning", w.Message)
 	}
@@ -274,6 +356,9 @@ func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
 func (dm *daemon) stop(srv *control.Server, msrv *http.Server, cause error) error {
 	errs := []error{cause}
 	errs = append(errs, srv.Close())
+	if dm.stopHistory != nil {
+		dm.stopHistory()
+	}
 	if msrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, msrv.Shutdown(ctx))

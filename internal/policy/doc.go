@@ -1,7 +1,18 @@
-// Package policy compiles the zone policies of a validated
-// [dataplane.Config] into an immutable matcher, [Set], that the userspace
-// datapath asks once per new flow and that is the reference the eBPF
-// backend's verdicts are compared with.
+// Package policy is the one compiled form of a [dataplane.Config]'s zone
+// policies. [Normalize] turns them into a [Ruleset]: zones numbered,
+// addresses parsed, masked and split by family, protocols as numbers,
+// rules grouped by zone pair in config order. Every consumer starts from
+// it, so the semantics below are implemented once:
+//
+//   - the userspace datapath asks [Set] (compiled from the Ruleset by
+//     [Compile]) once per new flow;
+//   - the eBPF backend writes each rule's [Term]s (source prefix x
+//     destination prefix x port range, one family) into its rule table;
+//   - the capability gate and internal/limits count terms against a
+//     backend's limits.
+//
+// [Term.Match] states a term's semantics in Go, and a test checks that
+// evaluating the terms gives [Set.Decide]'s verdict.
 //
 // # Semantics (both backends must give the same verdict)
 //
@@ -48,15 +59,17 @@
 //
 // # Errors
 //
-// [Compile] validates the config first and returns its *dataplane.ConfigError
-// (matching [dataplane.ErrInvalidConfig]) unchanged; a resolver error is
-// wrapped with %w ("resolve interface NAME: ..."); two interface names that
-// resolve to the same ifindex, or an ifindex that is not positive, is an
-// error wrapping [ErrResolve]. Decide never fails: unknown input is a deny.
+// [Normalize] and [Compile] validate the config first and return its
+// *dataplane.ConfigError (matching [dataplane.ErrInvalidConfig]) unchanged;
+// a resolver error is wrapped with %w ("resolve interface NAME: ..."); two
+// interface names that resolve to the same ifindex, or an ifindex that is
+// not positive, is an error wrapping [ErrResolve]. Decide and DecideZones
+// never fail: unknown input is a deny.
 //
 // # Concurrency
 //
-// A [Set] is immutable after Compile and safe for concurrent use by any
-// number of goroutines without locking. Decide does not allocate. To change
-// policies, compile a new Set and swap the pointer (an atomic.Pointer).
+// A [Ruleset] and a [Set] are immutable once built and safe for concurrent
+// use by any number of goroutines without locking. Decide does not
+// allocate. To change policies, compile a new Set and swap the pointer (an
+// atomic.Pointer).
 package policy

@@ -55,21 +55,18 @@ type prefix6 struct{ hi, lo, mhi, mlo uint64 }
 // Compile validates cfg and compiles its policies. ifindex resolves an
 // interface name to its kernel ifindex.
 func Compile(cfg *dataplane.Config, ifindex func(name string) (int, error)) (*Set, error) {
-	if err := cfg.Validate(); err != nil {
+	rs, err := Normalize(cfg)
+	if err != nil {
 		return nil, err
 	}
-	if len(cfg.Zones) > math.MaxInt16 {
-		return nil, fmt.Errorf("compile policies: %d zones is more than %d", len(cfg.Zones), math.MaxInt16)
+	if len(rs.Zones) > math.MaxInt16 {
+		return nil, fmt.Errorf("compile policies: %d zones is more than %d", len(rs.Zones), math.MaxInt16)
 	}
-	s := &Set{nzones: len(cfg.Zones)}
-	zoneID := make(map[string]int16, len(cfg.Zones))
-	for i, z := range cfg.Zones {
-		zoneID[z.Name] = int16(i)
-		s.zoneNames = append(s.zoneNames, z.Name)
-	}
+	s := &Set{nzones: len(rs.Zones), zoneNames: rs.Zones}
 	byIndex := make(map[int]string, len(cfg.Interfaces))
+	resolved := make([]int, len(cfg.Interfaces))
 	maxDense := 0
-	for _, it := range cfg.Interfaces {
+	for i, it := range cfg.Interfaces {
 		idx, err := ifindex(it.Name)
 		if err != nil {
 			return nil, fmt.Errorf("resolve interface %s: %w", it.Name, err)
@@ -81,6 +78,7 @@ func Compile(cfg *dataplane.Config, ifindex func(name string) (int, error)) (*Se
 			return nil, fmt.Errorf("interfaces %s and %s share ifindex %d: %w", other, it.Name, idx, ErrResolve)
 		}
 		byIndex[idx] = it.Name
+		resolved[i] = idx
 		if idx < denseIfindexLimit && idx > maxDense {
 			maxDense = idx
 		}
@@ -89,75 +87,52 @@ func Compile(cfg *dataplane.Config, ifindex func(name string) (int, error)) (*Se
 	for i := range s.zoneDense {
 		s.zoneDense[i] = -1
 	}
-	for _, it := range cfg.Interfaces {
-		idx, _ := ifindex(it.Name) // resolved above; a resolver is not expected to change its mind
-		if idx < denseIfindexLimit {
-			s.zoneDense[idx] = zoneID[it.Zone]
-			continue
+	for i, it := range cfg.Interfaces {
+		z, _ := rs.Zone(it.Zone) // validated: the zone exists
+		if idx := resolved[i]; idx < denseIfindexLimit {
+			s.zoneDense[idx] = int16(z)
+		} else {
+			if s.zoneMap == nil {
+				s.zoneMap = make(map[int]int16)
+			}
+			s.zoneMap[idx] = int16(z)
 		}
-		if s.zoneMap == nil {
-			s.zoneMap = make(map[int]int16)
-		}
-		s.zoneMap[idx] = zoneID[it.Zone]
 	}
 
-	// Group rules by zone pair, keeping config order inside each pair.
-	perPair := make([][]int, s.nzones*s.nzones)
-	for i, p := range cfg.Policies {
-		k := int(zoneID[p.FromZone])*s.nzones + int(zoneID[p.ToZone])
-		perPair[k] = append(perPair[k], i)
-	}
-	s.pairs = make([]span, len(perPair))
-	for k, idxs := range perPair {
+	// The normalised rules are grouped by zone pair in config order: index
+	// each pair's span.
+	s.pairs = make([]span, s.nzones*s.nzones)
+	s.rules = make([]rule, 0, len(rs.Rules))
+	for _, k := range rs.Pairs() {
 		lo := uint32(len(s.rules))
-		for _, i := range idxs {
-			r, err := s.compileRule(i, cfg.Policies[i])
-			if err != nil {
-				return nil, err
-			}
-			s.rules = append(s.rules, r)
+		for _, r := range rs.Pair(k) {
+			s.rules = append(s.rules, s.compileRule(&r))
 		}
-		s.pairs[k] = span{lo, uint32(len(s.rules))}
+		s.pairs[k.From*s.nzones+k.To] = span{lo, uint32(len(s.rules))}
 	}
 	return s, nil
 }
 
-func (s *Set) compileRule(i int, p dataplane.Policy) (rule, error) {
-	r := rule{
-		index:  int32(i),
-		allow:  p.Action == dataplane.ActionAllow,
-		proto:  p.Protocol.Number(),
-		anySrc: len(p.Sources) == 0,
-		anyDst: len(p.Destinations) == 0,
-	}
-	var err error
-	if r.src4, r.src6, err = s.addPrefixes(p.Sources); err != nil {
-		return rule{}, fmt.Errorf("compile policies[%d].sources: %w", i, err)
-	}
-	if r.dst4, r.dst6, err = s.addPrefixes(p.Destinations); err != nil {
-		return rule{}, fmt.Errorf("compile policies[%d].destinations: %w", i, err)
-	}
+func (s *Set) compileRule(r *Rule) rule {
+	c := rule{index: int32(r.Policy), allow: r.Allow, proto: r.Proto, anySrc: r.Src.Any, anyDst: r.Dst.Any}
+	c.src4, c.src6 = s.addPrefixes(r.Src)
+	c.dst4, c.dst6 = s.addPrefixes(r.Dst)
 	lo := uint32(len(s.ports))
-	s.ports = append(s.ports, p.DestinationPorts...)
-	r.ports = span{lo, uint32(len(s.ports))}
-	return r, nil
+	s.ports = append(s.ports, r.Ports...)
+	c.ports = span{lo, uint32(len(s.ports))}
+	return c
 }
 
-func (s *Set) addPrefixes(list []string) (v4, v6 span, err error) {
+func (s *Set) addPrefixes(a Addrs) (v4, v6 span) {
 	v4.lo, v6.lo = uint32(len(s.v4)), uint32(len(s.v6))
-	for _, str := range list {
-		p, err := dataplane.ParsePrefix(str)
-		if err != nil {
-			return span{}, span{}, err
-		}
-		if p.Addr().Is4() {
-			s.v4 = append(s.v4, compile4(p))
-		} else {
-			s.v6 = append(s.v6, compile6(p))
-		}
+	for _, p := range a.V4 {
+		s.v4 = append(s.v4, compile4(p))
+	}
+	for _, p := range a.V6 {
+		s.v6 = append(s.v6, compile6(p))
 	}
 	v4.hi, v6.hi = uint32(len(s.v4)), uint32(len(s.v6))
-	return v4, v6, nil
+	return v4, v6
 }
 
 func compile4(p netip.Prefix) prefix4 {
@@ -211,15 +186,29 @@ func (s *Set) Zone(ifindex int) (string, bool) {
 // that decided, or -1 when no rule did (default deny, or an unmanaged
 // interface).
 func (s *Set) Decide(in, out int, t Tuple) (allow bool, rule int) {
-	return s.decidePair(s.zone(in), s.zone(out), t)
+	return s.DecideZones(s.zone(in), s.zone(out), t)
 }
 
-// decidePair is Decide for zone indexes (-1: not a zone).
-func (s *Set) decidePair(zin, zout int, t Tuple) (allow bool, rule int) {
-	if zin < 0 || zout < 0 || (t.Family != FamilyIPv4 && t.Family != FamilyIPv6) {
+// ZoneID returns the index of a zone name (its position in Config.Zones),
+// for [Set.DecideZones].
+func (s *Set) ZoneID(name string) (int, bool) {
+	for i, n := range s.zoneNames {
+		if n == name {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// DecideZones is Decide for a packet whose zones are already known (zone
+// indexes as [Set.ZoneID] returns them), e.g. to judge a session again
+// under a new config by the zones it recorded. A negative or unknown zone
+// is a deny with rule -1.
+func (s *Set) DecideZones(from, to int, t Tuple) (allow bool, rule int) {
+	if from < 0 || to < 0 || from >= s.nzones || to >= s.nzones || (t.Family != FamilyIPv4 && t.Family != FamilyIPv6) {
 		return false, -1
 	}
-	sp := s.pairs[zin*s.nzones+zout]
+	sp := s.pairs[from*s.nzones+to]
 	if sp.empty() {
 		return false, -1
 	}

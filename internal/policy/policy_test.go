@@ -318,37 +318,3 @@ func BenchmarkDecide(b *testing.B) {
 		})
 	}
 }
-
-// TestDecideZones: a flow judged by its zones gets the verdict its
-// interfaces would get; unknown zones deny.
-func TestDecideZones(t *testing.T) {
-	cfg := &dataplane.Config{
-		Interfaces: []dataplane.Interface{{Name: "a0", Zone: "a"}, {Name: "b0", Zone: "b"}},
-		Zones:      []dataplane.Zone{{Name: "a"}, {Name: "b"}},
-		Policies: []dataplane.Policy{
-			{FromZone: "a", ToZone: "b", Protocol: dataplane.ProtoUDP, DestinationPorts: []dataplane.PortRange{{First: 53, Last: 53}}, Action: dataplane.ActionAllow},
-		},
-	}
-	idx := map[string]int{"a0": 10, "b0": 20}
-	s, err := Compile(cfg, func(n string) (int, error) { return idx[n], nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	tp := MakeTuple(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.1.1"), 17, 4000, 53)
-	for _, tt := range []struct {
-		from, to string
-		want     bool
-	}{{"a", "b", true}, {"b", "a", false}, {"a", "a", false}, {"nosuch", "b", false}} {
-		if got, _ := s.DecideZones(tt.from, tt.to, tp); got != tt.want {
-			t.Errorf("DecideZones(%s, %s) = %v, want %v", tt.from, tt.to, got, tt.want)
-		}
-		if a, b := idx[tt.from+"0"], idx[tt.to+"0"]; a != 0 && b != 0 {
-			if got, _ := s.Decide(a, b, tp); got != tt.want {
-				t.Errorf("Decide by interfaces disagrees for %s -> %s", tt.from, tt.to)
-			}
-		}
-	}
-	if !s.HasZone("a") || s.HasZone("nosuch") {
-		t.Error("HasZone")
-	}
-}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fwplane/fwplane/control"
 	"github.com/fwplane/fwplane/dataplane"
@@ -23,6 +24,8 @@ const (
 	ExitOK    = 0
 	ExitError = 1
 	ExitUsage = 2
+	// ExitFailing: diagnose found a failing check.
+	ExitFailing = 3
 )
 
 // Usage is the help text.
@@ -30,7 +33,14 @@ const Usage = `usage: fwctl [--socket PATH] COMMAND
 
 commands:
   show system buffers [detail] [--json]   resource utilisation (WARNING >= 80 %, CRITICAL >= 90 %;
-                                          change with --warning PCT --critical PCT)
+                                          change with --warning PCT --critical PCT), with the change
+                                          per minute and the time to full when the daemon keeps history
+  show system buffers history NAME [--scope S] [--since D] [--json]
+                                          a row's fill over time as a chart (default: the last 5 minutes;
+                                          without NAME: the rows kept)
+  show system buffers events [--json]     threshold events: rows entering or leaving WARNING/CRITICAL
+  diagnose [--window D] [--json]          the debugging checklist against the live dataplane over D
+                                          (default 2s); exit status 3 when a check is failing
   show capability [--json]                which backend runs, and why
   show sessions [--limit N] [--json]      active sessions (counts and a bounded listing)
   reload                                  make the daemon re-read and apply its config
@@ -43,6 +53,9 @@ type args struct {
 	thresholds dataplane.Thresholds
 	json       bool
 	limit      int
+	scope      string
+	since      time.Duration
+	window     time.Duration
 	words      []string
 }
 
@@ -100,6 +113,26 @@ func parse(argv []string) (args, error) {
 			} else {
 				a.thresholds.Critical = pct
 			}
+		case "scope":
+			v, err := value()
+			if err != nil {
+				return a, err
+			}
+			a.scope = v
+		case "since", "window":
+			v, err := value()
+			if err != nil {
+				return a, err
+			}
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return a, fmt.Errorf("--%s %q: want a positive duration such as 90s or 10m", name, v)
+			}
+			if name == "since" {
+				a.since = d
+			} else {
+				a.window = d
+			}
 		case "h", "help":
 			return a, errHelp
 		default:
@@ -139,6 +172,21 @@ func Run(ctx context.Context, argv []string, stdout, stderr io.Writer) int {
 	switch {
 	case cmd == "show system buffers" || cmd == "show system buffers detail":
 		err = buffers(ctx, c, a, stdout, strings.HasSuffix(cmd, "detail"))
+	case cmd == "show system buffers events":
+		err = events(ctx, c, a, stdout)
+	case strings.HasPrefix(cmd, "show system buffers history"):
+		name := strings.TrimSpace(strings.TrimPrefix(cmd, "show system buffers history"))
+		if strings.Contains(name, " ") {
+			fmt.Fprintf(stderr, "fwctl: history takes one row name, got %q\n\n%s", name, Usage)
+			return ExitUsage
+		}
+		err = historyChart(ctx, c, a, name, stdout)
+	case cmd == "diagnose":
+		var failed bool
+		failed, err = diagnoseCmd(ctx, c, a, stdout)
+		if err == nil && failed {
+			return ExitFailing
+		}
 	case cmd == "show capability":
 		err = showCapability(ctx, c, a, stdout)
 	case cmd == "show sessions":
@@ -198,14 +246,14 @@ func printJSON(w io.Writer, v any) error {
 }
 
 func buffers(ctx context.Context, c *control.Client, a args, w io.Writer, detail bool) error {
-	r, err := c.Resources(ctx)
+	r, err := c.Buffers(ctx)
 	if err != nil {
 		return fmt.Errorf("show system buffers: %w", err)
 	}
 	if a.json {
 		return printJSON(w, r)
 	}
-	return render.Buffers(w, r, &render.Options{Detail: detail, Thresholds: a.thresholds})
+	return render.Buffers(w, r.ResourceReport, &render.Options{Detail: detail, Thresholds: a.thresholds, Trends: r.Trends})
 }
 
 func showCapability(ctx context.Context, c *control.Client, a args, w io.Writer) error {

@@ -13,6 +13,8 @@ import (
 
 	"github.com/fwplane/fwplane/control"
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/diagnose"
+	"github.com/fwplane/fwplane/history"
 )
 
 // fakeDP serves a canned report and listing; the CLI, not a backend, is
@@ -70,9 +72,10 @@ func TestCommands(t *testing.T) {
 		contains []string
 	}{
 		{"buffers", []string{"--socket", sock, "show", "system", "buffers"}, ExitOK,
-			[]string{"sessions  table  global       100    95   95.0%  CRITICAL", "1 resource at high utilisation (1 critical, 0 warning).", "Active sessions: IPv4 95, IPv6 0, total 95"}},
+			[]string{"sessions  table  global       100    95   95.0%  CRITICAL", "umem_frames  umem  eth0/q0      4096  3300   80.5%  WARNING",
+				"2 resources at high utilisation (1 critical, 1 warning; 1 in detail rows).", "Active sessions: IPv4 95, IPv6 0, total 95"}},
 		{"buffers detail", []string{"show", "system", "buffers", "detail", "--socket=" + sock}, ExitOK,
-			[]string{"eth0/q0", "80.5%  WARNING", "2 resources at high utilisation (1 critical, 1 warning)."}},
+			[]string{"eth0/q0", "80.5%  WARNING", "2 resources at high utilisation (1 critical, 1 warning; 1 in detail rows)."}},
 		{"buffers json", []string{"--socket", sock, "--json", "show", "system", "buffers"}, ExitOK, []string{`"mode": "userspace"`, `"used": 95`}},
 		{"sessions", []string{"--socket", sock, "show", "sessions", "--limit", "1"}, ExitOK,
 			[]string{"udp    10.0.0.2:5000  10.0.1.2:53        2    120  1.2s", "Showing 1 of 3 sessions (limit 1)."}},
@@ -126,5 +129,62 @@ func TestParseThresholds(t *testing.T) {
 		if _, err := parse(bad); err == nil {
 			t.Errorf("parse(%q) accepted", bad)
 		}
+	}
+}
+
+func TestHistoryEventsDiagnoseCommands(t *testing.T) {
+	rec := history.New(nil, nil)
+	start := time.Now().Add(-2 * time.Minute)
+	for i := range 120 {
+		rec.Record(&dataplane.ResourceReport{Resources: []dataplane.Resource{
+			{Name: "sessions", Scope: "global", Capacity: 1000, Used: dataplane.Uint64(uint64(700 + 2*i))}}}, start.Add(time.Duration(i)*time.Second))
+	}
+	report := dataplane.ResourceReport{Mode: dataplane.ModeEBPF, Resources: []dataplane.Resource{
+		{Name: "sessions", Kind: dataplane.KindLRUHash, Scope: "global", Capacity: 1000, Used: dataplane.Uint64(938)}}}
+	failing := true
+	sock := serve(t, &control.Service{DataPlane: &fakeDP{report}, History: rec,
+		Diagnose: func(_ context.Context, w time.Duration) (diagnose.Report, error) {
+			r := diagnose.Report{Mode: dataplane.ModeEBPF, Window: w, Checks: []diagnose.Check{
+				{ID: "sessions", Question: "Is the session table full or early-dropping?", Verdict: diagnose.OK, Figures: []string{"fw_sessions_v4: 10 of 1000"}}}, OK: 1}
+			if failing {
+				r.Checks[0].Verdict, r.Checks[0].Next, r.OK, r.Failing = diagnose.Failing, "raise tables.sessions", 0, 1
+			}
+			return r, nil
+		}})
+	run := func(args ...string) (string, int) {
+		var out, errOut bytes.Buffer
+		code := Run(context.Background(), append([]string{"--socket", sock}, args...), &out, &errOut)
+		return out.String() + errOut.String(), code
+	}
+	out, code := run("show", "system", "buffers")
+	if code != ExitOK || !strings.Contains(out, "Trend/min  Full in") || !strings.Contains(out, "+120      31s  CRITICAL") {
+		t.Errorf("buffers with trends: exit %d\n%s", code, out)
+	}
+	out, code = run("show", "system", "buffers", "history", "sessions", "--since", "1m")
+	if code != ExitOK || !strings.Contains(out, "sessions (global): capacity 1000, last 1m0s") || !strings.Contains(out, "critical 90%") ||
+		!strings.Contains(out, "100%") || !strings.Contains(out, "now 938 (93.8%), lowest 820, highest 938") {
+		t.Errorf("history chart: exit %d\n%s", code, out)
+	}
+	out, code = run("show", "system", "buffers", "history")
+	if code != ExitOK || !strings.Contains(out, "1 rows kept") {
+		t.Errorf("history rows: exit %d\n%s", code, out)
+	}
+	out, code = run("show", "system", "buffers", "history", "nope")
+	if code != ExitError || !strings.Contains(out, "no history for this row") {
+		t.Errorf("history of an unknown row: exit %d\n%s", code, out)
+	}
+	out, code = run("show", "system", "buffers", "events")
+	if code != ExitOK || !strings.Contains(out, "sessions  global  OK       WARNING    800      1000   80.0%    1m40s") ||
+		!strings.Contains(out, "WARNING  CRITICAL   900      1000   90.0%      50s") {
+		t.Errorf("events: exit %d\n%s", code, out)
+	}
+	out, code = run("diagnose", "--window", "100ms")
+	if code != ExitFailing || !strings.Contains(out, "FAILING  sessions  Is the session table full") || !strings.Contains(out, "next: raise tables.sessions") {
+		t.Errorf("diagnose failing: exit %d\n%s", code, out)
+	}
+	failing = false
+	out, code = run("diagnose", "--json")
+	if code != ExitOK || !strings.Contains(out, `"verdict": "ok"`) {
+		t.Errorf("diagnose ok --json: exit %d\n%s", code, out)
 	}
 }

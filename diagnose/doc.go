@@ -1,0 +1,39 @@
+// Package diagnose turns the debugging map operators work through by hand
+// when forwarding breaks (seed 001: packets never arrive, bindings never go
+// live, replies die, throughput collapses) into checks with verdicts.
+//
+// [Gather] reads the dataplane's report and the kernel's statistics of
+// every interface in the dataplane's namespace twice, a window apart
+// (default 2 s); [Run] answers each question from the current report and
+// the counter deltas over the window:
+//
+//	backend   Which backend and attach mode are in force, and why?
+//	reach     Are packets reaching the dataplane (per interface, received
+//	          vs handed to it)? Is traffic arriving on interfaces it does
+//	          not manage?
+//	bindings  Are the AF_XDP bindings live on every queue?
+//	fill      Is a fill ring draining to zero; are RX buffer allocations
+//	          failing (XDP_STATISTICS)?
+//	tx        Is TX backpressure dropping frames or starving the fill
+//	          ring; are completions reaped; is an egress down?
+//	sessions  Is the session table full or early-dropping?
+//	mirror    Is port mirroring shedding clones?
+//	drops     Drops by reason, largest first.
+//	resources Is any bounded resource (detail rows included) at WARNING
+//	          or above, or unreadable?
+//
+// Each [Check] has a [Verdict] (ok, suspect, failing, or n/a where the
+// question does not apply to the running backend, saying why), the
+// figures that decided it and what to look at next. [Report.Failed] is
+// what a CLI's exit status reports.
+//
+// Run is pure (no system calls): feed it snapshots from anywhere. Gather
+// reads the kernel through netlink (vishvananda/netlink) on Linux.
+//
+// # Concurrency and errors
+//
+// Functions are safe for concurrent use. Gather returns an error when the
+// report or the interface statistics cannot be read, or when ctx ends
+// before the window has passed; Run never fails: a question it cannot
+// answer from what it was given says so in its check.
+package diagnose

@@ -1,0 +1,53 @@
+package userspacebackend
+
+import "time"
+
+// Defaults of Options.
+const (
+	// DefaultTXBudget raises copy mode's frames per sendto from the
+	// kernel's 32: fewer syscalls per forwarded batch.
+	DefaultTXBudget = 256
+	// DefaultCacheRefresh bounds how long a flow-cache entry (egress, MACs)
+	// is reused before the route and neighbour tables are asked again,
+	// like the eBPF backend's one-second FIB cache.
+	DefaultCacheRefresh = time.Second
+	// DefaultIdlePoll is how long an idle worker sleeps in poll(2) before
+	// it looks at its stop flag and link state again. Frames wake it at
+	// once.
+	DefaultIdlePoll = 10 * time.Millisecond
+)
+
+// Options configure a Backend. A nil *Options means the defaults.
+type Options struct {
+	// NetNS is the path of the network namespace the dataplane works in
+	// (e.g. /var/run/netns/fw); "" means the caller's current one.
+	// Interfaces are resolved, the shim attached and sockets bound there.
+	NetNS string
+	// ForceGenericXDP attaches the shim in generic (SKB) mode. Meant for
+	// tests and drivers whose native XDP is broken.
+	ForceGenericXDP bool
+	// TXBudget is XDP_MAX_TX_SKB_BUDGET for every socket; 0 means
+	// DefaultTXBudget.
+	TXBudget uint32
+	// CacheRefresh is the flow-cache refresh period; 0 means
+	// DefaultCacheRefresh.
+	CacheRefresh time.Duration
+	// IdlePoll bounds one idle wait of a worker; 0 means DefaultIdlePoll.
+	IdlePoll time.Duration
+	// SessionExpireInterval is how often idle sessions are swept; 0 means
+	// one second, negative disables the sweep (sessions then expire
+	// lazily, when a lookup finds them).
+	SessionExpireInterval time.Duration
+
+	// MirrorReserve is the mirror budget of every mirror output binding:
+	// UMEM frames added to its socket that only port-mirror clones use, so
+	// the frames clones hold at once never exceed it and never come from
+	// the frames RX and forwarding use. 0 means DefaultMirrorReserve on a
+	// managed interface and half the TX ring on a SPAN port (a mirror
+	// output that is not a managed interface).
+	MirrorReserve uint32
+
+	// testTXRing overrides the TX (and completion) ring size, so a test
+	// can make egress much slower than ingress.
+	testTXRing uint32
+}
