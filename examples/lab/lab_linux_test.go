@@ -84,6 +84,36 @@ func TestIntegrationLab(t *testing.T) {
 	netnsGone(t, sum.Namespaces)
 }
 
+// TestIntegrationLabVethDefaults runs the lab on veths with the kernel's
+// defaults: the eBPF backend (TC mode there) must pass; any other backend
+// chosen may fail, but then the lab must say what the kernel counted on
+// the path. It removes everything.
+func TestIntegrationLabVethDefaults(t *testing.T) {
+	testutil.Privileged(t, testutil.NeedBPF, testutil.NeedNetNS)
+	var out, log lockedBuffer
+	sum, err := run(context.Background(), options{backend: capability.PreferAuto, flows: 4, duration: 200 * time.Millisecond,
+		vethDefaults: true, out: &out, log: &log})
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, log.String())
+	}
+	if !strings.HasPrefix(sum.Veths, "kernel defaults") || !strings.Contains(log.String(), "veths: kernel defaults") {
+		t.Errorf("veths %q; log:\n%s", sum.Veths, log.String())
+	}
+	// The eBPF backend forwards there in TC mode: it must pass.
+	if sum.Backend == dataplane.ModeEBPF && !sum.Verdict.Pass {
+		t.Errorf("eBPF backend on kernel-default veths: verdict %+v\n%s\n%s", sum.Verdict, log.String(), out.String())
+	}
+	if !sum.Verdict.Pass {
+		for _, want := range []string{"FAIL (", "What the kernel counted", "firewall -> client veth:", "firewall -> server veth:", "checksum errors:"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("failed verdict does not say %q:\n%s", want, out.String())
+			}
+		}
+	}
+	t.Logf("%s backend on kernel-default veths: pass %v\n%s", sum.Backend, sum.Verdict.Pass, out.String())
+	netnsGone(t, sum.Namespaces)
+}
+
 // TestIntegrationLabUserspace runs the lab on the userspace backend,
 // mirroring included.
 func TestIntegrationLabUserspace(t *testing.T) {

@@ -5,7 +5,7 @@
 // removes everything on exit or Ctrl-C.
 //
 //	sudo go run ./examples/lab [--backend auto|ebpf|userspace] [--flows N]
-//	    [--duration D] [--detail] [--json] [--hold] [--socket PATH]
+//	    [--duration D] [--veth-defaults] [--detail] [--json] [--hold] [--socket PATH]
 //
 // Traffic: N allowed flows (UDP and TCP, IPv4 and IPv6, one session each)
 // that must get their echo back, denied flows (to ports that have a server
@@ -13,6 +13,16 @@
 // flow for --duration, counted where it arrives at the server. The exit
 // status is 0 only when allowed flows passed, denied flows were blocked,
 // the flood was forwarded and the session count equals the flows.
+//
+// --veth-defaults keeps every veth as the kernel makes it (GRO off, TX
+// checksum offload and TSO on), as in containers, instead of the lab's
+// settings (GRO on, TX checksum offload off; see internal/netlab), and
+// attaches nothing to the client's and server's veths until the flows are
+// done: what a user's namespaces look like. The verdict then also says
+// which veth dropped frames and which receiver counted checksum errors.
+//
+// Every start first removes what labs of dead processes left behind
+// (namespaces named with their owner's pid; see netlab.Sweep).
 //
 // --hold keeps the dataplane running after the verdict and serves the
 // control socket (package control), so fwctl works against it:
@@ -72,6 +82,8 @@ type options struct {
 	json     bool
 	hold     bool
 	socket   string
+	// vethDefaults keeps the kernel's veth defaults.
+	vethDefaults bool
 
 	out io.Writer // the report (table or JSON)
 	log io.Writer // progress lines
@@ -87,6 +99,7 @@ func main() {
 	fs.StringVar(&backend, "backend", "auto", "preferred backend: auto, ebpf or userspace (a named backend is strict: no fallback)")
 	fs.IntVar(&o.flows, "flows", 32, "allowed flows to run (UDP/TCP, IPv4/IPv6)")
 	fs.DurationVar(&o.duration, "duration", 2*time.Second, "how long to flood one allowed flow")
+	fs.BoolVar(&o.vethDefaults, "veth-defaults", false, "keep the kernel's veth defaults (GRO off, TX checksum offload and TSO on), as in containers")
 	fs.BoolVar(&o.detail, "detail", false, "show the detailed buffers view")
 	fs.BoolVar(&o.json, "json", false, "print a machine-readable summary and the resource report")
 	fs.BoolVar(&o.hold, "hold", false, "keep running after the verdict and serve the control socket until interrupted")
@@ -131,6 +144,12 @@ type Summary struct {
 		Expected uint64  `json:"expected"`
 		Seen     *uint64 `json:"seen"` // nil: the backend could not count them
 	} `json:"sessions"`
+	// Veths is "lab" or "kernel defaults" (--veth-defaults).
+	Veths string `json:"veths"`
+	// Path is what the kernel counted while the allowed and denied flows
+	// ran: packets the receivers dropped for a bad checksum and frames
+	// the firewall's veths could not hand to their peers.
+	Path    PathResult               `json:"path"`
 	Verdict Verdict                  `json:"verdict"`
 	Report  dataplane.ResourceReport `json:"report"`
 }
@@ -170,6 +189,69 @@ type MirrorResult struct {
 	AtSink uint64 `json:"at_sink"`
 }
 
+// PathResult is the kernel's own counts of loss on the lab's path, as
+// deltas over the flows.
+type PathResult struct {
+	ClientChecksumErrors netlab.ChecksumErrors `json:"client_checksum_errors"`
+	ServerChecksumErrors netlab.ChecksumErrors `json:"server_checksum_errors"`
+	// ToClientDrops and ToServerDrops: frames the firewall's veth towards
+	// the client (server) dropped instead of delivering them.
+	ToClientDrops netlab.VethDrops `json:"to_client_drops"`
+	ToServerDrops netlab.VethDrops `json:"to_server_drops"`
+	// ClientIPReceived and ServerIPReceived: packets their IP stacks
+	// received (Ip InReceives + Ip6InReceives).
+	ClientIPReceived uint64 `json:"client_ip_received"`
+	ServerIPReceived uint64 `json:"server_ip_received"`
+	// ClientNAPI and ServerNAPI: whether the client's (server's) veth
+	// runs NAPI (GRO on or an XDP program), which frames XDP redirects
+	// into the firewall's end of the pair need; read after the flows.
+	ClientNAPI bool `json:"client_napi"`
+	ServerNAPI bool `json:"server_napi"`
+}
+
+// pathCounters reads the counters PathResult is made of.
+func pathCounters(l *netlab.Lab) (PathResult, error) {
+	var p PathResult
+	var err error
+	if p.ClientChecksumErrors, err = netlab.ReadChecksumErrors(l.Client); err != nil {
+		return p, err
+	}
+	if p.ServerChecksumErrors, err = netlab.ReadChecksumErrors(l.Server); err != nil {
+		return p, err
+	}
+	if p.ToClientDrops, err = netlab.ReadVethDrops(l.Firewall, l.FwClientIf, l.Client, l.ClientIf); err != nil {
+		return p, err
+	}
+	if p.ToServerDrops, err = netlab.ReadVethDrops(l.Firewall, l.FwServerIf, l.Server, l.ServerIf); err != nil {
+		return p, err
+	}
+	for _, x := range []struct {
+		ns   *netlab.NS
+		to   *uint64
+		napi *bool
+		ifc  string
+	}{{l.Client, &p.ClientIPReceived, &p.ClientNAPI, l.ClientIf}, {l.Server, &p.ServerIPReceived, &p.ServerNAPI, l.ServerIf}} {
+		err := x.ns.Do(func() error {
+			snmp, err := netlab.ReadSNMP()
+			*x.to = snmp["IpInReceives"] + snmp["Ip6InReceives"]
+			return err
+		})
+		if err != nil {
+			return p, err
+		}
+		if *x.napi, err = netlab.RunsNAPI(x.ns, x.ifc); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func (p PathResult) sub(o PathResult) PathResult {
+	return PathResult{p.ClientChecksumErrors.Sub(o.ClientChecksumErrors), p.ServerChecksumErrors.Sub(o.ServerChecksumErrors),
+		p.ToClientDrops.Sub(o.ToClientDrops), p.ToServerDrops.Sub(o.ToServerDrops),
+		p.ClientIPReceived - o.ClientIPReceived, p.ServerIPReceived - o.ServerIPReceived, p.ClientNAPI, p.ServerNAPI}
+}
+
 // Verdict is the lab's pass/fail.
 type Verdict struct {
 	AllowedOK      bool `json:"allowed_ok"`
@@ -179,7 +261,10 @@ type Verdict struct {
 	// the dataplane says it made (true when the backend does not mirror).
 	FloodMirrored bool `json:"flood_mirrored"`
 	SessionsMatch bool `json:"sessions_match"`
-	Pass          bool `json:"pass"`
+	// NoChecksumErrors: no receiver dropped a packet of the flows for a
+	// bad checksum.
+	NoChecksumErrors bool `json:"no_checksum_errors"`
+	Pass             bool `json:"pass"`
 }
 
 // labConfig is the firewall's config: the client side is "inside", the
@@ -230,7 +315,7 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 
 	// A queue per CPU on every veth, like a multi-queue NIC (see
 	// netlab.Options.Queues): the eBPF mirror stage sends from another CPU.
-	l, err := netlab.New(ctx, &netlab.Options{MirrorSink: true, Queues: runtime.NumCPU()})
+	l, err := netlab.New(ctx, &netlab.Options{MirrorSink: true, Queues: runtime.NumCPU(), KernelVethDefaults: o.vethDefaults})
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) {
 			err = fmt.Errorf("%w (the lab creates network namespaces and loads BPF: run it as root, e.g. sudo go run ./examples/lab)", err)
@@ -254,31 +339,52 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	for _, ns := range []*netlab.NS{l.Client, l.Firewall, l.Server, l.Sink} {
 		sum.Namespaces = append(sum.Namespaces, ns.Name)
 	}
+	if !l.Swept.Empty() {
+		logf("removed what dead labs left: namespaces %v, processes %v, pin dirs %v", l.Swept.Namespaces, l.Swept.Processes, l.Swept.PinDirs)
+	}
+	if l.SweepErr != nil {
+		logf("warning: could not remove everything dead labs left: %v", l.SweepErr)
+	}
 	logf("lab %s: client %s | firewall %s | server %s | sink %s", l.Suffix, l.Client.Name, l.Firewall.Name, l.Server.Name, l.Sink.Name)
+	sum.Veths = "lab (GRO on, TX checksum offload off)"
+	if o.vethDefaults {
+		sum.Veths = "kernel defaults (GRO off, TX checksum offload and TSO on)"
+	}
+	logf("veths: %s", sum.Veths)
 
 	if err := l.ResolveNeighbors(ctx); err != nil {
 		return sum, err
 	}
 	// A veth end only receives XDP-forwarded frames while it runs NAPI: a
 	// pass-through counter on each receiving end guarantees it. The server
-	// one also counts (and drops) the flood.
-	cc, err := netlab.AttachCounter(l.Client, l.ClientIf, nil)
-	if err != nil {
-		return sum, err
+	// one also counts (and drops) the flood; the mirror sink's counts the
+	// flood's clones (everything else mirrored there reaches its stack,
+	// which ignores it). With the kernel's veth defaults nothing is
+	// attached before the flows have run, as in a user's namespaces.
+	var sc, mc *netlab.Counter
+	attachCounters := func() error {
+		if !o.vethDefaults {
+			cc, err := netlab.AttachCounter(l.Client, l.ClientIf, nil)
+			if err != nil {
+				return err
+			}
+			cleanups = append(cleanups, cc.Close)
+		}
+		if sc, err = netlab.AttachCounter(l.Server, l.ServerIf, &netlab.CounterOptions{Proto: 17, DstPort: udpFlood, Drop: true}); err != nil {
+			return err
+		}
+		cleanups = append(cleanups, sc.Close)
+		if mc, err = netlab.AttachCounter(l.Sink, l.SinkIf, &netlab.CounterOptions{Proto: 17, DstPort: udpFlood, Drop: true}); err != nil {
+			return err
+		}
+		cleanups = append(cleanups, mc.Close)
+		return nil
 	}
-	cleanups = append(cleanups, cc.Close)
-	sc, err := netlab.AttachCounter(l.Server, l.ServerIf, &netlab.CounterOptions{Proto: 17, DstPort: udpFlood, Drop: true})
-	if err != nil {
-		return sum, err
+	if !o.vethDefaults {
+		if err := attachCounters(); err != nil {
+			return sum, err
+		}
 	}
-	cleanups = append(cleanups, sc.Close)
-	// The mirror sink counts (and drops) the flood's clones; everything
-	// else mirrored there reaches its stack, which ignores it.
-	mc, err := netlab.AttachCounter(l.Sink, l.SinkIf, &netlab.CounterOptions{Proto: 17, DstPort: udpFlood, Drop: true})
-	if err != nil {
-		return sum, err
-	}
-	cleanups = append(cleanups, mc.Close)
 
 	for _, a := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {
 		for _, p := range []uint16{udpAllowed, udpDenied} {
@@ -323,6 +429,10 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	logf("dataplane: %s backend in %s (preference %s%s)", dp.Mode(), l.Firewall.Name, d.Request.Preference, map[bool]string{true: ", fell back"}[d.FellBack])
 	logf("port mirroring: %s", sum.Mirroring)
 
+	path0, err := pathCounters(l)
+	if err != nil {
+		return sum, err
+	}
 	// Allowed flows: each its own source port, so each is one session.
 	var allowed []flow
 	for i := range o.flows {
@@ -358,6 +468,16 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	if err := ctx.Err(); err != nil {
 		return sum, err
 	}
+	path1, err := pathCounters(l)
+	if err != nil {
+		return sum, err
+	}
+	sum.Path = path1.sub(path0)
+	if o.vethDefaults {
+		if err := attachCounters(); err != nil {
+			return sum, err
+		}
+	}
 
 	var before dataplane.ResourceReport
 	var sink0 uint64
@@ -367,6 +487,23 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 		}
 		if sink0, _, err = mc.Read(); err != nil {
 			return sum, err
+		}
+	}
+	if o.vethDefaults {
+		// The live-frames generator's frames reach the firewall only if
+		// its client-facing veth runs NAPI; a dataplane in TC mode
+		// attaches no XDP program there, so GRO goes on for the flood.
+		napi, err := netlab.RunsNAPI(l.Firewall, l.FwClientIf)
+		if err != nil {
+			return sum, err
+		}
+		if !napi {
+			restore, err := netlab.EnsureNAPI(l.Firewall, l.FwClientIf)
+			if err != nil {
+				return sum, err
+			}
+			cleanups = append(cleanups, func() error { restore(); return nil })
+			logf("flood: %s runs no XDP program (TC mode): GRO turned on there so the generator's frames are received", l.FwClientIf)
 		}
 	}
 	sum.Flood, err = flood(ctx, l, sc, o.duration)
@@ -407,7 +544,8 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 	v.FloodForwarded = sum.Flood.Received > 0
 	v.FloodMirrored = sum.Mirror == nil || (sum.Mirror.AtSink > 0 && sum.Mirror.AtSink <= sum.Mirror.Mirrored)
 	v.SessionsMatch = sum.Sessions.Seen != nil && *sum.Sessions.Seen == sum.Sessions.Expected
-	v.Pass = v.AllowedOK && v.DeniedBlocked && v.FloodForwarded && v.FloodMirrored && v.SessionsMatch
+	v.NoChecksumErrors = sum.Path.ClientChecksumErrors.Total() == 0 && sum.Path.ServerChecksumErrors.Total() == 0
+	v.Pass = v.AllowedOK && v.DeniedBlocked && v.FloodForwarded && v.FloodMirrored && v.SessionsMatch && v.NoChecksumErrors
 
 	if o.json {
 		enc := json.NewEncoder(o.out)
@@ -461,10 +599,51 @@ func printVerdict(w io.Writer, s *Summary) {
 			mark(s.Verdict.FloodMirrored), m.AtSink, m.Selected, m.Mirrored, lost)
 	}
 	fmt.Fprintf(w, "  %s sessions seen = flows:   %s, expected %d (%d flows + the flood's)\n", mark(s.Verdict.SessionsMatch), seen, s.Sessions.Expected, s.Allowed.Flows)
+	p := s.Path
+	fmt.Fprintf(w, "  %s checksum errors:         client %s; server %s\n", mark(s.Verdict.NoChecksumErrors), p.ClientChecksumErrors, p.ServerChecksumErrors)
+	if !s.Verdict.Pass {
+		explain(w, s)
+	}
 	if s.Verdict.Pass {
 		fmt.Fprintf(w, "PASS (%s backend)\n", s.Backend)
 	} else {
 		fmt.Fprintf(w, "FAIL (%s backend)\n", s.Backend)
+	}
+}
+
+// explain says, after a failed verdict, what the kernel saw on the path.
+func explain(w io.Writer, s *Summary) {
+	p := s.Path
+	fmt.Fprintf(w, "\nWhat the kernel counted while the flows ran (veths: %s):\n", s.Veths)
+	for _, d := range []struct {
+		to       string
+		v        netlab.VethDrops
+		received uint64
+		napi     bool
+	}{{"client", p.ToClientDrops, p.ClientIPReceived, p.ClientNAPI}, {"server", p.ToServerDrops, p.ServerIPReceived, p.ServerNAPI}} {
+		drops := "nothing dropped"
+		if d.v.Total() > 0 {
+			drops = fmt.Sprintf("dropped %d frames (XDP transmit errors %d, receive-ring drops %d, other transmit drops %d)",
+				d.v.Total(), d.v.XDPXmitErrors, d.v.RxQueueDrops, d.v.TxDropped)
+		}
+		napi := "runs NAPI"
+		if !d.napi {
+			napi = "runs no NAPI (GRO off, no XDP program)"
+		}
+		fmt.Fprintf(w, "  firewall -> %s veth: %s; the %s's end %s; its IP stack received %d packets\n", d.to, drops, d.to, napi, d.received)
+	}
+	if p.ClientChecksumErrors.Total()+p.ServerChecksumErrors.Total() > 0 {
+		fmt.Fprintln(w, "  Receivers dropped packets with bad checksums: their senders left L4 checksums to the")
+		fmt.Fprintln(w, "  veth's TX checksum offload (partial sums), and the dataplane forwarded them without")
+		fmt.Fprintln(w, "  completing them.")
+	}
+	if s.Allowed.Failed > 0 && (!p.ClientNAPI || !p.ServerNAPI) {
+		fmt.Fprintln(w, "  A veth whose peer runs no NAPI refuses the frames XDP redirects into it (it does not")
+		fmt.Fprintln(w, "  offer ndo_xdp_xmit then): a dataplane that forwards by XDP redirect loses them there,")
+		fmt.Fprintln(w, "  before any veth counter sees them.")
+	}
+	if strings.HasPrefix(s.Veths, "kernel defaults") && (s.Allowed.Failed > 0 || !s.Verdict.NoChecksumErrors) {
+		fmt.Fprintf(w, "  The %s backend does not forward correctly on veths with the kernel's defaults yet.\n", s.Backend)
 	}
 }
 

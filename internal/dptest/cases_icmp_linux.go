@@ -43,7 +43,7 @@ func relatedErrors(t testing.TB, e *Env) {
 		e.UDPFlow("udp4 to a closed port: port unreachable", l.ServerAddr4, PortClosed, PortUnreachable),
 		e.UDPFlow("udp6 to a closed port: port unreachable", l.ServerAddr6, PortClosed, PortUnreachable),
 	)
-	if d := Delta(before, e.Counters(t, "related_icmp")); d["related_icmp"] < 2 {
+	if d := e.DeltaAtLeast(t, before, map[string]uint64{"related_icmp": 2}); d["related_icmp"] < 2 {
 		t.Errorf("related_icmp rose by %d, want >= 2", d["related_icmp"])
 	}
 }
@@ -80,7 +80,7 @@ func unrelatedErrors(t testing.TB, e *Env) {
 	}); n != 0 {
 		t.Errorf("%d unrelated ICMP error(s) reached the client", n)
 	}
-	if d := Delta(before, e.Counters(t, "dropped_icmp_unrelated")); d["dropped_icmp_unrelated"] != 2 {
+	if d := e.DeltaAtLeast(t, before, map[string]uint64{"dropped_icmp_unrelated": 2}); d["dropped_icmp_unrelated"] != 2 {
 		t.Errorf("dropped_icmp_unrelated rose by %d, want 2", d["dropped_icmp_unrelated"])
 	}
 }
@@ -165,7 +165,7 @@ func fragments(t testing.TB, e *Env) {
 		e.UDPFlowWith("udp4 1000 bytes, one packet", l.ServerAddr4, PortUDP, Answered, UDPOptions{Size: 1000}),
 	)
 	// 3000 bytes in 1500-byte packets: 2 non-first fragments (IPv4).
-	if d := Delta(before, e.Counters(t, "dropped_fragment")); d["dropped_fragment"] < 2 {
+	if d := e.DeltaAtLeast(t, before, map[string]uint64{"dropped_fragment": 2}); d["dropped_fragment"] < 2 {
 		t.Errorf("dropped_fragment rose by %d, want >= 2", d["dropped_fragment"])
 	}
 }

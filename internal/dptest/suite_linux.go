@@ -147,6 +147,33 @@ func (e *Env) Counters(t testing.TB, names ...string) map[string]uint64 {
 	return out
 }
 
+// DeltaAtLeast polls the named counters until each has risen by at least
+// its minimum over before, or until the deadline, and returns the last
+// deltas. A backend may publish counters a moment after the packet that
+// moved them (the userspace workers flush per batch), so a test reads
+// them as a condition with a deadline, never right after the traffic.
+func (e *Env) DeltaAtLeast(t testing.TB, before map[string]uint64, min map[string]uint64) map[string]uint64 {
+	t.Helper()
+	names := make([]string, 0, len(min))
+	for n := range min {
+		names = append(names, n)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		d := Delta(before, e.Counters(t, names...))
+		done := true
+		for n, m := range min {
+			if d[n] < m {
+				done = false
+			}
+		}
+		if done || time.Now().After(deadline) {
+			return d
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Delta returns after-before for every name of after.
 func Delta(before, after map[string]uint64) map[string]uint64 {
 	d := make(map[string]uint64, len(after))

@@ -1,8 +1,14 @@
 // Package netlab builds real-kernel test topologies for fwplane: network
 // namespaces joined by veth pairs, with addresses, routes and forwarding
 // configured, plus the tools tests use to drive and observe traffic through
-// them: socket round trips, a BPF_PROG_RUN live-frames flood generator, an
-// XDP packet counter and an AF_PACKET capturer.
+// them: socket round trips, a BPF_PROG_RUN live-frames flood generator
+// (one flow, or many flows and SYN floods: [FloodFlows], [Lab.ClientFlood]),
+// TCP handshakes at a chosen rate ([Handshakes]), bulk TCP ([TCPBulk],
+// [IPerf3]), an XDP packet counter and an AF_PACKET capturer; the kernel's
+// own counters ([ReadVethDrops], [ReadChecksumErrors], [ReadOffloads],
+// [ConntrackFlows]); and the baselines a firewall is compared with:
+// kernel forwarding and nftables with conntrack ([Lab.InstallNftables],
+// [BenchBaselines], scripts/bench-baselines.sh).
 //
 // Everything runs against the real kernel; nothing is mocked. Creating a
 // [Lab] needs CAP_SYS_ADMIN and CAP_NET_ADMIN, the flood and counter need
@@ -20,7 +26,8 @@
 // The firewall namespace forwards IPv4 and IPv6 in the kernel as a baseline;
 // an XDP program attached by a firewall backend takes over from it. Every
 // namespace and interface name carries a random suffix, so labs in parallel
-// test packages never collide.
+// test packages never collide; namespace names also carry their owner
+// (see Cleanup).
 //
 // # Forwarding through XDP on veths
 //
@@ -32,12 +39,38 @@
 // receiving end is what reliably makes it work, so attach a pass-through
 // [Counter] (nil options) to every end that must receive forwarded frames.
 //
+// [Options.KernelVethDefaults] keeps the ends as the kernel makes them
+// (GRO off, TX checksum offload and TSO on), as users' containers have
+// them: then sockets send partial checksums and 64 KB GSO segments, and an
+// end without NAPI ([RunsNAPI]) refuses frames XDP redirects into its
+// peer. Tests of that world read [ReadChecksumErrors] at the receiver.
+//
+// # Exact counts under noise
+//
+// A veth pair drops frames for reasons outside any program under test:
+// its peer's 256-frame ring is full while the receiving CPU is busy
+// elsewhere (a loaded machine). An exact count adds back what
+// [ReadVethDrops] says the kernel dropped, and filters by port so the
+// stacks' own ND/MLD frames never count.
+//
 // # Cleanup
 //
 // [Lab.Close] removes everything the lab created: veth pairs, namespaces
 // (with whatever a test attached inside them) and nothing else; it is safe
 // to call more than once and on nil. [New] cleans up after itself when it
-// fails part-way. [NewT] registers Close with tb.Cleanup. Counters,
+// fails part-way. [NewT] registers Close with tb.Cleanup.
+//
+// A process killed before Close (SIGKILL, a test binary whose output pipe
+// closed) cannot clean up, so every namespace name carries its owner's pid
+// and start time (fwp-<suffix>-<role>-<pid>-<start>), and [New] first
+// runs [Sweep]: namespaces whose owner no longer runs are removed, with
+// their veths (a lab never puts one in the root namespace) and any
+// process left inside them; pin directories made by [PinDir] likewise.
+// What a live process owns, and names without an owner (older labs, other
+// tools), are never touched, so labs of parallel test binaries are safe.
+// Helper processes (iperf3, nft) are started with Pdeathsig.
+//
+// Counters,
 // capturers, echo servers and floods are owned by the caller and must be
 // closed (or stopped) before or after the lab; closing the lab first makes
 // their interfaces vanish, which they tolerate.

@@ -54,6 +54,9 @@ type Flood struct {
 	// Chunk is the number of frames per BPF_PROG_RUN call, between which
 	// ctx is checked; 0 sizes each call to about FloodChunkTime.
 	Chunk uint32
+	// Flows varies the frames' source so that they carry many distinct
+	// flows; the zero value sends Frame unchanged.
+	Flows FloodFlows
 }
 
 // FloodResult is what a flood did.
@@ -107,6 +110,9 @@ func (f Flood) Run(ctx context.Context) (FloodResult, error) {
 	}
 	if err := objs.TmplLen.Set(uint32(len(f.Frame))); err != nil {
 		return res, fmt.Errorf("set flood template length: %w", err)
+	}
+	if err := f.Flows.program(&objs, f.Frame); err != nil {
+		return res, fmt.Errorf("run flood: %w", err)
 	}
 
 	err = f.NS.Do(func() error {

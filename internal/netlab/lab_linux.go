@@ -82,6 +82,14 @@ type Lab struct {
 
 	// Suffix is the random part of every name in this lab.
 	Suffix string
+	// Owner is the process that made the lab; every namespace name
+	// carries it (see Sweep).
+	Owner Owner
+	// Swept is what New removed of dead processes' labs before it
+	// started (see Sweep); a failed sweep does not fail New.
+	Swept SweepResult
+	// SweepErr is why that sweep was incomplete, if it was.
+	SweepErr error
 
 	opts   Options
 	mu     sync.Mutex
@@ -128,7 +136,12 @@ func New(ctx context.Context, opts *Options) (_ *Lab, err error) {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, fmt.Errorf("generate lab suffix: %w", err)
 	}
-	l := &Lab{Suffix: hex.EncodeToString(rnd[:3]), opts: *opts}
+	owner, err := Self()
+	if err != nil {
+		return nil, fmt.Errorf("create lab: read own start time: %w", err)
+	}
+	l := &Lab{Suffix: hex.EncodeToString(rnd[:3]), Owner: owner, opts: *opts}
+	l.Swept, l.SweepErr = Sweep()
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, l.Close())
@@ -139,7 +152,7 @@ func New(ctx context.Context, opts *Options) (_ *Lab, err error) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("create lab: %w", err)
 		}
-		ns, err := newNS("fwp-" + l.Suffix + "-" + role)
+		ns, err := newNS(nsName(l.Suffix, role, owner))
 		if err != nil {
 			return nil, err
 		}

@@ -17,8 +17,17 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	netlabGenProgNetlabGen = "netlab_gen"
+	netlabGenVarCsumOff    = "csum_off"
+	netlabGenVarCsumUdp    = "csum_udp"
+	netlabGenVarFlows      = "flows"
+	netlabGenVarIpcsumOff  = "ipcsum_off"
 	netlabGenVarLimit      = "limit"
+	netlabGenVarNports     = "nports"
+	netlabGenVarSaddr0     = "saddr0"
+	netlabGenVarSaddrOff   = "saddr_off"
 	netlabGenVarSent       = "sent"
+	netlabGenVarSport0     = "sport0"
+	netlabGenVarSportOff   = "sport_off"
 	netlabGenVarTmpl       = "tmpl"
 	netlabGenVarTmplLen    = "tmpl_len"
 )
@@ -78,10 +87,19 @@ type netlabGenMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type netlabGenVariableSpecs struct {
-	Limit   *ebpf.VariableSpec `ebpf:"limit"`
-	Sent    *ebpf.VariableSpec `ebpf:"sent"`
-	Tmpl    *ebpf.VariableSpec `ebpf:"tmpl"`
-	TmplLen *ebpf.VariableSpec `ebpf:"tmpl_len"`
+	CsumOff   *ebpf.VariableSpec `ebpf:"csum_off"`
+	CsumUdp   *ebpf.VariableSpec `ebpf:"csum_udp"`
+	Flows     *ebpf.VariableSpec `ebpf:"flows"`
+	IpcsumOff *ebpf.VariableSpec `ebpf:"ipcsum_off"`
+	Limit     *ebpf.VariableSpec `ebpf:"limit"`
+	Nports    *ebpf.VariableSpec `ebpf:"nports"`
+	Saddr0    *ebpf.VariableSpec `ebpf:"saddr0"`
+	SaddrOff  *ebpf.VariableSpec `ebpf:"saddr_off"`
+	Sent      *ebpf.VariableSpec `ebpf:"sent"`
+	Sport0    *ebpf.VariableSpec `ebpf:"sport0"`
+	SportOff  *ebpf.VariableSpec `ebpf:"sport_off"`
+	Tmpl      *ebpf.VariableSpec `ebpf:"tmpl"`
+	TmplLen   *ebpf.VariableSpec `ebpf:"tmpl_len"`
 }
 
 // netlabGenObjects contains all objects after they have been loaded into the kernel.
@@ -114,10 +132,19 @@ func (m *netlabGenMaps) Close() error {
 //
 // It can be passed to loadNetlabGenObjects or ebpf.CollectionSpec.LoadAndAssign.
 type netlabGenVariables struct {
-	Limit   *ebpf.Variable `ebpf:"limit"`
-	Sent    *ebpf.Variable `ebpf:"sent"`
-	Tmpl    *ebpf.Variable `ebpf:"tmpl"`
-	TmplLen *ebpf.Variable `ebpf:"tmpl_len"`
+	CsumOff   *ebpf.Variable `ebpf:"csum_off"`
+	CsumUdp   *ebpf.Variable `ebpf:"csum_udp"`
+	Flows     *ebpf.Variable `ebpf:"flows"`
+	IpcsumOff *ebpf.Variable `ebpf:"ipcsum_off"`
+	Limit     *ebpf.Variable `ebpf:"limit"`
+	Nports    *ebpf.Variable `ebpf:"nports"`
+	Saddr0    *ebpf.Variable `ebpf:"saddr0"`
+	SaddrOff  *ebpf.Variable `ebpf:"saddr_off"`
+	Sent      *ebpf.Variable `ebpf:"sent"`
+	Sport0    *ebpf.Variable `ebpf:"sport0"`
+	SportOff  *ebpf.Variable `ebpf:"sport_off"`
+	Tmpl      *ebpf.Variable `ebpf:"tmpl"`
+	TmplLen   *ebpf.Variable `ebpf:"tmpl_len"`
 }
 
 // netlabGenPrograms contains all programs after they have been loaded into the kernel.

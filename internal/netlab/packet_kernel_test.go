@@ -45,6 +45,10 @@ func TestIntegrationKernelAcceptsBuiltFrames(t *testing.T) {
 				Src: netip.AddrPortFrom(fam.src, 5555), Dst: dst, Payload: []byte("checksum-ok!!")})
 			bad := append([]byte(nil), good...)
 			bad[len(bad)-1] ^= 0x01
+			csum0, err := ReadChecksumErrors(l.Server)
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, f := range [][]byte{bad, good} {
 				if _, err := (Flood{NS: l.Client, Iface: l.ClientIf, Frame: f, Count: 1}).Run(ctx); err != nil {
 					t.Fatal(err)
@@ -62,6 +66,18 @@ func TestIntegrationKernelAcceptsBuiltFrames(t *testing.T) {
 			conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			if n, _, err := conn.ReadFromUDPAddrPort(buf); err == nil {
 				t.Errorf("a second datagram %q arrived: the corrupted frame passed the kernel's checksum check", buf[:n])
+			}
+			// The server's stack counted the corrupted one, as nstat shows.
+			csum1, err := ReadChecksumErrors(l.Server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := ChecksumErrors{UDP: 1}
+			if fam.dst.Is6() {
+				want = ChecksumErrors{UDP6: 1}
+			}
+			if got := csum1.Sub(csum0); got != want {
+				t.Errorf("server checksum errors moved by %+v, want %+v", got, want)
 			}
 		})
 		t.Run(fam.name+" icmp echo", func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -121,4 +122,17 @@ func SkipIfNotSupported(tb testing.TB, err error) {
 		tb.Skipf("skipped: not supported on this kernel: %v", err)
 	}
 	tb.Fatal(err)
+}
+
+// Command skips the test (or fails it under FWPLANE_REQUIRE_PRIVILEGED=1,
+// where CI installs every tool the tests drive) unless the executable
+// name is on PATH; pkg names the Debian package that provides it.
+func Command(tb testing.TB, name, pkg string) {
+	tb.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if Required() {
+			tb.Fatalf("test needs %s (Debian package %s), %s=1 forbids skipping: %v", name, pkg, RequireEnv, err)
+		}
+		tb.Skipf("skipped: test needs %s (Debian package %s): %v", name, pkg, err)
+	}
 }
