@@ -104,4 +104,15 @@ type Session struct {
 	// it was routed to.
 	FromZone string `json:"from_zone,omitempty"`
 	ToZone   string `json:"to_zone,omitempty"`
+	// TranslatedSource and TranslatedDestination are the tuple as it
+	// leaves the firewall towards the responder, set only on a translated
+	// session (see nat.go): the source after source NAT, the destination
+	// after destination NAT. Either equals Source/Destination when only the
+	// other side is translated. The reply direction is their mirror image.
+	TranslatedSource      string `json:"translated_source,omitempty"`
+	TranslatedDestination string `json:"translated_destination,omitempty"`
+	// NATRule names the rule(s) that translated the session ("dnat-name",
+	// "snat-name" or "dnat-name,snat-name"; a rule's index "#n" when it has
+	// no name).
+	NATRule string `json:"nat_rule,omitempty"`
 }
