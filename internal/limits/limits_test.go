@@ -87,8 +87,8 @@ func TestCheckNAT(t *testing.T) {
 	cfg.Interfaces[2].Zone = "z1"
 	cfg.NAT = []dataplane.NATRule{
 		{Type: dataplane.NATSource, FromZone: "z1", ToZone: "z0", Masquerade: true, Sources: []string{"10.0.0.0/8", "192.168.0.0/16"}}, // 2 entries, 2 pools (eth0, eth1)
-		{Type: dataplane.NATSource, FromZone: "z1", ToZone: "z0", Pool: []string{"198.51.100.1"}},                                         // 1 entry, 1 pool
-		{Type: dataplane.NATDestination, Destination: "198.51.100.1", TranslateTo: "10.0.0.1"},                                            // 1 entry
+		{Type: dataplane.NATSource, FromZone: "z1", ToZone: "z0", Pool: []string{"198.51.100.1"}},                                      // 1 entry, 1 pool
+		{Type: dataplane.NATDestination, Destination: "198.51.100.1", TranslateTo: "10.0.0.1"},                                         // 1 entry
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
