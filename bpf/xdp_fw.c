@@ -275,6 +275,84 @@ struct {
 	__type(value, struct fw_stage_done);
 } fw_stage_done_map SEC(".maps");
 
+
+/* NAT (see fw_common.h). Rules and pools per slot, written by Go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_nat_rule);
+} fw_snat_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_nat_rule);
+} fw_dnat_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_POOLS);
+	__type(key, __u32);
+	__type(value, struct fw_nat_pool);
+} fw_nat_pools SEC(".maps");
+
+/* Index: (slot * FW_MAX_NAT_POOLS + pool) * FW_MAX_POOL_ADDRS + i. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_POOLS * FW_MAX_POOL_ADDRS);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_nat_pool_addrs SEC(".maps");
+
+/* Masquerade: {egress ifindex, slot | rule ordinal << 1} -> the pool of
+ * that rule on that interface (its primary IPv4 address). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_POOLS);
+	__type(key, struct fw_if_key);
+	__type(value, __u32);
+} fw_nat_masq SEC(".maps");
+
+/* Pool slots in use, each by one session (its key); sized by Go to the
+ * session table: a session holds at most one slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fw_nat_port_key);
+	__type(value, struct fw_sess4_key);
+} fw_nat_ports SEC(".maps");
+
+/* Reply tuple (as it arrives) -> session; sized like fw_nat_ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct fw_nat_rev_key);
+	__type(value, struct fw_sess4_key);
+} fw_nat_rev SEC(".maps");
+
+/* The pool addresses of a slot ({address, slot}), value 1: so a packet to
+ * one that has no session is recognised (counted, and dropped unless the
+ * address is the firewall's own). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_POOLS * FW_MAX_POOL_ADDRS);
+	__type(key, struct fw_if_key);
+	__type(value, __u32);
+} fw_nat_addrs SEC(".maps");
+
+/* Slots taken and given back per pool address (network order) and CPU.
+ * Go creates the entries of the running config's addresses at Apply, and
+ * removes those of addresses no config uses once they hold nothing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FW_SLOTS * FW_MAX_NAT_POOLS * FW_MAX_POOL_ADDRS);
+	__type(key, __u32);
+	__type(value, struct fw_nat_addr_stats);
+} fw_nat_addr_counts SEC(".maps");
+
+
 /* What the mirror decided for this packet. */
 struct mstate {
 	__u32 out;     /* output ifindex; 0: not cloning this packet */
@@ -321,7 +399,24 @@ struct pkt {
 	__u8 src_is_lo; /* set by session_key */
 	__u8 l4hlen;   /* TCP/UDP header length, for GSO segment sizes */
 	__u8 tcp_flags; /* TCP: the flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
-	__u8 pad[2];
+	/* NAT (IPv4): xlate 1 rewrites the packet to the o_* tuple; 2 is an
+	 * ICMP error about a translated flow whose outer addresses become
+	 * o_saddr/o_daddr and whose quoted packet becomes the q_* tuple. k is
+	 * then the flow in the untranslated world (what sessions, zones and
+	 * the policy see) and wire the packet's own tuple (the flow cache's
+	 * key). */
+	__u8 xlate;
+	__u8 dnat;     /* a new flow's destination was translated */
+	__u8 related;  /* an ICMP error about a live flow (icmp_related) */
+	__u32 o_saddr;
+	__u32 o_daddr;
+	__u16 o_sport;
+	__u16 o_dport;
+	__u32 q_saddr;
+	__u32 q_daddr;
+	__u16 q_sport;
+	__u16 q_dport;
+	struct fw_flow_key wire;
 };
 
 /* Per-CPU working memory of the general path: the parsed packet, a
@@ -332,7 +427,13 @@ struct fw_scratch {
 	struct pkt p;
 	struct pkt q;
 	struct fw_sess_val nv;
+	struct fw_sess4_key k4; /* the session key of p */
+	struct fw_sess6_key k6;
+	struct fw_hop hop;      /* where p goes */
 };
+
+/* fw_out lives in fw_scratch2: the decision's output, read by the
+ * forwarding step (the stack is full). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -355,6 +456,7 @@ enum fw_verdict {
 	FWV_PASS,  /* to the kernel's stack */
 	FWV_FWD,   /* rewrite and redirect: see struct fw_out */
 	FWV_ABORT, /* a map the program needs is missing: a bug */
+	FWV_PASS_NAT, /* to the kernel's stack, translated first (struct fw_out) */
 };
 
 /* Where a forwarded packet goes, decided without touching the packet (TC
@@ -364,9 +466,29 @@ struct fw_out {
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u8 family;
-	__u8 vlan; /* the frame carries an 802.1Q tag in its data */
-	__u8 pad[2];
+	__u8 vlan;  /* the frame carries an 802.1Q tag in its data */
+	__u8 xlate; /* NAT: as struct pkt's */
+	__u8 pad;
+	__u32 saddr; /* xlate: the addresses (and ports) the packet leaves with */
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 q_saddr; /* xlate 2: the quoted packet's */
+	__u32 q_daddr;
+	__u16 q_sport;
+	__u16 q_dport;
 };
+
+struct fw_scratch2 {
+	struct fw_out o;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_scratch2);
+} fw_scratch_out SEC(".maps");
 
 /* The context seen through the program type; `tc` is a constant in every
  * instantiation, so only one branch is ever compiled in. */
@@ -714,29 +836,35 @@ static __always_inline int endpoint_less(const __u32 *a, __be16 ap, const __u32 
 	return ap <= bp;
 }
 
-static __always_inline void *session_key(struct pkt *p, struct fw_sess4_key *k4, struct fw_sess6_key *k6,
-					 __u8 *src_is_lo)
+static __always_inline void *session_key_of(const struct fw_flow_key *k, struct fw_sess4_key *k4,
+					    struct fw_sess6_key *k6, __u8 *src_is_lo)
 {
-	int lo = endpoint_less(p->k.saddr, p->k.sport, p->k.daddr, p->k.dport);
+	int lo = endpoint_less(k->saddr, k->sport, k->daddr, k->dport);
 	*src_is_lo = lo;
-	if (p->k.family == 4) {
+	if (k->family == 4) {
 		__builtin_memset(k4, 0, sizeof(*k4));
-		k4->lo_addr = lo ? p->k.saddr[0] : p->k.daddr[0];
-		k4->hi_addr = lo ? p->k.daddr[0] : p->k.saddr[0];
-		k4->lo_port = lo ? p->k.sport : p->k.dport;
-		k4->hi_port = lo ? p->k.dport : p->k.sport;
-		k4->proto = p->k.proto;
+		k4->lo_addr = lo ? k->saddr[0] : k->daddr[0];
+		k4->hi_addr = lo ? k->daddr[0] : k->saddr[0];
+		k4->lo_port = lo ? k->sport : k->dport;
+		k4->hi_port = lo ? k->dport : k->sport;
+		k4->proto = k->proto;
 		return k4;
 	}
 	__builtin_memset(k6, 0, sizeof(*k6));
 	for (int i = 0; i < 4; i++) {
-		k6->lo_addr[i] = lo ? p->k.saddr[i] : p->k.daddr[i];
-		k6->hi_addr[i] = lo ? p->k.daddr[i] : p->k.saddr[i];
+		k6->lo_addr[i] = lo ? k->saddr[i] : k->daddr[i];
+		k6->hi_addr[i] = lo ? k->daddr[i] : k->saddr[i];
 	}
-	k6->lo_port = lo ? p->k.sport : p->k.dport;
-	k6->hi_port = lo ? p->k.dport : p->k.sport;
-	k6->proto = p->k.proto;
+	k6->lo_port = lo ? k->sport : k->dport;
+	k6->hi_port = lo ? k->dport : k->sport;
+	k6->proto = k->proto;
 	return k6;
+}
+
+static __always_inline void *session_key(struct pkt *p, struct fw_sess4_key *k4, struct fw_sess6_key *k6,
+					 __u8 *src_is_lo)
+{
+	return session_key_of(&p->k, k4, k6, src_is_lo);
 }
 
 /* TTL is the high byte of its 16-bit word: decrementing it lowers the
@@ -769,6 +897,16 @@ static __noinline int fib_hop(void *ctx, __u32 ifindex, struct pkt *p, struct fw
 		f.tos = p->tos;
 		f.ipv4_src = p->k.saddr[0];
 		f.ipv4_dst = p->k.daddr[0];
+		if (p->xlate) {
+			/* NAT: the packet leaves with the o_* addresses (an ICMP
+			 * error's outer ones), and is routed by them. */
+			f.ipv4_src = p->o_saddr;
+			f.ipv4_dst = p->o_daddr;
+			if (p->xlate == 1) {
+				f.sport = p->o_sport;
+				f.dport = p->o_dport;
+			}
+		}
 	} else {
 		f.family = AF_INET6;
 		f.flowinfo = p->flowinfo;
@@ -806,60 +944,342 @@ static __always_inline int flow_key_eq(const struct fw_flow_key *a, const struct
  * under the 512-byte limit. */
 static __noinline void flush_evicted(struct fw_flow *fc)
 {
-	struct pkt o __attribute__((aligned(8))) = {};
-	__builtin_memcpy(o.k.saddr, fc->key.saddr, 16);
-	__builtin_memcpy(o.k.daddr, fc->key.daddr, 16);
-	o.k.sport = fc->key.sport;
-	o.k.dport = fc->key.dport;
-	o.k.proto = fc->key.proto;
-	o.k.family = fc->key.family;
 	struct fw_sess4_key k4;
 	struct fw_sess6_key k6;
 	__u8 lo;
-	session_key(&o, &k4, &k6, &lo);
+	session_key_of(&fc->key, &k4, &k6, &lo);
 	struct fw_sess_val *sv;
-	if (o.k.family == 4)
+	if (fc->key.family == 4) {
 		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
-	else
+		if (!sv && fc->xlate) {
+			/* A translated flow's reply: its key is the reply tuple. */
+			struct fw_nat_rev_key rk = {.saddr = fc->key.saddr[0], .daddr = fc->key.daddr[0],
+						    .sport = fc->key.sport, .dport = fc->key.dport, .proto = fc->key.proto};
+			struct fw_sess4_key *owner = bpf_map_lookup_elem(&fw_nat_rev, &rk);
+			if (owner)
+				sv = bpf_map_lookup_elem(&fw_sessions_v4, owner);
+		}
+	} else {
 		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
+	}
 	if (sv) {
 		sv->packets += fc->packets;
 		sv->bytes += fc->bytes;
 	}
 }
 
-/* Whether an ICMP error is about a live session: the quoted packet's tuple
- * names the session (keys are canonical, so the quote's direction does not
- * matter) and the error travels back to the quoted packet's sender. Not
- * inlined, like flush_evicted. */
-static __noinline int icmp_related(void *data, void *end, const struct pkt *p, const struct fw_settings *set,
-				    __u64 now)
+/* ---- NAT (IPv4; dataplane/nat.go) ---- */
+
+/* One's complement checksum updates (RFC 1624, eqn. 3): HC' = ~(~HC + ~m +
+ * m'). Words as they sit in memory, which keeps every sum in the same
+ * byte order. */
+static __always_inline __u16 csum_fold32(__u32 s)
 {
-	__u32 zero = 0;
-	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
-	if (!sc)
-		return 0;
-	struct pkt *q = &sc->q;
-	__builtin_memset(q, 0, sizeof(*q));
-	/* l4off < 4096 for the verifier; the ICMP header is 8 bytes. */
-	void *in = data + (p->l4off & 0xfff) + 8;
-	if (parse_quote(in, end, p->k.family, q) < 0)
-		return 0;
-	if (((p->k.daddr[0] ^ q->k.saddr[0]) | (p->k.daddr[1] ^ q->k.saddr[1]) | (p->k.daddr[2] ^ q->k.saddr[2]) |
-	     (p->k.daddr[3] ^ q->k.saddr[3])) != 0)
-		return 0;
-	struct fw_sess4_key k4;
-	struct fw_sess6_key k6;
-	__u8 lo;
-	session_key(q, &k4, &k6, &lo);
-	struct fw_sess_val *sv;
-	if (q->k.family == 4)
-		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline void csum_repl16(__u16 *sum, __u16 old, __u16 new)
+{
+	__u32 s = (__u16)~*sum;
+	s += (__u16)~old;
+	s += new;
+	*sum = (__u16)~csum_fold32(s);
+}
+
+static __always_inline void csum_repl32(__u16 *sum, __u32 old, __u32 new)
+{
+	csum_repl16(sum, (__u16)old, (__u16)new);
+	csum_repl16(sum, (__u16)(old >> 16), (__u16)(new >> 16));
+}
+
+/* The initiator's original tuple of a v4 session. */
+struct nat_view {
+	__u32 isrc, idst;
+	__u16 isp, idp;
+	__u32 osrc, odst; /* what the initiator's packets leave with */
+	__u16 osp, odp;
+};
+
+static __always_inline void nat_view_of(const struct fw_sess4_key *k, const struct fw_sess_val *v, struct nat_view *n)
+{
+	int lo = v->initiator_is_lo;
+	n->isrc = lo ? k->lo_addr : k->hi_addr;
+	n->idst = lo ? k->hi_addr : k->lo_addr;
+	n->isp = lo ? k->lo_port : k->hi_port;
+	n->idp = lo ? k->hi_port : k->lo_port;
+	n->osrc = v->nat.saddr ? v->nat.saddr : n->isrc;
+	n->osp = v->nat.saddr ? v->nat.sport : n->isp;
+	n->odst = v->nat.daddr ? v->nat.daddr : n->idst;
+	n->odp = v->nat.daddr ? v->nat.dport : n->idp;
+	if (k->proto == IPPROTO_ICMP)
+		n->odp = n->osp; /* the echo id plays both ports */
+}
+
+/* The key a reply of the session arrives with. */
+static __always_inline void nat_rev_of(const struct nat_view *n, __u8 proto, struct fw_nat_rev_key *rk)
+{
+	__builtin_memset(rk, 0, sizeof(*rk));
+	rk->saddr = n->odst;
+	rk->daddr = n->osrc;
+	rk->sport = n->odp;
+	rk->dport = n->osp;
+	rk->proto = proto;
+}
+
+static __always_inline int key4_eq(const struct fw_sess4_key *a, const struct fw_sess4_key *b)
+{
+	return a->lo_addr == b->lo_addr && a->hi_addr == b->hi_addr && a->lo_port == b->lo_port &&
+	       a->hi_port == b->hi_port && a->proto == b->proto;
+}
+
+static __always_inline void nat_addr_count(__u32 addr, int alloc)
+{
+	struct fw_nat_addr_stats *st = bpf_map_lookup_elem(&fw_nat_addr_counts, &addr);
+	if (!st) {
+		struct fw_nat_addr_stats z = {};
+		bpf_map_update_elem(&fw_nat_addr_counts, &addr, &z, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&fw_nat_addr_counts, &addr);
+		if (!st)
+			return;
+	}
+	if (alloc)
+		st->alloc += 1;
 	else
-		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
-	if (!sv)
+		st->free += 1;
+}
+
+/* Gives back what a translated v4 session held: its reverse entry and
+ * its pool slot (each only if it is still this session's). A global
+ * function: verified once, not at each of its callers' states. */
+__noinline int nat_release(const struct fw_sess4_key *k, const struct fw_sess_val *v)
+{
+	if (!k || !v || (!v->nat.saddr && !v->nat.daddr))
 		return 0;
-	return now - sv->last_seen_ns <= sess_timeout(set, q->k.proto, sv->flags, aging_on(q->k.family));
+	struct nat_view n;
+	nat_view_of(k, v, &n);
+	struct fw_nat_rev_key rk;
+	nat_rev_of(&n, k->proto, &rk);
+	struct fw_sess4_key *owner = bpf_map_lookup_elem(&fw_nat_rev, &rk);
+	if (owner && key4_eq(owner, k))
+		bpf_map_delete_elem(&fw_nat_rev, &rk);
+	if (v->nat.saddr) {
+		struct fw_nat_port_key pk = {.addr = v->nat.saddr, .port = v->nat.sport};
+		owner = bpf_map_lookup_elem(&fw_nat_ports, &pk);
+		if (owner && key4_eq(owner, k) && bpf_map_delete_elem(&fw_nat_ports, &pk) == 0)
+			nat_addr_count(pk.addr, 0);
+	}
+	return 0;
+}
+
+/* Deletes a v4 session, and what it holds of NAT. */
+static __always_inline void sess4_delete(void *key)
+{
+	struct fw_sess_val *v = bpf_map_lookup_elem(&fw_sessions_v4, key);
+	if (v)
+		nat_release(key, v);
+	bpf_map_delete_elem(&fw_sessions_v4, key);
+}
+
+static __always_inline int nat_proto_ok(const struct pkt *p, __u8 want)
+{
+	__u8 pr = p->k.proto;
+	if (want)
+		return pr == want;
+	return pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_ICMP;
+}
+
+struct dnat_ctx {
+	struct pkt *p;
+	__u32 base;
+	__u32 n;
+	__u32 from;
+	int hit;
+};
+
+static long dnat_rule(__u64 i, void *data)
+{
+	struct dnat_ctx *c = data;
+	if (i >= c->n)
+		return 1;
+	__u32 idx = c->base + (__u32)i;
+	struct fw_nat_rule *r = bpf_map_lookup_elem(&fw_dnat_rules, &idx);
+	if (!r)
+		return 1;
+	struct pkt *p = c->p;
+	if (r->from_zone && r->from_zone != c->from)
+		return 0;
+	if (!nat_proto_ok(p, r->proto) || p->k.daddr[0] != r->dst_addr)
+		return 0;
+	if ((p->k.saddr[0] & r->src_mask) != r->src_addr)
+		return 0;
+	int ported = p->k.proto == IPPROTO_TCP || p->k.proto == IPPROTO_UDP;
+	if (ported) {
+		__u16 dp = bpf_ntohs(p->k.dport);
+		if (dp < r->port_lo || dp > r->port_hi)
+			return 0;
+	}
+	p->o_saddr = p->k.saddr[0];
+	p->o_sport = p->k.sport;
+	p->o_daddr = r->to_addr;
+	p->o_dport = (ported && r->to_port) ? bpf_htons(r->to_port) : p->k.dport;
+	p->xlate = 1;
+	p->dnat = r->rule ? r->rule : 0xff; /* nonzero: translated */
+	c->hit = 1;
+	return 1;
+}
+
+/* Destination NAT for the first packet of a new v4 flow (p->k as it
+ * arrived, from zone `from`): the first matching rule sets the o_* tuple.
+ * A global function: verified once, apart from the main path. */
+__noinline int fw_dnat(struct pkt *p, __u32 slot, __u32 from)
+{
+	if (!p)
+		return 0;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!set || !set->dnat_n)
+		return 0;
+	struct dnat_ctx c = {.p = p, .base = (slot & 1) * FW_MAX_NAT_RULES, .n = set->dnat_n, .from = from};
+	bpf_loop(FW_MAX_NAT_RULES, dnat_rule, &c, 0);
+	return c.hit;
+}
+
+struct snat_ctx {
+	struct pkt *p;
+	__u32 base;
+	__u32 n;
+	__u32 from;
+	__u32 to;
+	__u32 pool;
+	__u32 masq;
+	__u32 rule;
+	int hit; /* 1: a rule, -2: a rule, but not translatable */
+};
+
+static long snat_rule(__u64 i, void *data)
+{
+	struct snat_ctx *c = data;
+	if (i >= c->n)
+		return 1;
+	__u32 idx = c->base + (__u32)i;
+	struct fw_nat_rule *r = bpf_map_lookup_elem(&fw_snat_rules, &idx);
+	if (!r)
+		return 1;
+	struct pkt *p = c->p;
+	if (r->from_zone != c->from || r->to_zone != c->to)
+		return 0;
+	if ((p->k.saddr[0] & r->src_mask) != r->src_addr)
+		return 0;
+	if (r->proto && r->proto != p->k.proto)
+		return 0;
+	c->pool = r->pool;
+	c->masq = r->masq;
+	c->rule = r->rule;
+	c->hit = nat_proto_ok(p, 0) ? 1 : -2;
+	return 1;
+}
+
+struct alloc_ctx {
+	struct fw_sess4_key owner;
+	__u32 addr_base; /* index of the pool's first address */
+	__u32 nports;
+	__u32 port_lo;
+	__u32 n;         /* slots in the pool */
+	__u32 start;
+	__u32 addr;      /* the slot taken */
+	__u16 port;
+	__u16 got;
+};
+
+/* One probe of the pool: slot (start + i) mod n. Returns 1 to stop. */
+static long alloc_probe(__u64 i, void *data)
+{
+	struct alloc_ctx *c = data;
+	if (!c->n || !c->nports)
+		return 1;
+	__u32 s = (c->start + (__u32)i) % c->n;
+	__u32 ai = c->addr_base + s / c->nports;
+	__u32 *addr = bpf_map_lookup_elem(&fw_nat_pool_addrs, &ai);
+	if (!addr)
+		return 1;
+	struct fw_nat_port_key pk = {.addr = *addr, .port = bpf_htons((__u16)(c->port_lo + s % c->nports))};
+	if (bpf_map_update_elem(&fw_nat_ports, &pk, &c->owner, BPF_NOEXIST) == 0) {
+		nat_addr_count(pk.addr, 1);
+	} else {
+		/* Taken: reclaim it if its session is gone (a release that was
+		 * missed is repaired here, and by the sweep). */
+		struct fw_sess4_key *o = bpf_map_lookup_elem(&fw_nat_ports, &pk);
+		if (!o || bpf_map_lookup_elem(&fw_sessions_v4, o))
+			return 0;
+		if (bpf_map_update_elem(&fw_nat_ports, &pk, &c->owner, BPF_EXIST))
+			return 0;
+		nat_addr_count(pk.addr, 0);
+		nat_addr_count(pk.addr, 1);
+	}
+	c->addr = pk.addr;
+	c->port = pk.port;
+	c->got = 1;
+	return 1;
+}
+
+/* Source NAT for an allowed new v4 flow from zone `from` routed to `to`:
+ * the first matching rule's pool gives a free slot, which the session
+ * (key4, canonical of p->k) will hold. Returns 0 (no rule), 1 | the
+ * rule's fw_nat_rule.rule << 8 (o_* set), -1 (no free slot) or -2
+ * (selected, not translatable). Global, as fw_dnat. */
+__noinline int fw_snat(struct pkt *p, struct fw_sess4_key *key4, __u32 slot, __u32 zones, __u32 egress)
+{
+	if (!p || !key4)
+		return 0;
+	struct fw_settings *set = bpf_map_lookup_elem(&fw_settings_map, &slot);
+	if (!set || !set->snat_n)
+		return 0;
+	__u32 sl = slot & 1;
+	struct snat_ctx c = {.p = p, .base = sl * FW_MAX_NAT_RULES, .n = set->snat_n, .from = zones & 0xff, .to = (zones >> 8) & 0xff};
+	bpf_loop(FW_MAX_NAT_RULES, snat_rule, &c, 0);
+	if (c.hit <= 0)
+		return c.hit;
+	if (c.masq) {
+		/* Keyed by the egress and the rule (its pool field is the
+		 * rule's ordinal then): each masquerading rule has a pool per
+		 * egress interface, of that interface's address and the rule's
+		 * ports. */
+		struct fw_if_key mk = {.ifindex = egress, .slot = sl | ((c.pool & (FW_MAX_NAT_RULES - 1)) << 1)};
+		__u32 *mp = bpf_map_lookup_elem(&fw_nat_masq, &mk);
+		if (!mp)
+			return -1; /* an egress without an IPv4 address: nothing to masquerade to */
+		c.pool = *mp;
+	}
+	__u32 pi = sl * FW_MAX_NAT_POOLS + (c.pool & (FW_MAX_NAT_POOLS - 1));
+	struct fw_nat_pool *pool = bpf_map_lookup_elem(&fw_nat_pools, &pi);
+	if (!pool || !pool->naddr || pool->port_hi < pool->port_lo)
+		return -1;
+	struct alloc_ctx a = {
+		.addr_base = pi * FW_MAX_POOL_ADDRS,
+		.nports = (__u32)pool->port_hi - pool->port_lo + 1,
+		.port_lo = pool->port_lo,
+	};
+	__builtin_memcpy(&a.owner, key4, sizeof(a.owner));
+	a.n = (pool->naddr & (FW_MAX_POOL_ADDRS * 2 - 1)) * a.nports;
+	if (!a.n)
+		return -1;
+	a.start = bpf_get_prandom_u32() % a.n;
+	/* Small pools are searched whole; large ones from a random start, for
+	 * at most FW_NAT_PROBES slots: no linear scan of a big range. */
+	bpf_loop(a.n < FW_NAT_PROBES ? a.n : FW_NAT_PROBES, alloc_probe, &a, 0);
+	if (!a.got)
+		return -1;
+	if (!p->xlate) {
+		p->o_daddr = p->k.daddr[0];
+		p->o_dport = p->k.dport;
+	}
+	p->o_saddr = a.addr;
+	p->o_sport = a.port;
+	if (p->k.proto == IPPROTO_ICMP)
+		p->o_dport = a.port; /* the echo id plays both ports */
+	p->xlate = 1;
+	return 1 | ((c.rule & 0xff) << 8);
 }
 
 /* Remembers a new session's key as an early-drop candidate. */
@@ -930,6 +1350,9 @@ static long early_drop_probe(__u64 i, void *data)
 	int expired = c->now - sv->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging);
 	if (!expired && sess_assured(proto, flags))
 		return 0; /* never evicted */
+	/* (A translated session's pool slot and reverse entry are left to the
+	 * sweep and to the next allocation, which both take back what no
+	 * session holds: one call level less here, where the stack is full.) */
 	long err = f ? bpf_map_delete_elem(&fw_sessions_v6, k) : bpf_map_delete_elem(&fw_sessions_v4, k);
 	if (err)
 		return 0;
@@ -965,6 +1388,133 @@ static __always_inline int early_drop(__u8 family, const struct fw_settings *set
 	return c.freed;
 }
 
+/* Whether an ICMP error is about a live session: the quoted packet's tuple
+ * names the session (keys are canonical, so the quote's direction does not
+ * matter) and the error travels back to the quoted packet's sender. The
+ * quote of a translated flow's packet is its translated tuple: the session
+ * is found through the reverse index, and p is set to translate the error
+ * back (xlate 2: the outer addresses and the quoted packet become the
+ * untranslated world's). Not inlined, like flush_evicted. */
+static __noinline int icmp_related(void *data, void *end, struct pkt *p, const struct fw_settings *set,
+				    __u64 now)
+{
+	__u32 zero = 0;
+	struct fw_scratch *sc = bpf_map_lookup_elem(&fw_scratch_map, &zero);
+	if (!sc)
+		return 0;
+	struct pkt *q = &sc->q;
+	__builtin_memset(q, 0, sizeof(*q));
+	/* l4off < 4096 for the verifier; the ICMP header is 8 bytes. */
+	void *in = data + (p->l4off & 0xfff) + 8;
+	if (parse_quote(in, end, p->k.family, q) < 0)
+		return 0;
+	if (((p->k.daddr[0] ^ q->k.saddr[0]) | (p->k.daddr[1] ^ q->k.saddr[1]) | (p->k.daddr[2] ^ q->k.saddr[2]) |
+	     (p->k.daddr[3] ^ q->k.saddr[3])) != 0)
+		return 0;
+	struct fw_sess4_key k4;
+	struct fw_sess6_key k6;
+	__u8 lo;
+	session_key(q, &k4, &k6, &lo);
+	struct fw_sess_val *sv;
+	if (q->k.family == 4)
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+	else
+		sv = bpf_map_lookup_elem(&fw_sessions_v6, &k6);
+	if (!sv && q->k.family == 4) {
+		/* The quote is a translated packet (the initiator's, as it left):
+		 * its reply tuple is the quote reversed. */
+		struct fw_nat_rev_key rk = {.saddr = q->k.daddr[0], .daddr = q->k.saddr[0], .sport = q->k.dport,
+					    .dport = q->k.sport, .proto = q->k.proto};
+		struct fw_sess4_key *owner = bpf_map_lookup_elem(&fw_nat_rev, &rk);
+		if (!owner)
+			return 0;
+		__builtin_memcpy(&k4, owner, sizeof(k4));
+		sv = bpf_map_lookup_elem(&fw_sessions_v4, &k4);
+		if (!sv)
+			return 0;
+		struct nat_view n;
+		nat_view_of(&k4, sv, &n);
+		/* Outer: to the initiator's own address; from the untranslated
+		 * destination when the translated one sent it. */
+		p->o_daddr = n.isrc;
+		p->o_saddr = p->k.saddr[0] == n.odst ? n.idst : p->k.saddr[0];
+		p->q_saddr = n.isrc;
+		p->q_daddr = n.idst;
+		p->q_sport = n.isp;
+		p->q_dport = n.idp;
+		p->xlate = 2;
+	}
+	if (!sv)
+		return 0;
+	return now - sv->last_seen_ns <= sess_timeout(set, q->k.proto, sv->flags, aging_on(q->k.family));
+}
+
+/* The first packet of a v4 flow that has no session by its own tuple: a
+ * reply of a translated flow arrives with its reply tuple, which the
+ * reverse index maps to the session. Then p->k becomes the untranslated
+ * world's reply (what the session, zones and policy see, and what the
+ * packet leaves as: o_*), key_out the session's key, and 1 is returned. A
+ * packet to a pool address with no session returns -1 (drop: it would be
+ * routed somewhere) unless the address is the firewall's own (masquerade),
+ * 0. Global, verified once. */
+__noinline int fw_nat_reverse(struct pkt *p, struct fw_sess4_key *key_out, __u32 slot)
+{
+	if (!p || !key_out)
+		return 0;
+	struct fw_nat_rev_key rk = {.saddr = p->k.saddr[0], .daddr = p->k.daddr[0], .sport = p->k.sport,
+				    .dport = p->k.dport, .proto = p->k.proto};
+	struct fw_sess4_key *owner = bpf_map_lookup_elem(&fw_nat_rev, &rk);
+	if (!owner) {
+		struct fw_if_key ak = {.ifindex = p->k.daddr[0], .slot = slot & 1};
+		__u32 *kind = bpf_map_lookup_elem(&fw_nat_addrs, &ak);
+		if (!kind)
+			return 0;
+		__u32 zero = 0;
+		struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+		if (cnt)
+			cnt->c[FW_CNT_NAT_REVERSE_MISS] += 1;
+		return *kind == 1 ? 0 : -1;
+	}
+	__builtin_memcpy(key_out, owner, sizeof(*key_out));
+	struct fw_sess_val *sv = bpf_map_lookup_elem(&fw_sessions_v4, key_out);
+	if (!sv)
+		return 0;
+	struct nat_view n;
+	nat_view_of(key_out, sv, &n);
+	p->k.saddr[0] = n.idst;
+	p->k.daddr[0] = n.isrc;
+	p->k.sport = n.idp;
+	p->k.dport = n.isp;
+	p->src_is_lo = !sv->initiator_is_lo;
+	p->o_saddr = n.idst;
+	p->o_daddr = n.isrc;
+	p->o_sport = n.idp;
+	p->o_dport = n.isp;
+	p->xlate = 1;
+	return 1;
+}
+
+/* A packet of a translated session (live, found by its own tuple): from
+ * the initiator it leaves translated; from the responder only replies that
+ * came through the reverse index are the session's (the untranslated reply
+ * tuple from outside is not how a reply of a NAT flow arrives). Returns -1
+ * to drop. */
+static __always_inline int nat_from_session(struct pkt *p, const struct fw_sess_val *sv, int from_init)
+{
+	if (!sv->nat.saddr && !sv->nat.daddr)
+		return 0;
+	if (!from_init)
+		return p->xlate ? 0 : -1;
+	p->o_saddr = sv->nat.saddr ? sv->nat.saddr : p->k.saddr[0];
+	p->o_sport = sv->nat.saddr ? sv->nat.sport : p->k.sport;
+	p->o_daddr = sv->nat.daddr ? sv->nat.daddr : p->k.daddr[0];
+	p->o_dport = sv->nat.daddr ? sv->nat.dport : p->k.dport;
+	if (p->k.proto == IPPROTO_ICMP)
+		p->o_dport = p->o_sport;
+	p->xlate = 1;
+	return 0;
+}
+
 #define E2BIG_ 7
 
 /* What a new session starts with, besides the packet and its hop (BPF
@@ -977,6 +1527,7 @@ struct fw_newsess {
 	__u8 from_zone;
 	__u8 to_zone;
 	__u8 pad[6];
+	struct fw_nat_xlate nat; /* a translated flow's (its pool slot is taken) */
 };
 
 /* Inserts the session of an allowed new flow under key (session_key's),
@@ -1006,6 +1557,8 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
 	nv->initiator_is_lo = p->src_is_lo;
 	nv->from_zone = ns->from_zone;
 	nv->to_zone = ns->to_zone;
+	__builtin_memcpy(&nv->nat, &ns->nat, sizeof(nv->nat));
+	int translated = ns->nat.saddr || ns->nat.daddr;
 	if (p->src_is_lo)
 		__builtin_memcpy(&nv->hop[0], hop, sizeof(*hop));
 	else
@@ -1017,6 +1570,26 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
 		else
 			err = bpf_map_update_elem(&fw_sessions_v6, key, nv, BPF_ANY);
 		if (err == 0) {
+			if (translated) {
+				/* Replies find the session through their own tuple. A
+				 * reply tuple another session has is a clash: refused. */
+				struct nat_view n;
+				nat_view_of(key, nv, &n);
+				struct fw_nat_rev_key rk;
+				nat_rev_of(&n, p->k.proto, &rk);
+				if (bpf_map_update_elem(&fw_nat_rev, &rk, key, BPF_NOEXIST)) {
+					/* Taken: by a session that is gone (its entry not yet
+					 * swept) it is ours; by a live one it is a clash. */
+					struct fw_sess4_key *o = bpf_map_lookup_elem(&fw_nat_rev, &rk);
+					if (!o || bpf_map_lookup_elem(&fw_sessions_v4, o) ||
+					    bpf_map_update_elem(&fw_nat_rev, &rk, key, BPF_EXIST)) {
+						sess4_delete(key);
+						cnt->c[FW_CNT_NAT_EXHAUSTED] += 1;
+						return -1;
+					}
+				}
+				cnt->c[FW_CNT_NAT_CREATED] += 1;
+			}
 			recent_push(p->k.family, key, set);
 			return 0;
 		}
@@ -1031,6 +1604,8 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
 			break;
 	}
 	cnt->c[FW_CNT_SESSION_TABLE_FULL] += 1;
+	if (translated)
+		nat_release(key, nv); /* the pool slot taken for it */
 	return -1;
 }
 
@@ -1073,6 +1648,11 @@ static __always_inline int fast_hit(struct fw_flow *fc, __u64 bytes, __u8 family
 	__builtin_memcpy(o->dmac, fc->dmac, ETH_ALEN);
 	o->family = family;
 	o->vlan = 0;
+	o->xlate = (__u8)fc->xlate;
+	o->saddr = fc->nat_saddr;
+	o->daddr = fc->nat_daddr;
+	o->sport = fc->nat_sport;
+	o->dport = fc->nat_dport;
 	return FWV_FWD;
 }
 
@@ -1319,7 +1899,7 @@ static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p,
 		return;
 	if (!e->fc_same && fc->packets)
 		flush_evicted(fc);
-	__builtin_memcpy(&fc->key, &p->k, sizeof(p->k));
+	__builtin_memcpy(&fc->key, &p->wire, sizeof(p->wire));
 	fc->expire_j = e->now_j + ticks;
 	fc->packets = 0;
 	fc->bytes = 0;
@@ -1330,6 +1910,11 @@ static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p,
 	fc->len_ok = hop->len_ok;
 	fc->xdp_tx = hop->xdp_tx;
 	fc->in_ifindex = e->in_ifindex;
+	fc->xlate = p->xlate == 1;
+	fc->nat_saddr = p->o_saddr;
+	fc->nat_daddr = p->o_daddr;
+	fc->nat_sport = p->o_sport;
+	fc->nat_dport = p->o_dport;
 }
 
 /* Adds the packet (and what this CPU's cache entry forwarded for the same
@@ -1354,6 +1939,15 @@ static __always_inline void out_from_hop(struct fw_out *o, const struct fw_hop *
 	__builtin_memcpy(o->dmac, hop->dmac, ETH_ALEN);
 	o->family = p->k.family;
 	o->vlan = p->vlan;
+	o->xlate = p->xlate;
+	o->saddr = p->o_saddr;
+	o->daddr = p->o_daddr;
+	o->sport = p->o_sport;
+	o->dport = p->o_dport;
+	o->q_saddr = p->q_saddr;
+	o->q_daddr = p->q_daddr;
+	o->q_sport = p->q_sport;
+	o->q_dport = p->q_dport;
 }
 
 /* Looks up the zone of an interface in the active slot; 0: not managed. */
@@ -1416,6 +2010,9 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	int v = tc ? fw_parse_tc(ctx, p) : fw_parse_xdp(ctx, p);
 	if (v >= 0)
 		return v;
+	/* The packet's own tuple: the flow cache's key, even when NAT makes
+	 * k the untranslated world's below. */
+	__builtin_memcpy(&p->wire, &p->k, sizeof(p->k));
 
 	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
 	if (!activep)
@@ -1426,7 +2023,8 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	e.slot = e.active & 1;
 	e.bytes = ctx_len(ctx, tc);
 	e.in_ifindex = ctx_ingress(ctx, tc);
-	struct fw_hop hop = {};
+	struct fw_hop *hopp = &sc->hop;
+	__builtin_memset(hopp, 0, sizeof(*hopp));
 	int is_tcp = p->k.proto == IPPROTO_TCP;
 
 	/* Flow cache: an established flow's packets normally end here. Jiffies
@@ -1445,10 +2043,17 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		fc->packets += 1;
 		fc->bytes += e.bytes;
 		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
-		hop.ifindex = fc->ifindex;
-		hop.xdp_tx = fc->xdp_tx;
-		__builtin_memcpy(hop.smac, fc->smac, ETH_ALEN);
-		__builtin_memcpy(hop.dmac, fc->dmac, ETH_ALEN);
+		hopp->ifindex = fc->ifindex;
+		hopp->xdp_tx = fc->xdp_tx;
+		if (fc->xlate) {
+			p->xlate = 1;
+			p->o_saddr = fc->nat_saddr;
+			p->o_daddr = fc->nat_daddr;
+			p->o_sport = fc->nat_sport;
+			p->o_dport = fc->nat_dport;
+		}
+		__builtin_memcpy(hopp->smac, fc->smac, ETH_ALEN);
+		__builtin_memcpy(hopp->dmac, fc->dmac, ETH_ALEN);
 		goto forward;
 	}
 
@@ -1460,12 +2065,7 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	if (!set)
 		return FWV_ABORT;
 
-	union {
-		struct fw_sess4_key k4;
-		struct fw_sess6_key k6;
-	} sk;
-	void *key = session_key(p, &sk.k4, &sk.k6, &p->src_is_lo);
-	void *smap = p->k.family == 4 ? (void *)&fw_sessions_v4 : (void *)&fw_sessions_v6;
+	void *key = session_key(p, &sc->k4, &sc->k6, &p->src_is_lo);
 	__u32 dir = p->src_is_lo ? 0 : 1;
 
 	/* One call site per map: with a constant map pointer the verifier
@@ -1475,9 +2075,19 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	struct fw_sess_val *sv = NULL;
 	if (!p->icmp_err && !p->nonfirst_frag) {
 		if (p->k.family == 4)
-			sv = bpf_map_lookup_elem(&fw_sessions_v4, &sk.k4);
+			sv = bpf_map_lookup_elem(&fw_sessions_v4, &sc->k4);
 		else
-			sv = bpf_map_lookup_elem(&fw_sessions_v6, &sk.k6);
+			sv = bpf_map_lookup_elem(&fw_sessions_v6, &sc->k6);
+		if (!sv && p->k.family == 4) {
+			/* A reply of a translated flow has a tuple of its own. */
+			int r = fw_nat_reverse(p, &sc->k4, e.slot);
+			if (r < 0)
+				return FWV_DROP; /* counted: to a pool address, no session */
+			if (r > 0) {
+				sv = bpf_map_lookup_elem(&fw_sessions_v4, &sc->k4);
+				dir = p->src_is_lo ? 0 : 1;
+			}
+		}
 	}
 	int live = sv && now - sv->last_seen_ns <= sess_timeout(set, p->k.proto, sv->flags, aging_on(p->k.family));
 	__u64 refresh = 0;
@@ -1488,7 +2098,10 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		    sess_state(IPPROTO_TCP, flags) == FW_ST_CLOSED) {
 			/* A new connection reusing the tuple of a closed one: the
 			 * old session ends and the SYN is judged as a new flow. */
-			bpf_map_delete_elem(smap, key);
+			if (p->k.family == 4)
+				sess4_delete(key);
+			else
+				bpf_map_delete_elem(&fw_sessions_v6, key);
 			cnt->c[FW_CNT_SESSION_REOPENED] += 1;
 			sv = NULL;
 			live = 0;
@@ -1498,6 +2111,8 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		int from_init = p->src_is_lo == sv->initiator_is_lo;
 		if (zone_of(e.in_ifindex, e.slot, NULL) != (from_init ? sv->from_zone : sv->to_zone))
 			return drop(cnt, FW_CNT_DROP_ZONE_MISMATCH);
+		if (nat_from_session(p, sv, from_init) < 0)
+			return drop(cnt, FW_CNT_NAT_REVERSE_MISS);
 		sess_touch(sv, p, from_init);
 		flags = sv->flags;
 		/* A handshake in progress does not take the cache: the packet
@@ -1509,17 +2124,26 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		if (h->checked_ns && now - h->checked_ns < FW_FIB_CACHE_NS && p->tot_len && p->tot_len <= h->len_ok &&
 		    (tc || h->xdp_tx)) {
 			/* Established flow with a fresh FIB answer: no lookup. */
-			__builtin_memcpy(&hop, h, sizeof(hop));
+			__builtin_memcpy(hopp, h, sizeof(*hopp));
 			session_account(sv, &e, now);
 			cnt->c[FW_CNT_SESSION_HIT] += 1;
-			fw_cache_fill(&e, p, &hop, set, refresh, now);
+			fw_cache_fill(&e, p, hopp, set, refresh, now);
 			goto forward;
 		}
 	}
 
 route:
+	if (p->icmp_err)
+		/* Judged before routing: an error about a translated flow is
+		 * addressed to the translated world (the firewall's own address,
+		 * say) and is routed to the flow's untranslated sender. */
+		p->related = (__u8)icmp_related(ctx_data(ctx, tc), ctx_end(ctx, tc), p, set, now);
+	if (!live && p->k.family == 4 && !p->icmp_err && !p->xlate)
+		/* A new flow: destination NAT first, so routing and the policy
+		 * see the translated destination. */
+		fw_dnat(p, e.slot, zone_of(e.in_ifindex, e.slot, NULL));
 	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-	int rc = fib_hop(ctx, e.in_ifindex, p, &hop, p->tot_len);
+	int rc = fib_hop(ctx, e.in_ifindex, p, hopp, p->tot_len);
 	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && p->tot_len;
 	/* What happens to the packet once the session is settled: forwarded
 	 * (0), or handed to the kernel for a reason (one variable, not three,
@@ -1542,7 +2166,7 @@ route:
 		hand_over = (tc && ctx_gso_size(ctx, tc)) ? FW_CNT_PASS_GSO_TOO_BIG : FW_CNT_PASS_FRAG_NEEDED;
 		cacheable = 0;
 		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-		rc = fib_hop(ctx, e.in_ifindex, p, &hop, tc ? 1 : 0);
+		rc = fib_hop(ctx, e.in_ifindex, p, hopp, tc ? 1 : 0);
 		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 			return drop(cnt, FW_CNT_DROP_NO_ROUTE);
 		break;
@@ -1556,20 +2180,20 @@ route:
 		return drop(cnt, FW_CNT_DROP_FRAGMENT);
 
 	__u32 to_flags = 0;
-	__u32 to = zone_of(hop.ifindex, e.slot, &to_flags);
-	hop.xdp_tx = to && (to_flags & FW_IF_XDP_TX);
+	__u32 to = zone_of(hopp->ifindex, e.slot, &to_flags);
+	hopp->xdp_tx = to && (to_flags & FW_IF_XDP_TX);
 
 	if (!hand_over && rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		hand_over = FW_CNT_PASS_NO_NEIGH;
 	/* Only a complete answer is worth reusing: without a neighbour the
 	 * kernel must see the packet, and an oversized packet must too. */
-	hop.checked_ns = cacheable ? now : 0;
-	hop.len_ok = cacheable ? p->tot_len : 0;
-	__builtin_memset(hop.pad, 0, sizeof(hop.pad));
+	hopp->checked_ns = cacheable ? now : 0;
+	hopp->len_ok = cacheable ? p->tot_len : 0;
+	__builtin_memset(hopp->pad, 0, sizeof(hopp->pad));
 
 	if (live) {
 		session_account(sv, &e, now);
-		__builtin_memcpy(&sv->hop[dir & 1], &hop, sizeof(hop));
+		__builtin_memcpy(&sv->hop[dir & 1], hopp, sizeof(*hopp));
 		cnt->c[FW_CNT_SESSION_HIT] += 1;
 	} else {
 		if (sv)
@@ -1587,9 +2211,11 @@ route:
 			/* Errors about an allowed flow (path MTU discovery needs
 			 * them) pass like the flow; others have no flow to be part
 			 * of and are dropped, like in any stateful firewall. */
-			if (!icmp_related(ctx_data(ctx, tc), ctx_end(ctx, tc), p, set, now))
+			if (!p->related)
 				return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
 			cnt->c[FW_CNT_RELATED_ICMP] += 1;
+			if (p->xlate == 2)
+				cnt->c[FW_CNT_NAT_ICMP_XLATED] += 1;
 			/* (never cached: cache_pkt is unset for ICMP errors) */
 		} else {
 			/* Only a SYN opens a TCP session (unless mid-stream pickup is
@@ -1597,22 +2223,55 @@ route:
 			__u32 sflags = 0;
 			if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
 				if (!(set->flags & FW_SET_TCP_PICKUP) || (p->tcp_flags & TCP_RST)) {
-					if (sv)
-						bpf_map_delete_elem(smap, key);
+					if (sv && p->k.family == 4)
+						sess4_delete(key);
+					else if (sv)
+						bpf_map_delete_elem(&fw_sessions_v6, key);
 					return drop(cnt, FW_CNT_DROP_TCP_NOT_SYN);
 				}
 				sflags = FW_SF_ESTABLISHED;
 			}
-			if (evaluate(e.slot, from, to, p) != FW_ALLOW) {
-				if (sv)
+			/* The policy sees the translated destination (port
+			 * forwarding) and the original source. */
+			__u32 od = p->k.daddr[0];
+			__u16 odp = p->k.dport;
+			if (p->dnat) {
+				p->k.daddr[0] = p->o_daddr;
+				p->k.dport = p->o_dport;
+			}
+			int allow = evaluate(e.slot, from, to, p) == FW_ALLOW;
+			p->k.daddr[0] = od;
+			p->k.dport = odp;
+			if (!allow) {
+				if (sv && p->k.family == 4)
 					/* Expired and now denied: free the slot so the
 					 * session count stays the number of live flows. */
-					bpf_map_delete_elem(smap, key);
+					sess4_delete(key);
+				else if (sv)
+					bpf_map_delete_elem(&fw_sessions_v6, key);
 				return drop(cnt, FW_CNT_DROP_POLICY);
 			}
 			struct fw_newsess ns = {.now = now, .bytes = e.bytes, .slot = e.slot, .flags = sflags,
 						 .from_zone = (__u8)from, .to_zone = (__u8)to};
-			if (create_session(p, key, &hop, &ns) < 0)
+			if (p->k.family == 4) {
+				int r = fw_snat(p, &sc->k4, e.slot, from | (to << 8), hopp->ifindex);
+				if (r == -1)
+					return drop(cnt, FW_CNT_NAT_EXHAUSTED);
+				if (r == -2)
+					return drop(cnt, FW_CNT_NAT_UNSUPPORTED);
+				if (r > 0) {
+					ns.nat.saddr = p->o_saddr;
+					ns.nat.sport = p->o_sport;
+					ns.nat.snat_rule = (__u8)(r >> 8);
+				}
+				if (p->dnat) {
+					ns.nat.daddr = p->o_daddr;
+					ns.nat.dport = p->o_dport;
+					ns.nat.dnat_rule = p->dnat;
+				}
+				ns.nat.epoch = (__u16)set->nat_epoch;
+			}
+			if (create_session(p, key, hopp, &ns) < 0)
 				return FWV_DROP;
 			cnt->c[p->k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
 			/* The flow's next packet fills the cache, from the live path
@@ -1621,18 +2280,31 @@ route:
 		}
 	}
 
-	if (hand_over)
+	if (hand_over) {
+		if (p->xlate && hand_over == FW_CNT_PASS_NO_NEIGH) {
+			/* The kernel resolves the next hop and forwards this one
+			 * packet, translated (untranslated it would leave with the
+			 * inside address). */
+			cnt->c[hand_over] += 1;
+			out_from_hop(o, hopp, p);
+			return FWV_PASS_NAT;
+		}
+		/* (Too big, TTL: untranslated, so the kernel's ICMP error goes to
+		 * the original sender about the packet it sent.) */
 		return pass(cnt, hand_over);
-	fw_cache_fill(&e, p, &hop, set, refresh, now);
+	}
+	fw_cache_fill(&e, p, hopp, set, refresh, now);
 
 forward:
 	if (p->ttl <= 1)
 		return pass(cnt, FW_CNT_PASS_TTL);
-	if (!tc && !hop.xdp_tx)
+	out_from_hop(o, hopp, p);
+	if (!tc && !hopp->xdp_tx) {
 		/* The egress drops what XDP redirects into it (a veth whose peer
 		 * runs no NAPI): the kernel forwards this allowed packet. */
-		return pass(cnt, FW_CNT_PASS_EGRESS_NOT_XDP);
-	out_from_hop(o, &hop, p);
+		cnt->c[FW_CNT_PASS_EGRESS_NOT_XDP] += 1;
+		return p->xlate ? FWV_PASS_NAT : FWV_PASS;
+	}
 	return FWV_FWD;
 }
 
@@ -1668,6 +2340,269 @@ static __always_inline int fw_redirect(const int tc, struct mstate *ms, __u32 eg
 	return bpf_redirect_map(&fw_tx_ports, egress, XDP_DROP);
 }
 
+/* ---- NAT rewrite at forwarding ---- */
+
+/* Writes new into a 16-bit field of an ICMP message, keeping the
+ * message's checksum (*outer) right. */
+static __always_inline void put16(__u16 *field, __u16 new, __u16 *outer)
+{
+	__u16 old = *field;
+	if (old != new) {
+		csum_repl16(outer, old, new);
+		*field = new;
+	}
+}
+
+/* An ICMP error about a translated flow (xlate 2): the outer addresses and
+ * the quoted packet become the untranslated world's; the outer IP, the
+ * quoted IP and L4 and the ICMP checksums follow, so every byte sum stays
+ * as it was (a CHECKSUM_COMPLETE skb's too). */
+static __always_inline int icmp_err_rewrite(void *ctx, const int tc, const struct fw_out *o, __u32 l3off, __u32 hlen)
+{
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
+	struct iphdr *iph = data + l3off;
+	if ((void *)(iph + 1) > end)
+		return -1;
+	struct icmp_echo_ *ic = (void *)iph + (hlen & 0x3c);
+	if ((void *)(ic + 1) > end)
+		return -1;
+	if (iph->saddr != o->saddr) {
+		csum_repl32(&iph->check, iph->saddr, o->saddr);
+		iph->saddr = o->saddr;
+	}
+	if (iph->daddr != o->daddr) {
+		csum_repl32(&iph->check, iph->daddr, o->daddr);
+		iph->daddr = o->daddr;
+	}
+	struct iphdr *ih = (void *)(ic + 1);
+	if ((void *)(ih + 1) > end)
+		return -1;
+	__u16 *ocs = (__u16 *)&ic->csum;
+	__u8 proto = ih->protocol;
+	__u32 ihl = (ih->ihl & 0xf) * 4;
+	if (ihl < sizeof(*ih))
+		return -1;
+	__u16 *il4 = (void *)ih + (ihl & 0x3c);
+	if ((void *)(il4 + 4) > end)
+		return -1;
+	/* Old quoted addresses, for the quoted UDP checksum's pseudo-header. */
+	__u32 osa = ih->saddr, oda = ih->daddr;
+	/* The quoted IP header: its checksum follows its addresses, and the
+	 * ICMP checksum follows all three. */
+	__u16 ck = ih->check;
+	csum_repl32(&ck, osa, o->q_saddr);
+	csum_repl32(&ck, oda, o->q_daddr);
+	put16((__u16 *)&ih->saddr, (__u16)o->q_saddr, ocs);
+	put16((__u16 *)&ih->saddr + 1, (__u16)(o->q_saddr >> 16), ocs);
+	put16((__u16 *)&ih->daddr, (__u16)o->q_daddr, ocs);
+	put16((__u16 *)&ih->daddr + 1, (__u16)(o->q_daddr >> 16), ocs);
+	put16((__u16 *)&ih->check, ck, ocs);
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		__u16 osp = il4[0], odp = il4[1];
+		put16(&il4[0], o->q_sport, ocs);
+		put16(&il4[1], o->q_dport, ocs);
+		if (proto == IPPROTO_UDP && il4[3]) {
+			/* The quoted UDP checksum is within the 8 bytes a router
+			 * quotes: keep it right (a zero one stays zero). */
+			__u16 uck = il4[3];
+			csum_repl32(&uck, osa, o->q_saddr);
+			csum_repl32(&uck, oda, o->q_daddr);
+			csum_repl16(&uck, osp, o->q_sport);
+			csum_repl16(&uck, odp, o->q_dport);
+			put16(&il4[3], uck ? uck : 0xffff, ocs);
+		}
+	} else if (proto == IPPROTO_ICMP) {
+		/* A quoted echo: its id (the third word), and its checksum. */
+		__u16 oid = il4[2];
+		if (oid != o->q_sport) {
+			__u16 ick = il4[1];
+			csum_repl16(&ick, oid, o->q_sport);
+			put16(&il4[2], o->q_sport, ocs);
+			put16(&il4[1], ick, ocs);
+		}
+	}
+	return 0;
+}
+
+/* XDP: the frame's checksums are complete (XDP is only chosen where they
+ * are), so every change is an incremental update (RFC 1624). A UDP
+ * checksum of zero (none) stays zero; one that comes out zero is written
+ * as 0xffff. */
+static __always_inline int nat_rewrite_xdp(struct xdp_md *ctx, const struct fw_out *o, __u32 l3off, __u32 hlen)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + l3off;
+	if ((void *)(iph + 1) > end)
+		return -1;
+	void *l4 = (void *)iph + (hlen & 0x3c);
+	__u8 proto = iph->protocol;
+	__u16 *ports = l4;
+	__u16 *l4ck = NULL;
+	int udp = 0;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return -1;
+		l4ck = (__u16 *)&th->check;
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		l4ck = (__u16 *)&uh->check;
+		udp = 1;
+	} else if (proto == IPPROTO_ICMP) {
+		struct icmp_echo_ *ie = l4;
+		if ((void *)(ie + 1) > end)
+			return -1;
+		if (ie->id != o->sport) {
+			csum_repl16((__u16 *)&ie->csum, ie->id, o->sport);
+			ie->id = o->sport;
+		}
+	} else {
+		return -1;
+	}
+	int ck = l4ck && !(udp && *l4ck == 0);
+	__u32 os = iph->saddr, od = iph->daddr;
+	if (os != o->saddr) {
+		csum_repl32(&iph->check, os, o->saddr);
+		if (ck)
+			csum_repl32(l4ck, os, o->saddr);
+		iph->saddr = o->saddr;
+	}
+	if (od != o->daddr) {
+		csum_repl32(&iph->check, od, o->daddr);
+		if (ck)
+			csum_repl32(l4ck, od, o->daddr);
+		iph->daddr = o->daddr;
+	}
+	if (l4ck) {
+		if (ports[0] != o->sport) {
+			if (ck)
+				csum_repl16(l4ck, ports[0], o->sport);
+			ports[0] = o->sport;
+		}
+		if (ports[1] != o->dport) {
+			if (ck)
+				csum_repl16(l4ck, ports[1], o->dport);
+			ports[1] = o->dport;
+		}
+		if (udp && ck && *l4ck == 0)
+			*l4ck = 0xffff;
+	}
+	return 0;
+}
+
+/* TC: the kernel's checksum helpers, which know the skb's checksum state:
+ * a partial checksum (offloaded, as local sockets on veths send them) is
+ * kept partial, and a CHECKSUM_COMPLETE sum follows the change. */
+static __always_inline int nat_rewrite_tc(struct __sk_buff *skb, const struct fw_out *o, __u32 l3off, __u32 hlen)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *iph = data + l3off;
+	if ((void *)(iph + 1) > end)
+		return -1;
+	__u32 os = iph->saddr, od = iph->daddr;
+	__u8 proto = iph->protocol;
+	__u32 l4off = l3off + (hlen & 0x3c);
+	__u32 ckoff;
+	__u64 pflags = BPF_F_PSEUDO_HDR;
+	__u64 mflags = 0;
+	switch (proto) {
+	case IPPROTO_TCP:
+		ckoff = l4off + 16;
+		break;
+	case IPPROTO_UDP:
+		ckoff = l4off + 6;
+		mflags = BPF_F_MARK_MANGLED_0;
+		break;
+	case IPPROTO_ICMP:
+		ckoff = l4off + 2;
+		pflags = 0;
+		break;
+	default:
+		return -1;
+	}
+	if (os != o->saddr) {
+		if (pflags && bpf_l4_csum_replace(skb, ckoff, os, o->saddr, pflags | mflags | 4))
+			return -1;
+		if (bpf_l3_csum_replace(skb, l3off + 10, os, o->saddr, 4) ||
+		    bpf_skb_store_bytes(skb, l3off + 12, &o->saddr, 4, 0))
+			return -1;
+	}
+	if (od != o->daddr) {
+		if (pflags && bpf_l4_csum_replace(skb, ckoff, od, o->daddr, pflags | mflags | 4))
+			return -1;
+		if (bpf_l3_csum_replace(skb, l3off + 10, od, o->daddr, 4) ||
+		    bpf_skb_store_bytes(skb, l3off + 16, &o->daddr, 4, 0))
+			return -1;
+	}
+	__u16 cur[3];
+	if (bpf_skb_load_bytes(skb, l4off, cur, sizeof(cur)))
+		return -1;
+	if (proto == IPPROTO_ICMP) {
+		if (cur[2] != o->sport) {
+			if (bpf_l4_csum_replace(skb, ckoff, cur[2], o->sport, 2) ||
+			    bpf_skb_store_bytes(skb, l4off + 4, &o->sport, 2, 0))
+				return -1;
+		}
+		return 0;
+	}
+	if (cur[0] != o->sport) {
+		if (bpf_l4_csum_replace(skb, ckoff, cur[0], o->sport, mflags | 2) ||
+		    bpf_skb_store_bytes(skb, l4off, &o->sport, 2, 0))
+			return -1;
+	}
+	if (cur[1] != o->dport) {
+		if (bpf_l4_csum_replace(skb, ckoff, cur[1], o->dport, mflags | 2) ||
+		    bpf_skb_store_bytes(skb, l4off + 2, &o->dport, 2, 0))
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline int nat_ip_hlen(void *ctx, const int tc, const struct fw_out *o, __u32 *l3off)
+{
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
+	*l3off = sizeof(struct ethhdr) + (o->vlan ? sizeof(struct vlan_hdr_) : 0);
+	struct iphdr *iph = data + *l3off;
+	if ((void *)(iph + 1) > end || iph->version != 4)
+		return -1;
+	__u32 hlen = (iph->ihl & 0xf) * 4;
+	return hlen < sizeof(*iph) ? -1 : (int)hlen;
+}
+
+/* The NAT rewrite of a decided packet, one global function per program
+ * type (verified once, apart from the main path). 0, or -1: malformed. */
+__noinline int fw_nat_xdp(struct xdp_md *ctx, struct fw_out *o)
+{
+	if (!o)
+		return -1;
+	__u32 l3off;
+	int hlen = nat_ip_hlen(ctx, 0, o, &l3off);
+	if (hlen < 0)
+		return -1;
+	if (o->xlate == 2)
+		return icmp_err_rewrite(ctx, 0, o, l3off, hlen);
+	return nat_rewrite_xdp(ctx, o, l3off, hlen);
+}
+
+__noinline int fw_nat_tc(struct __sk_buff *ctx, struct fw_out *o)
+{
+	if (!o)
+		return -1;
+	__u32 l3off;
+	int hlen = nat_ip_hlen(ctx, 1, o, &l3off);
+	if (hlen < 0)
+		return -1;
+	if (o->xlate == 2)
+		return icmp_err_rewrite(ctx, 1, o, l3off, hlen);
+	return nat_rewrite_tc(ctx, o, l3off, hlen);
+}
+
 /* Rewrites a decided packet (TTL, the VLAN tag, MACs) and redirects it.
  * Returns the program type's action. */
 static __always_inline int fw_forward(void *ctx, const int tc, const struct fw_out *o, struct mstate *ms)
@@ -1677,6 +2612,8 @@ static __always_inline int fw_forward(void *ctx, const int tc, const struct fw_o
 	if (!cnt)
 		return native(FWV_ABORT, tc);
 	ms->modified = 1;
+	if (o->xlate && (tc ? fw_nat_tc(ctx, (struct fw_out *)o) : fw_nat_xdp(ctx, (struct fw_out *)o)))
+		return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
 	void *data = ctx_data(ctx, tc);
 	void *end = ctx_end(ctx, tc);
 	__u32 l3off = sizeof(struct ethhdr) + (o->vlan ? sizeof(struct vlan_hdr_) : 0);
@@ -1721,14 +2658,29 @@ static __always_inline int fw_forward(void *ctx, const int tc, const struct fw_o
 	return act;
 }
 
+/* A verdict other than forward; FWV_PASS_NAT hands the packet to the
+ * kernel translated. */
+static __always_inline int fw_pass_nat(void *ctx, const int tc, struct fw_out *o, int v)
+{
+	if (v != FWV_PASS_NAT)
+		return native(v, tc);
+	if (tc ? fw_nat_tc(ctx, o) : fw_nat_xdp(ctx, o))
+		return native(FWV_DROP, tc);
+	return native(FWV_PASS, tc);
+}
+
 /* The whole firewall for one packet: decide, then forward or not. */
 static __always_inline int fw_main(void *ctx, const int tc, struct mstate *ms)
 {
-	struct fw_out o;
-	int v = fw_decide(ctx, tc, &o);
+	__u32 zero = 0;
+	struct fw_scratch2 *so = bpf_map_lookup_elem(&fw_scratch_out, &zero);
+	if (!so)
+		return native(FWV_ABORT, tc);
+	struct fw_out *o = &so->o;
+	int v = fw_decide(ctx, tc, o);
 	if (v == FWV_FWD)
-		return fw_forward(ctx, tc, &o, ms);
-	return native(v, tc);
+		return fw_forward(ctx, tc, o, ms);
+	return fw_pass_nat(ctx, tc, o, v);
 }
 
 /* Makes a selected frame carry its first FW_MIRROR_META bytes as XDP
@@ -2001,10 +2953,15 @@ struct sweep_ctx {
 };
 
 static __always_inline long sweep_one(void *map, const void *key, __u8 proto, struct fw_sess_val *v,
-				      struct sweep_ctx *c)
+				      struct sweep_ctx *c, const int v4)
 {
 	__u32 flags = v->flags;
 	if (c->now > v->last_seen_ns && c->now - v->last_seen_ns > sess_timeout(c->set, proto, flags, c->aging)) {
+		if (v4) {
+			struct fw_sess4_key k4;
+			__builtin_memcpy(&k4, key, sizeof(k4)); /* (a map key cannot be a global function's argument) */
+			nat_release(&k4, v);
+		}
 		if (bpf_map_delete_elem(map, key) == 0)
 			c->expired += 1;
 		return 0;
@@ -2017,12 +2974,29 @@ static __always_inline long sweep_one(void *map, const void *key, __u8 proto, st
 
 static long sweep4(void *map, struct fw_sess4_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
 {
-	return sweep_one(map, key, key->proto, v, c);
+	return sweep_one(map, key, key->proto, v, c, 1);
 }
 
 static long sweep6(void *map, struct fw_sess6_key *key, struct fw_sess_val *v, struct sweep_ctx *c)
 {
-	return sweep_one(map, key, key->proto, v, c);
+	return sweep_one(map, key, key->proto, v, c, 0);
+}
+
+/* NAT entries whose session is gone (a release that was missed: the
+ * session was deleted from Go, say) are removed here, so a pool never
+ * leaks its slots. */
+static long sweep_ports(void *map, struct fw_nat_port_key *key, struct fw_sess4_key *owner, void *c)
+{
+	if (!bpf_map_lookup_elem(&fw_sessions_v4, owner) && bpf_map_delete_elem(map, key) == 0)
+		nat_addr_count(key->addr, 0);
+	return 0;
+}
+
+static long sweep_rev(void *map, struct fw_nat_rev_key *key, struct fw_sess4_key *owner, void *c)
+{
+	if (!bpf_map_lookup_elem(&fw_sessions_v4, owner))
+		bpf_map_delete_elem(map, key);
+	return 0;
 }
 
 /* Early aging turns on at 80 % of the table and off below 75 % (a little
@@ -2062,6 +3036,8 @@ static int sweep_cb(void *map, __u32 *key, struct fw_sweep *sw)
 	bpf_for_each_map_elem(&fw_sessions_v6, sweep6, &c, 0);
 	sw->used[1] = c.used;
 	sw->unassured[1] = c.unassured;
+	bpf_for_each_map_elem(&fw_nat_ports, sweep_ports, NULL, 0);
+	bpf_for_each_map_elem(&fw_nat_rev, sweep_rev, NULL, 0);
 	sw->aging[1] = aging_next(sw->aging[1], c.used, set->capacity);
 	sw->expired += expired + c.expired;
 	sw->runs += 1;
@@ -2168,10 +3144,14 @@ int tc_fw(struct __sk_buff *skb)
 {
 	tc_pull(skb);
 	struct mstate ms = {};
-	struct fw_out o;
-	int v = fw_decide(skb, 1, &o);
-	tc_mirror(skb, v);
+	__u32 zero = 0;
+	struct fw_scratch2 *so = bpf_map_lookup_elem(&fw_scratch_out, &zero);
+	if (!so)
+		return TC_ACT_SHOT;
+	struct fw_out *o = &so->o;
+	int v = fw_decide(skb, 1, o);
+	tc_mirror(skb, v == FWV_PASS_NAT ? FWV_PASS : v);
 	if (v == FWV_FWD)
-		return fw_forward(skb, 1, &o, &ms);
-	return native(v, 1);
+		return fw_forward(skb, 1, o, &ms);
+	return fw_pass_nat(skb, 1, o, v);
 }

@@ -57,6 +57,13 @@ type Backend struct {
 	endedByPolicy atomic.Uint64 // sessions Apply ended: the new policy denies them
 	cleared       atomic.Uint64 // sessions ClearSessions ended
 
+	// NAT: the running rules, and the masquerade address watcher (started
+	// by the first Apply that masquerades).
+	nat              natRunning
+	masqWatch        *masqWatch
+	masqUpdates      atomic.Uint64
+	masqUpdateErrors atomic.Uint64
+
 	// Pinning (Options.PinDir): the meta map, the layout fingerprint of
 	// this build, and whether the running dataplane was adopted.
 	meta        *ebpf.Map
@@ -168,6 +175,8 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	if b.opts.SessionSweepInterval > 0 {
 		p.settings.SweepNs = uint64(b.opts.SessionSweepInterval.Nanoseconds())
 	}
+	natEpoch := b.nat.nextEpoch(cfg)
+	p.settings.NatEpoch = natEpoch
 	reasons = append(reasons, mirrorReasons(cfg, len(p.ifaces))...)
 	capacity := cfg.Tables.SessionsOrDefault()
 	if b.objs != nil && capacity != b.capacity {
@@ -185,7 +194,7 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 	}
 	ifindex := make(map[string]int, len(p.ifaces))
 	var mrules []mirrorRule
-	var mwarns []dataplane.Warning
+	var mwarns, natWarns []dataplane.Warning
 	err = netnsutil.Do(b.opts.NetNS, func() error {
 		var problems []dataplane.Problem
 		for _, it := range p.ifaces {
@@ -200,7 +209,9 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 			return &dataplane.ConfigError{Problems: problems}
 		}
 		mrules, mwarns = mirrorPlan(cfg, ifindex)
-		return nil
+		var err error
+		natWarns, err = p.nat.resolve(cfg, ifindex)
+		return err
 	})
 	if err != nil {
 		return dataplane.ApplyResult{}, err
@@ -272,11 +283,22 @@ func (b *Backend) Apply(ctx context.Context, cfg *dataplane.Config) (dataplane.A
 		return dataplane.ApplyResult{}, err
 	}
 	res.Warnings = append(res.Warnings, mwarns...)
+	res.Warnings = append(res.Warnings, natWarns...)
 	res.Warnings = append(res.Warnings, b.mir.stageWarning()...)
 	b.mu.Lock()
 	b.cfg = cfg.Clone()
 	b.zones = zones
+	b.nat = natRunning{plan: p.nat, epoch: natEpoch, rules: b.cfg.NAT}
 	b.mu.Unlock()
+	// Counters of addresses no pool has any more, once they hold nothing
+	// (best effort: a leftover entry costs a map slot, not a wrong row).
+	_ = pruneNATCounters(b.objs, p.nat.addrs)
+	if len(p.nat.masqs) > 0 {
+		if err := b.startMasqWatch(); err != nil {
+			res.Warnings = append(res.Warnings, dataplane.Warning{Field: "nat",
+				Message: fmt.Sprintf("%v: a changed interface address is taken only at the next Apply", err)})
+		}
+	}
 	if err := b.writeMeta(); err != nil {
 		res.Warnings = append(res.Warnings, dataplane.Warning{Field: "(pin)",
 			Message: fmt.Sprintf("the pinned dataplane's meta was not updated (%v): a restart adopts it at generation %d", err, b.gen-1)})
@@ -625,6 +647,9 @@ func writeSlot(objs *fwObjects, slot uint32, p *plan, ifindex map[string]int, ch
 	if err := batchUpdate(objs.FwPairs, keys, vals); err != nil {
 		return fmt.Errorf("write zone pairs: %w", err)
 	}
+	if err := writeNAT(objs, slot, &p.nat); err != nil {
+		return err
+	}
 
 	want := map[fwFwIfKey]fwFwIfVal{}
 	for _, it := range p.ifaces {
@@ -714,6 +739,8 @@ func (b *Backend) shutdown(keepPins bool) error {
 	if b == nil {
 		return nil
 	}
+	// Before applyMu: the masquerade watcher may be in an Apply.
+	b.stopMasqWatch()
 	b.applyMu.Lock()
 	defer b.applyMu.Unlock()
 	if b.mir != nil {

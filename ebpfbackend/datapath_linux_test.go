@@ -550,6 +550,17 @@ func TestResourceRows(t *testing.T) {
 		"fw_recent_pos_map": {dataplane.KindArray, 1, false},
 		"fw_sweep_map":      {dataplane.KindArray, 1, false},
 		"fw_scratch_map":    {dataplane.KindPerCPUArray, 1, false},
+		"fw_scratch_out":    {dataplane.KindPerCPUArray, 1, false},
+		// NAT: rules and pools per slot, ports and reverse entries one per session.
+		"fw_snat_rules":      {dataplane.KindArray, numSlots * maxNATRules, false},
+		"fw_dnat_rules":      {dataplane.KindArray, numSlots * maxNATRules, false},
+		"fw_nat_pools":       {dataplane.KindArray, numSlots * maxNATPools, false},
+		"fw_nat_pool_addrs":  {dataplane.KindArray, numSlots * maxNATPools * maxPoolAddrs, false},
+		"fw_nat_masq":        {dataplane.KindHash, numSlots * maxNATPools, true},
+		"fw_nat_addrs":       {dataplane.KindHash, numSlots * maxNATPools * maxPoolAddrs, true},
+		"fw_nat_addr_counts": {dataplane.KindPerCPUHash, numSlots * maxNATPools * maxPoolAddrs, true},
+		"fw_nat_ports":       {dataplane.KindHash, 4096, true},
+		"fw_nat_rev":         {dataplane.KindHash, 4096, true},
 		// Counted by the sweep, one row per family.
 		dataplane.ResourceSessionsUnassured: {dataplane.KindTable, 4096, true},
 	}

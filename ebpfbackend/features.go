@@ -15,6 +15,8 @@ func Supported() []dataplane.Feature {
 		dataplane.FeaturePortMirroring,
 		dataplane.FeatureMirrorSampling,
 		dataplane.FeatureTCAttach,
+		dataplane.FeatureSourceNAT,
+		dataplane.FeatureDestinationNAT,
 	}
 }
 
@@ -28,6 +30,7 @@ func unsupported(cfg *dataplane.Config) []string {
 	why := map[dataplane.Feature]string{
 		dataplane.FeatureStaticRoutes:   "forwarding.routes: static routes are not implemented by the eBPF backend (it forwards with the kernel FIB; add the routes to the host)",
 		dataplane.FeatureQueueSelection: "userspace.queues: queue selection applies to the userspace backend only",
+		dataplane.FeatureNATv6:          "nat: IPv6 NAT is not implemented (the eBPF backend translates IPv4 only: see dataplane/nat.go)",
 	}
 	var reasons []string
 	for _, f := range cfg.Features() {

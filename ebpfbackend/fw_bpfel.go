@@ -47,12 +47,17 @@ const (
 	fwFwCounterFW_CNT_DROP_ZONE_MISMATCH      fwFwCounter = 28
 	fwFwCounterFW_CNT_SESSION_REOPENED        fwFwCounter = 29
 	fwFwCounterFW_CNT_SESSION_EXPIRED_EVICTED fwFwCounter = 30
-	fwFwCounterFW_CNT_MAX                     fwFwCounter = 31
+	fwFwCounterFW_CNT_NAT_CREATED             fwFwCounter = 31
+	fwFwCounterFW_CNT_NAT_EXHAUSTED           fwFwCounter = 32
+	fwFwCounterFW_CNT_NAT_UNSUPPORTED         fwFwCounter = 33
+	fwFwCounterFW_CNT_NAT_REVERSE_MISS        fwFwCounter = 34
+	fwFwCounterFW_CNT_NAT_ICMP_XLATED         fwFwCounter = 35
+	fwFwCounterFW_CNT_MAX                     fwFwCounter = 36
 )
 
 type fwFwCpuCounters struct {
 	_     structs.HostLayout
-	C     [31]uint64
+	C     [36]uint64
 	Names [0]fwFwCounter
 }
 
@@ -76,7 +81,12 @@ type fwFwFlow struct {
 	XdpTx     uint8
 	Pad       uint8
 	InIfindex uint32
-	Pad2      uint32
+	NatSaddr  uint32
+	NatDaddr  uint32
+	NatSport  uint16
+	NatDport  uint16
+	Xlate     uint32
+	_         [4]byte
 }
 
 type fwFwFlowKey struct {
@@ -135,6 +145,65 @@ type fwFwMirrorStats struct {
 	NotBacklog    uint64
 }
 
+type fwFwNatAddrStats struct {
+	_     structs.HostLayout
+	Alloc uint64
+	Free  uint64
+}
+
+type fwFwNatPool struct {
+	_      structs.HostLayout
+	Naddr  uint32
+	PortLo uint16
+	PortHi uint16
+}
+
+type fwFwNatPortKey struct {
+	_    structs.HostLayout
+	Addr uint32
+	Port uint16
+	Pad  uint16
+}
+
+type fwFwNatRevKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type fwFwNatRule struct {
+	_        structs.HostLayout
+	SrcAddr  uint32
+	SrcMask  uint32
+	DstAddr  uint32
+	ToAddr   uint32
+	PortLo   uint16
+	PortHi   uint16
+	ToPort   uint16
+	Proto    uint8
+	FromZone uint8
+	ToZone   uint8
+	Masq     uint8
+	Rule     uint8
+	Pad      uint8
+	Pool     uint32
+}
+
+type fwFwNatXlate struct {
+	_        structs.HostLayout
+	Saddr    uint32
+	Daddr    uint32
+	Sport    uint16
+	Dport    uint16
+	DnatRule uint8
+	SnatRule uint8
+	Epoch    uint16
+}
+
 type fwFwPair struct {
 	_     structs.HostLayout
 	Start uint32
@@ -184,7 +253,19 @@ type fwFwScratch struct {
 		SrcIsLo      uint8
 		L4hlen       uint8
 		TcpFlags     uint8
-		Pad          [2]uint8
+		Xlate        uint8
+		Dnat         uint8
+		Related      uint8
+		_            [3]byte
+		O_saddr      uint32
+		O_daddr      uint32
+		O_sport      uint16
+		O_dport      uint16
+		Q_saddr      uint32
+		Q_daddr      uint32
+		Q_sport      uint16
+		Q_dport      uint16
+		Wire         fwFwFlowKey
 	}
 	Q struct {
 		_            structs.HostLayout
@@ -201,9 +282,46 @@ type fwFwScratch struct {
 		SrcIsLo      uint8
 		L4hlen       uint8
 		TcpFlags     uint8
-		Pad          [2]uint8
+		Xlate        uint8
+		Dnat         uint8
+		Related      uint8
+		_            [3]byte
+		O_saddr      uint32
+		O_daddr      uint32
+		O_sport      uint16
+		O_dport      uint16
+		Q_saddr      uint32
+		Q_daddr      uint32
+		Q_sport      uint16
+		Q_dport      uint16
+		Wire         fwFwFlowKey
 	}
-	Nv fwFwSessVal
+	Nv  fwFwSessVal
+	K4  fwFwSess4Key
+	K6  fwFwSess6Key
+	Hop fwFwHop
+}
+
+type fwFwScratch2 struct {
+	_ structs.HostLayout
+	O struct {
+		_       structs.HostLayout
+		Ifindex uint32
+		Smac    [6]uint8
+		Dmac    [6]uint8
+		Family  uint8
+		Vlan    uint8
+		Xlate   uint8
+		Pad     uint8
+		Saddr   uint32
+		Daddr   uint32
+		Sport   uint16
+		Dport   uint16
+		Q_saddr uint32
+		Q_daddr uint32
+		Q_sport uint16
+		Q_dport uint16
+	}
 }
 
 type fwFwSess4Key struct {
@@ -238,6 +356,7 @@ type fwFwSessVal struct {
 	ToZone        uint8
 	Pad           uint8
 	Hop           [2]fwFwHop
+	Nat           fwFwNatXlate
 }
 
 type fwFwSettings struct {
@@ -250,6 +369,10 @@ type fwFwSettings struct {
 	SweepNs    uint64
 	Capacity   uint64
 	RecentMask uint64
+	SnatN      uint32
+	DnatN      uint32
+	NatEpoch   uint32
+	Pad2       uint32
 }
 
 type fwFwStageDone struct {
@@ -286,35 +409,45 @@ type fwFwSweep struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fwMapFwActive       = "fw_active"
-	fwMapFwCounters     = "fw_counters"
-	fwMapFwCpus         = "fw_cpus"
-	fwMapFwFlowCache    = "fw_flow_cache"
-	fwMapFwIfZone       = "fw_if_zone"
-	fwMapFwMirrorCounts = "fw_mirror_counts"
-	fwMapFwMirrorOn     = "fw_mirror_on"
-	fwMapFwMirrorOut    = "fw_mirror_out"
-	fwMapFwMirrorPairs  = "fw_mirror_pairs"
-	fwMapFwMirrorRules  = "fw_mirror_rules"
-	fwMapFwPairs        = "fw_pairs"
-	fwMapFwRecentPosMap = "fw_recent_pos_map"
-	fwMapFwRecentV4     = "fw_recent_v4"
-	fwMapFwRecentV6     = "fw_recent_v6"
-	fwMapFwRules        = "fw_rules"
-	fwMapFwScratchMap   = "fw_scratch_map"
-	fwMapFwSessionsV4   = "fw_sessions_v4"
-	fwMapFwSessionsV6   = "fw_sessions_v6"
-	fwMapFwSettingsMap  = "fw_settings_map"
-	fwMapFwStageCpu     = "fw_stage_cpu"
-	fwMapFwStageDoneMap = "fw_stage_done_map"
-	fwMapFwStageProdMap = "fw_stage_prod_map"
-	fwMapFwSweepMap     = "fw_sweep_map"
-	fwMapFwTxPorts      = "fw_tx_ports"
-	fwProgFwSweepArm    = "fw_sweep_arm"
-	fwProgTcFw          = "tc_fw"
-	fwProgXdpFw         = "xdp_fw"
-	fwProgXdpFwMirror   = "xdp_fw_mirror"
-	fwProgXdpFwStage    = "xdp_fw_stage"
+	fwMapFwActive        = "fw_active"
+	fwMapFwCounters      = "fw_counters"
+	fwMapFwCpus          = "fw_cpus"
+	fwMapFwDnatRules     = "fw_dnat_rules"
+	fwMapFwFlowCache     = "fw_flow_cache"
+	fwMapFwIfZone        = "fw_if_zone"
+	fwMapFwMirrorCounts  = "fw_mirror_counts"
+	fwMapFwMirrorOn      = "fw_mirror_on"
+	fwMapFwMirrorOut     = "fw_mirror_out"
+	fwMapFwMirrorPairs   = "fw_mirror_pairs"
+	fwMapFwMirrorRules   = "fw_mirror_rules"
+	fwMapFwNatAddrCounts = "fw_nat_addr_counts"
+	fwMapFwNatAddrs      = "fw_nat_addrs"
+	fwMapFwNatMasq       = "fw_nat_masq"
+	fwMapFwNatPoolAddrs  = "fw_nat_pool_addrs"
+	fwMapFwNatPools      = "fw_nat_pools"
+	fwMapFwNatPorts      = "fw_nat_ports"
+	fwMapFwNatRev        = "fw_nat_rev"
+	fwMapFwPairs         = "fw_pairs"
+	fwMapFwRecentPosMap  = "fw_recent_pos_map"
+	fwMapFwRecentV4      = "fw_recent_v4"
+	fwMapFwRecentV6      = "fw_recent_v6"
+	fwMapFwRules         = "fw_rules"
+	fwMapFwScratchMap    = "fw_scratch_map"
+	fwMapFwScratchOut    = "fw_scratch_out"
+	fwMapFwSessionsV4    = "fw_sessions_v4"
+	fwMapFwSessionsV6    = "fw_sessions_v6"
+	fwMapFwSettingsMap   = "fw_settings_map"
+	fwMapFwSnatRules     = "fw_snat_rules"
+	fwMapFwStageCpu      = "fw_stage_cpu"
+	fwMapFwStageDoneMap  = "fw_stage_done_map"
+	fwMapFwStageProdMap  = "fw_stage_prod_map"
+	fwMapFwSweepMap      = "fw_sweep_map"
+	fwMapFwTxPorts       = "fw_tx_ports"
+	fwProgFwSweepArm     = "fw_sweep_arm"
+	fwProgTcFw           = "tc_fw"
+	fwProgXdpFw          = "xdp_fw"
+	fwProgXdpFwMirror    = "xdp_fw_mirror"
+	fwProgXdpFwStage     = "xdp_fw_stage"
 )
 
 // loadFw returns the embedded CollectionSpec for fw.
@@ -370,30 +503,40 @@ type fwProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwMapSpecs struct {
-	FwActive       *ebpf.MapSpec `ebpf:"fw_active"`
-	FwCounters     *ebpf.MapSpec `ebpf:"fw_counters"`
-	FwCpus         *ebpf.MapSpec `ebpf:"fw_cpus"`
-	FwFlowCache    *ebpf.MapSpec `ebpf:"fw_flow_cache"`
-	FwIfZone       *ebpf.MapSpec `ebpf:"fw_if_zone"`
-	FwMirrorCounts *ebpf.MapSpec `ebpf:"fw_mirror_counts"`
-	FwMirrorOn     *ebpf.MapSpec `ebpf:"fw_mirror_on"`
-	FwMirrorOut    *ebpf.MapSpec `ebpf:"fw_mirror_out"`
-	FwMirrorPairs  *ebpf.MapSpec `ebpf:"fw_mirror_pairs"`
-	FwMirrorRules  *ebpf.MapSpec `ebpf:"fw_mirror_rules"`
-	FwPairs        *ebpf.MapSpec `ebpf:"fw_pairs"`
-	FwRecentPosMap *ebpf.MapSpec `ebpf:"fw_recent_pos_map"`
-	FwRecentV4     *ebpf.MapSpec `ebpf:"fw_recent_v4"`
-	FwRecentV6     *ebpf.MapSpec `ebpf:"fw_recent_v6"`
-	FwRules        *ebpf.MapSpec `ebpf:"fw_rules"`
-	FwScratchMap   *ebpf.MapSpec `ebpf:"fw_scratch_map"`
-	FwSessionsV4   *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
-	FwSessionsV6   *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
-	FwSettingsMap  *ebpf.MapSpec `ebpf:"fw_settings_map"`
-	FwStageCpu     *ebpf.MapSpec `ebpf:"fw_stage_cpu"`
-	FwStageDoneMap *ebpf.MapSpec `ebpf:"fw_stage_done_map"`
-	FwStageProdMap *ebpf.MapSpec `ebpf:"fw_stage_prod_map"`
-	FwSweepMap     *ebpf.MapSpec `ebpf:"fw_sweep_map"`
-	FwTxPorts      *ebpf.MapSpec `ebpf:"fw_tx_ports"`
+	FwActive        *ebpf.MapSpec `ebpf:"fw_active"`
+	FwCounters      *ebpf.MapSpec `ebpf:"fw_counters"`
+	FwCpus          *ebpf.MapSpec `ebpf:"fw_cpus"`
+	FwDnatRules     *ebpf.MapSpec `ebpf:"fw_dnat_rules"`
+	FwFlowCache     *ebpf.MapSpec `ebpf:"fw_flow_cache"`
+	FwIfZone        *ebpf.MapSpec `ebpf:"fw_if_zone"`
+	FwMirrorCounts  *ebpf.MapSpec `ebpf:"fw_mirror_counts"`
+	FwMirrorOn      *ebpf.MapSpec `ebpf:"fw_mirror_on"`
+	FwMirrorOut     *ebpf.MapSpec `ebpf:"fw_mirror_out"`
+	FwMirrorPairs   *ebpf.MapSpec `ebpf:"fw_mirror_pairs"`
+	FwMirrorRules   *ebpf.MapSpec `ebpf:"fw_mirror_rules"`
+	FwNatAddrCounts *ebpf.MapSpec `ebpf:"fw_nat_addr_counts"`
+	FwNatAddrs      *ebpf.MapSpec `ebpf:"fw_nat_addrs"`
+	FwNatMasq       *ebpf.MapSpec `ebpf:"fw_nat_masq"`
+	FwNatPoolAddrs  *ebpf.MapSpec `ebpf:"fw_nat_pool_addrs"`
+	FwNatPools      *ebpf.MapSpec `ebpf:"fw_nat_pools"`
+	FwNatPorts      *ebpf.MapSpec `ebpf:"fw_nat_ports"`
+	FwNatRev        *ebpf.MapSpec `ebpf:"fw_nat_rev"`
+	FwPairs         *ebpf.MapSpec `ebpf:"fw_pairs"`
+	FwRecentPosMap  *ebpf.MapSpec `ebpf:"fw_recent_pos_map"`
+	FwRecentV4      *ebpf.MapSpec `ebpf:"fw_recent_v4"`
+	FwRecentV6      *ebpf.MapSpec `ebpf:"fw_recent_v6"`
+	FwRules         *ebpf.MapSpec `ebpf:"fw_rules"`
+	FwScratchMap    *ebpf.MapSpec `ebpf:"fw_scratch_map"`
+	FwScratchOut    *ebpf.MapSpec `ebpf:"fw_scratch_out"`
+	FwSessionsV4    *ebpf.MapSpec `ebpf:"fw_sessions_v4"`
+	FwSessionsV6    *ebpf.MapSpec `ebpf:"fw_sessions_v6"`
+	FwSettingsMap   *ebpf.MapSpec `ebpf:"fw_settings_map"`
+	FwSnatRules     *ebpf.MapSpec `ebpf:"fw_snat_rules"`
+	FwStageCpu      *ebpf.MapSpec `ebpf:"fw_stage_cpu"`
+	FwStageDoneMap  *ebpf.MapSpec `ebpf:"fw_stage_done_map"`
+	FwStageProdMap  *ebpf.MapSpec `ebpf:"fw_stage_prod_map"`
+	FwSweepMap      *ebpf.MapSpec `ebpf:"fw_sweep_map"`
+	FwTxPorts       *ebpf.MapSpec `ebpf:"fw_tx_ports"`
 }
 
 // fwVariableSpecs contains global variables before they are loaded into the kernel.
@@ -422,30 +565,40 @@ func (o *fwObjects) Close() error {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwMaps struct {
-	FwActive       *ebpf.Map `ebpf:"fw_active"`
-	FwCounters     *ebpf.Map `ebpf:"fw_counters"`
-	FwCpus         *ebpf.Map `ebpf:"fw_cpus"`
-	FwFlowCache    *ebpf.Map `ebpf:"fw_flow_cache"`
-	FwIfZone       *ebpf.Map `ebpf:"fw_if_zone"`
-	FwMirrorCounts *ebpf.Map `ebpf:"fw_mirror_counts"`
-	FwMirrorOn     *ebpf.Map `ebpf:"fw_mirror_on"`
-	FwMirrorOut    *ebpf.Map `ebpf:"fw_mirror_out"`
-	FwMirrorPairs  *ebpf.Map `ebpf:"fw_mirror_pairs"`
-	FwMirrorRules  *ebpf.Map `ebpf:"fw_mirror_rules"`
-	FwPairs        *ebpf.Map `ebpf:"fw_pairs"`
-	FwRecentPosMap *ebpf.Map `ebpf:"fw_recent_pos_map"`
-	FwRecentV4     *ebpf.Map `ebpf:"fw_recent_v4"`
-	FwRecentV6     *ebpf.Map `ebpf:"fw_recent_v6"`
-	FwRules        *ebpf.Map `ebpf:"fw_rules"`
-	FwScratchMap   *ebpf.Map `ebpf:"fw_scratch_map"`
-	FwSessionsV4   *ebpf.Map `ebpf:"fw_sessions_v4"`
-	FwSessionsV6   *ebpf.Map `ebpf:"fw_sessions_v6"`
-	FwSettingsMap  *ebpf.Map `ebpf:"fw_settings_map"`
-	FwStageCpu     *ebpf.Map `ebpf:"fw_stage_cpu"`
-	FwStageDoneMap *ebpf.Map `ebpf:"fw_stage_done_map"`
-	FwStageProdMap *ebpf.Map `ebpf:"fw_stage_prod_map"`
-	FwSweepMap     *ebpf.Map `ebpf:"fw_sweep_map"`
-	FwTxPorts      *ebpf.Map `ebpf:"fw_tx_ports"`
+	FwActive        *ebpf.Map `ebpf:"fw_active"`
+	FwCounters      *ebpf.Map `ebpf:"fw_counters"`
+	FwCpus          *ebpf.Map `ebpf:"fw_cpus"`
+	FwDnatRules     *ebpf.Map `ebpf:"fw_dnat_rules"`
+	FwFlowCache     *ebpf.Map `ebpf:"fw_flow_cache"`
+	FwIfZone        *ebpf.Map `ebpf:"fw_if_zone"`
+	FwMirrorCounts  *ebpf.Map `ebpf:"fw_mirror_counts"`
+	FwMirrorOn      *ebpf.Map `ebpf:"fw_mirror_on"`
+	FwMirrorOut     *ebpf.Map `ebpf:"fw_mirror_out"`
+	FwMirrorPairs   *ebpf.Map `ebpf:"fw_mirror_pairs"`
+	FwMirrorRules   *ebpf.Map `ebpf:"fw_mirror_rules"`
+	FwNatAddrCounts *ebpf.Map `ebpf:"fw_nat_addr_counts"`
+	FwNatAddrs      *ebpf.Map `ebpf:"fw_nat_addrs"`
+	FwNatMasq       *ebpf.Map `ebpf:"fw_nat_masq"`
+	FwNatPoolAddrs  *ebpf.Map `ebpf:"fw_nat_pool_addrs"`
+	FwNatPools      *ebpf.Map `ebpf:"fw_nat_pools"`
+	FwNatPorts      *ebpf.Map `ebpf:"fw_nat_ports"`
+	FwNatRev        *ebpf.Map `ebpf:"fw_nat_rev"`
+	FwPairs         *ebpf.Map `ebpf:"fw_pairs"`
+	FwRecentPosMap  *ebpf.Map `ebpf:"fw_recent_pos_map"`
+	FwRecentV4      *ebpf.Map `ebpf:"fw_recent_v4"`
+	FwRecentV6      *ebpf.Map `ebpf:"fw_recent_v6"`
+	FwRules         *ebpf.Map `ebpf:"fw_rules"`
+	FwScratchMap    *ebpf.Map `ebpf:"fw_scratch_map"`
+	FwScratchOut    *ebpf.Map `ebpf:"fw_scratch_out"`
+	FwSessionsV4    *ebpf.Map `ebpf:"fw_sessions_v4"`
+	FwSessionsV6    *ebpf.Map `ebpf:"fw_sessions_v6"`
+	FwSettingsMap   *ebpf.Map `ebpf:"fw_settings_map"`
+	FwSnatRules     *ebpf.Map `ebpf:"fw_snat_rules"`
+	FwStageCpu      *ebpf.Map `ebpf:"fw_stage_cpu"`
+	FwStageDoneMap  *ebpf.Map `ebpf:"fw_stage_done_map"`
+	FwStageProdMap  *ebpf.Map `ebpf:"fw_stage_prod_map"`
+	FwSweepMap      *ebpf.Map `ebpf:"fw_sweep_map"`
+	FwTxPorts       *ebpf.Map `ebpf:"fw_tx_ports"`
 }
 
 func (m *fwMaps) Close() error {
@@ -453,6 +606,7 @@ func (m *fwMaps) Close() error {
 		m.FwActive,
 		m.FwCounters,
 		m.FwCpus,
+		m.FwDnatRules,
 		m.FwFlowCache,
 		m.FwIfZone,
 		m.FwMirrorCounts,
@@ -460,15 +614,24 @@ func (m *fwMaps) Close() error {
 		m.FwMirrorOut,
 		m.FwMirrorPairs,
 		m.FwMirrorRules,
+		m.FwNatAddrCounts,
+		m.FwNatAddrs,
+		m.FwNatMasq,
+		m.FwNatPoolAddrs,
+		m.FwNatPools,
+		m.FwNatPorts,
+		m.FwNatRev,
 		m.FwPairs,
 		m.FwRecentPosMap,
 		m.FwRecentV4,
 		m.FwRecentV6,
 		m.FwRules,
 		m.FwScratchMap,
+		m.FwScratchOut,
 		m.FwSessionsV4,
 		m.FwSessionsV6,
 		m.FwSettingsMap,
+		m.FwSnatRules,
 		m.FwStageCpu,
 		m.FwStageDoneMap,
 		m.FwStageProdMap,

@@ -149,7 +149,8 @@ func mapBytes(t ebpf.MapType, flags uint32, key, value, max uint32, cpus int) (u
 // gives them.
 func sizedEntries(name string, inC, capacity uint32, cpus int) uint32 {
 	switch name {
-	case "fw_sessions_v4", "fw_sessions_v6":
+	case "fw_sessions_v4", "fw_sessions_v6", "fw_nat_ports", "fw_nat_rev":
+		// A v4 session holds at most one pool slot and one reverse entry.
 		return capacity
 	case "fw_recent_v4", "fw_recent_v6":
 		return recentRing(capacity)

@@ -30,6 +30,7 @@ type plan struct {
 	rules    []fwFwRule
 	settings fwFwSettings
 	ifaces   []planIface
+	nat      natPlan
 }
 
 type planIface struct {
@@ -81,6 +82,10 @@ func buildPlan(cfg *dataplane.Config, zoneIDs map[string]uint32) (*plan, []strin
 	}
 
 	p.settings = settingsOf(cfg)
+	np, natReasons := buildNAT(cfg, p.zoneID)
+	reasons = append(reasons, natReasons...)
+	p.nat = np
+	p.settings.SnatN, p.settings.DnatN = uint32(len(np.snat)), uint32(len(np.dnat))
 	return p, reasons
 }
 

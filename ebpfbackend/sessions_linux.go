@@ -97,8 +97,14 @@ func (e *sessionEntry) initiator() (src, dst netip.AddrPort) {
 	return e.hi, e.lo
 }
 
+// tuple is the session as the policy judged its first packet: the
+// initiator's source, and the destination after destination NAT (the
+// policy sees the translated destination: dataplane/nat.go).
 func (e *sessionEntry) tuple() policy.Tuple {
 	src, dst := e.initiator()
+	if n := e.val.Nat; n.Daddr != 0 {
+		dst = netip.AddrPortFrom(wordAddr(n.Daddr), ntohs(n.Dport))
+	}
 	return policy.MakeTuple(src.Addr(), dst.Addr(), e.proto, src.Port(), dst.Port())
 }
 
@@ -227,6 +233,7 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 			State:       sessState(e.proto, v.Flags), Assured: sessAssured(e.proto, v.Flags),
 			FromZone: names[uint32(v.FromZone)], ToZone: names[uint32(v.ToZone)],
 		})
+		b.sessionNAT(&out[len(out)-1], e)
 		return false, len(out) >= limit
 	})
 	if err != nil {

@@ -58,6 +58,11 @@ var counterNames = map[fwFwCounter]string{
 	fwFwCounterFW_CNT_DROP_ZONE_MISMATCH:      dataplane.CounterDropZoneMismatch,
 	fwFwCounterFW_CNT_SESSION_REOPENED:        "sessions_reopened",
 	fwFwCounterFW_CNT_SESSION_EXPIRED_EVICTED: "sessions_expired_evicted",
+	fwFwCounterFW_CNT_NAT_CREATED:             dataplane.CounterNATTranslated,
+	fwFwCounterFW_CNT_NAT_EXHAUSTED:           dataplane.CounterNATPoolExhausted,
+	fwFwCounterFW_CNT_NAT_UNSUPPORTED:         dataplane.CounterNATUnsupportedProto,
+	fwFwCounterFW_CNT_NAT_REVERSE_MISS:        dataplane.CounterNATReverseMiss,
+	fwFwCounterFW_CNT_NAT_ICMP_XLATED:         "nat_icmp_errors_translated",
 }
 
 type namedMap struct {
@@ -199,6 +204,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 	}
 	sw, swErr := b.sweepStats()
 	rows = append(rows, b.unassuredRows(sw, swErr)...)
+	rows = append(rows, natRows(b.objs, &b.nat.plan)...)
 	rep.Resources = rows
 	if v4 != nil && v6 != nil {
 		rep.Sessions = &dataplane.SessionCounts{IPv4: *v4, IPv6: *v6, Total: *v4 + *v6}
@@ -239,6 +245,8 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		dataplane.Counter{Name: "session_sweeps", Scope: "global", Value: sw.Runs},
 		dataplane.Counter{Name: dataplane.CounterSessionsEndedByPolicy, Scope: "global", Value: b.endedByPolicy.Load()},
 		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: "global", Value: b.cleared.Load()},
+		dataplane.Counter{Name: "nat_masquerade_updates", Scope: "global", Value: b.masqUpdates.Load()},
+		dataplane.Counter{Name: "nat_masquerade_update_errors", Scope: "global", Value: b.masqUpdateErrors.Load()},
 		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached)) - tc},
 		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic},
 		dataplane.Counter{Name: "tc_interfaces", Scope: "global", Value: tc})

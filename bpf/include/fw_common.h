@@ -60,6 +60,11 @@ enum fw_counter {
 	FW_CNT_DROP_ZONE_MISMATCH, /* session hit from an interface of another zone */
 	FW_CNT_SESSION_REOPENED,  /* SYN on a closed session: ended, judged anew */
 	FW_CNT_SESSION_EXPIRED_EVICTED, /* expired session evicted for a new flow */
+	FW_CNT_NAT_CREATED,       /* translated sessions created */
+	FW_CNT_NAT_EXHAUSTED,     /* new flow dropped: no free pool slot */
+	FW_CNT_NAT_UNSUPPORTED,   /* selected for SNAT, not TCP, UDP or ICMP echo */
+	FW_CNT_NAT_REVERSE_MISS,  /* to a pool address, no session */
+	FW_CNT_NAT_ICMP_XLATED,   /* ICMP errors about a translated flow, translated back */
 	FW_CNT_MAX,
 };
 
@@ -136,6 +141,82 @@ struct fw_settings {
 	__u64 capacity;
 	/* The early-drop rings' size less one (a power of two less one). */
 	__u64 recent_mask;
+	/* NAT rules of this slot (fw_snat_rules, fw_dnat_rules). */
+	__u32 snat_n;
+	__u32 dnat_n;
+	/* Changes with the config's NAT rules: sessions record it with their
+	 * rules' indexes, so Go names the rules of the config that made them. */
+	__u32 nat_epoch;
+	__u32 pad2;
+};
+
+/* NAT (IPv4). Rules are compiled by Go per slot, one entry per source
+ * prefix; pools are (address list, port range), their addresses in
+ * fw_nat_pool_addrs. See dataplane/nat.go for the semantics. */
+#define FW_MAX_NAT_RULES 64   /* per slot and type */
+#define FW_MAX_NAT_POOLS 64   /* per slot */
+#define FW_MAX_POOL_ADDRS 256
+#define FW_NAT_PROBES 64      /* pool slots looked at per allocation */
+
+struct fw_nat_rule {
+	__u32 src_addr; /* network order; src_mask 0: any source */
+	__u32 src_mask;
+	__u32 dst_addr; /* DNAT: the destination matched */
+	__u32 to_addr;  /* DNAT: translated to */
+	__u16 port_lo;  /* DNAT: destination ports matched, host order */
+	__u16 port_hi;
+	__u16 to_port;  /* DNAT: host order, 0: the port is kept */
+	__u8 proto;     /* 0: tcp, udp and icmp */
+	__u8 from_zone; /* 0: any (DNAT only) */
+	__u8 to_zone;   /* SNAT */
+	__u8 masq;      /* SNAT: the pool is the egress interface's (fw_nat_masq) */
+	__u8 rule;      /* the rule's index in the config's nat list, plus one */
+	__u8 pad;
+	__u32 pool;     /* SNAT: pool index in the slot; masq: the rule's ordinal */
+};
+
+struct fw_nat_pool {
+	__u32 naddr;
+	__u16 port_lo; /* host order */
+	__u16 port_hi;
+};
+
+/* A pool slot: held by one session for its life. */
+struct fw_nat_port_key {
+	__u32 addr; /* network order */
+	__u16 port; /* network order */
+	__u16 pad;
+};
+
+/* The tuple of a reply packet as it arrives (translated world). */
+struct fw_nat_rev_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* Per pool address and CPU: slots taken and given back. Only the datapath
+ * takes and frees slots (a session Go deletes leaves its slot to the
+ * sweep, which frees it as an orphan), so alloc - free summed over CPUs is
+ * the slots held. */
+struct fw_nat_addr_stats {
+	__u64 alloc;
+	__u64 free;
+};
+
+/* A session's translation: the source and destination its initiator's
+ * packets leave with (0: unchanged). Network order. */
+struct fw_nat_xlate {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 dnat_rule; /* fw_nat_rule.rule of the rules that made it (0: none) */
+	__u8 snat_rule;
+	__u16 epoch;    /* fw_settings.nat_epoch when it was made */
 };
 
 /* One expanded policy term. Addresses are in network byte order; IPv4 uses
@@ -227,6 +308,7 @@ struct fw_sess_val {
 	__u8 to_zone;         /* zone it was routed to */
 	__u8 pad;
 	struct fw_hop hop[2]; /* [0]: lo -> hi, [1]: hi -> lo */
+	struct fw_nat_xlate nat;
 };
 
 /* Early drop: the keys of recently created sessions, oldest first, in a
@@ -286,7 +368,13 @@ struct fw_flow {
 	__u8 xdp_tx;     /* the egress takes XDP redirects */
 	__u8 pad;
 	__u32 in_ifindex; /* the packet must arrive here (session zones) */
-	__u32 pad2;
+	/* NAT: the packet leaves with these (IPv4, network order; xlate 0:
+	 * no rewrite). */
+	__u32 nat_saddr;
+	__u32 nat_daddr;
+	__u16 nat_sport;
+	__u16 nat_dport;
+	__u32 xlate;
 };
 
 /* Port mirroring. A rule is keyed by its ingress ifindex; stats are per
