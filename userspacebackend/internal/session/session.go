@@ -189,8 +189,8 @@ type shard struct {
 
 // Table is a sharded session table. See the package documentation.
 type Table struct {
-	shards    []shard
-	shift     uint // hash >> shift selects the shard
+	shards []shard
+	shift  uint // hash >> shift selects the shard
 	// per and extra say how capacity is split: the first extra shards
 	// hold per+1 slots, the others per (global slot numbers, nat.go).
 	per, extra uint32
