@@ -226,7 +226,7 @@ type nextGen struct {
 	mirrors  []mirrorPlan
 	// steer is the NAT steering the shims were given (nat step).
 	steer map[netip.Addr]uint8
-	spans    map[string]*port
+	spans map[string]*port
 	// started are the new bindings; their workers start after the swap.
 	started []*binding
 	res     dataplane.ApplyResult

@@ -94,7 +94,9 @@ func TestRewriteIPv4(t *testing.T) {
 // that comes out zero is sent as 0xffff.
 func TestRewriteIPv4MatchesRecompute(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
-	addr := func() netip.Addr { return netip.AddrFrom4([4]byte{byte(r.Uint32()), byte(r.Uint32()), byte(r.Uint32()), byte(r.Uint32())}) }
+	addr := func() netip.Addr {
+		return netip.AddrFrom4([4]byte{byte(r.Uint32()), byte(r.Uint32()), byte(r.Uint32()), byte(r.Uint32())})
+	}
 	for i := range 5000 {
 		spec := packet.Spec{Src: netip.AddrPortFrom(addr(), uint16(r.Uint32())), Dst: netip.AddrPortFrom(addr(), uint16(r.Uint32())),
 			PayloadLen: r.IntN(200), TTL: uint8(r.IntN(255) + 1)}
