@@ -78,8 +78,12 @@ func NewLab(tb testing.TB, opts *netlab.Options) *Lab {
 		tb.Fatal(err)
 	}
 	for _, echo := range []func() (func(), error){
-		func() (func(), error) { return netlab.TCPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside)) },
-		func() (func(), error) { return netlab.UDPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortUDP)) },
+		func() (func(), error) {
+			return netlab.TCPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside))
+		},
+		func() (func(), error) {
+			return netlab.UDPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortUDP))
+		},
 	} {
 		stop, err := echo()
 		if err != nil {
