@@ -29,8 +29,8 @@ const (
 	PortOther  = 8053
 	PortDenied = 9999
 	PortClosed = 7001
-	// PortInside is the client's TCP echo (on ClientAddr4; with UDP echo
-	// on PortUDP there): the inside server of port-forwarding cases.
+	// PortInside is the client's TCP and UDP echo (on ClientAddr4): the
+	// inside server of port-forwarding cases.
 	PortInside = 80
 )
 
@@ -82,7 +82,7 @@ func NewLab(tb testing.TB, opts *netlab.Options) *Lab {
 			return netlab.TCPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside))
 		},
 		func() (func(), error) {
-			return netlab.UDPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortUDP))
+			return netlab.UDPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside))
 		},
 	} {
 		stop, err := echo()
