@@ -433,11 +433,12 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 // flow, from its session (never from the cache); false when the session
 // is gone.
 func (w *worker) cachedNAT(snap *snapshot, d *flowcache.Decision) bool {
-	orig, x, ok := snap.sessions.Translation(d.Session)
+	x, ok := snap.sessions.Rewrite(d.Session, d.Dir)
 	if !ok {
 		return false
 	}
-	w.xl = xlate{kind: xlPacket, pkt: rewriteFor(&orig, &x, d.Dir)}
+	w.xl.kind = xlPacket
+	w.xl.pkt = natRewrite{src: x.Src, sport: x.SrcPort, dst: x.Dst, dport: x.DstPort}
 	return true
 }
 

@@ -46,13 +46,15 @@ func RewriteIPv4(frame []byte, info *Info, src [4]byte, sport uint16, dst [4]byt
 	}
 	l3, l4 := int(info.L3Off), int(info.L4Off)
 	end := min(l3+int(info.IPLen), len(frame))
-	h := frame[l3:]
+	h := frame[l3 : l3+ipv4MinHdrLen]
 	os, od := binary.BigEndian.Uint32(h[12:]), binary.BigEndian.Uint32(h[16:])
 	ns, nd := binary.BigEndian.Uint32(src[:]), binary.BigEndian.Uint32(dst[:])
+	// One ones'-complement difference for both addresses, added to every
+	// checksum that covers them: ~m + m' for each 16-bit half.
+	var da uint32
 	if os != ns || od != nd {
-		c := binary.BigEndian.Uint16(h[10:])
-		c = csum4(csum4(c, os, ns), od, nd)
-		binary.BigEndian.PutUint16(h[10:], c)
+		da = (^os >> 16) + (^os & 0xffff) + (ns >> 16) + (ns & 0xffff) + (^od >> 16) + (^od & 0xffff) + (nd >> 16) + (nd & 0xffff)
+		binary.BigEndian.PutUint16(h[10:], csumAdd(binary.BigEndian.Uint16(h[10:]), da))
 		binary.BigEndian.PutUint32(h[12:], ns)
 		binary.BigEndian.PutUint32(h[16:], nd)
 	}
@@ -70,12 +72,9 @@ func RewriteIPv4(frame []byte, info *Info, src [4]byte, sport uint16, dst [4]byt
 			return true
 		}
 		osp, odp := binary.BigEndian.Uint16(seg[0:]), binary.BigEndian.Uint16(seg[2:])
-		c := binary.BigEndian.Uint16(seg[off:])
-		if info.Tuple.Proto == protoUDP && c == 0 {
-			// No checksum sent: none to keep right.
-		} else {
-			c = csum4(csum4(c, os, ns), od, nd)
-			c = csum2(csum2(c, osp, sport), odp, dport)
+		if c := binary.BigEndian.Uint16(seg[off:]); c != 0 || info.Tuple.Proto == protoTCP {
+			// (A UDP checksum of zero: none sent, none to keep right.)
+			c = csumAdd(c, da+uint32(^osp)+uint32(sport)+uint32(^odp)+uint32(dport))
 			if c == 0 && info.Tuple.Proto == protoUDP {
 				c = 0xffff
 			}
@@ -94,6 +93,16 @@ func RewriteIPv4(frame []byte, info *Info, src [4]byte, sport uint16, dst [4]byt
 		}
 	}
 	return true
+}
+
+// csumAdd returns checksum c with d, an unfolded sum of ~m + m' terms,
+// added (RFC 1624 eqn. 3).
+func csumAdd(c uint16, d uint32) uint16 {
+	s := uint64(^c) + uint64(d)
+	s = (s & 0xffff) + (s >> 16)
+	s = (s & 0xffff) + (s >> 16)
+	s = (s & 0xffff) + (s >> 16)
+	return ^uint16(s)
 }
 
 // TranslateICMPError rewrites the IPv4 ICMP error of frame (parsed into

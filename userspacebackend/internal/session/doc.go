@@ -105,7 +105,7 @@
 // # Concurrency
 //
 // A Table is safe for concurrent use, with no global lock. The hit paths of
-// Track, TrackBatch, Lookup, Touch and Translation take no lock at all: they read the
+// Track, TrackBatch, Lookup, Touch, Translation and Rewrite take no lock at all: they read the
 // index and the slot with atomic loads and validate the slot with a
 // per-slot seqlock, move the state bits with a compare-and-swap (two
 // workers seeing the two directions of one flow race only there), then

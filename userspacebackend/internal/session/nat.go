@@ -450,6 +450,39 @@ func (t *Table) Translation(ref Ref) (orig Tuple, x NAT, ok bool) {
 	return k.tuple(k[4]&flagReversed != 0), x, true
 }
 
+// Rewrite returns what the packets of direction d of the translated
+// session ref names are rewritten to (source, destination and their
+// ports): the translated tuple for the initiator's (Forward), the
+// initiator's tuple reversed for the responder's (Reverse); Tag is the
+// translation's. It is Translation for the flow cache's hits, reading the
+// slot's key only for the reverse direction.
+func (t *Table) Rewrite(ref Ref, d Dir) (NAT, bool) {
+	ns := t.nat.Load()
+	if ns == nil || int(ref.Shard) >= len(t.shards) {
+		return NAT{}, false
+	}
+	s := &t.shards[ref.Shard]
+	if ref.Slot >= uint32(len(s.slots)) {
+		return NAT{}, false
+	}
+	sl := &s.slots[ref.Slot]
+	if atomic.LoadUint32(&sl.seq) != ref.Gen || atomic.LoadUint64(&sl.key[4])&(flagLive|flagNAT) != flagLive|flagNAT {
+		return NAT{}, false
+	}
+	var x NAT
+	if d == Forward {
+		x = ns.load(s.base + ref.Slot)
+	} else {
+		k := sl.loadKey()
+		orig := k.tuple(k[4]&flagReversed != 0)
+		x = NAT{Src: [4]byte(orig.Dst[:4]), SrcPort: orig.DstPort, Dst: [4]byte(orig.Src[:4]), DstPort: orig.SrcPort}
+	}
+	if atomic.LoadUint32(&sl.seq) != ref.Gen {
+		return NAT{}, false
+	}
+	return x, true
+}
+
 // Relation says how an ICMP error relates to a session (Relate).
 type Relation struct {
 	// OK: the error quotes a live session, travels towards the quoted

@@ -331,3 +331,28 @@ func TestNATConcurrent(t *testing.T) {
 		t.Errorf("NATActive %d, Used %d after ending everything", tb.NATActive(), tb.Used())
 	}
 }
+
+// TestNATRewrite: what each direction is rewritten to, and nothing for a
+// stale ref.
+func TestNATRewrite(t *testing.T) {
+	tb := New(16, 1, timeouts)
+	tb.EnableNAT(nil)
+	orig := tup("10.0.1.2", "198.51.100.9", 6, 5000, 443)
+	x := natOf("10.0.2.1", 1024, "10.0.3.3", 8443, 9)
+	p := Packet{Tuple: orig}
+	e, _, err := tb.CreateNAT(&p, dataplane.StateOpening, zoneIn, zoneOut, 0, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := tb.Rewrite(e.Ref, Forward); !ok || got != x {
+		t.Errorf("forward rewrite %+v %v, want %+v", got, ok, x)
+	}
+	want := natOf("198.51.100.9", 443, "10.0.1.2", 5000, 0)
+	if got, ok := tb.Rewrite(e.Ref, Reverse); !ok || got != want {
+		t.Errorf("reverse rewrite %+v %v, want %+v", got, ok, want)
+	}
+	tb.Remove(orig)
+	if _, ok := tb.Rewrite(e.Ref, Forward); ok {
+		t.Error("rewrite of a removed session")
+	}
+}
