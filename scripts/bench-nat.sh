@@ -2,7 +2,11 @@
 # Userspace NAT speed (issue 16), side by side, in one run:
 #   - plain (untranslated) forwarding before and after NAT: BenchmarkForwarding
 #     of a base commit and of this tree, interleaved (userspace pps and its
-#     ratio to the AF_XDP TX-only ceiling measured in the same run);
+#     ratio to the AF_XDP TX-only ceiling measured in the same run), and the
+#     per-packet work without I/O (BenchmarkClassifyPlain, whose file is
+#     copied into the base tree);
+#   - per packet without I/O, a masqueraded flow's packets each way against
+#     a plain flow's (BenchmarkClassifyNAT);
 #   - an established source-NAT flow against a plain one on the same backend
 #     (BenchmarkNATForwarding, target >= 0.9);
 #   - new translated TCP connections against new plain ones
@@ -22,6 +26,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 echo "base $base, head $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (dirty)'), $count rounds" >&2
 git archive "$base" | tar -x -C "$tmp"
+cp userspacebackend/classify_bench_linux_test.go "$tmp/userspacebackend/"
 mkdir -p "$tmp/bin"
 (cd "$tmp" && go test -c -o "$tmp/bin/base.test" ./userspacebackend/)
 go test -c -o "$tmp/bin/head.test" ./userspacebackend/
@@ -37,6 +42,9 @@ for r in $(seq "$count"); do
 	run head '^BenchmarkForwarding$' 1x
 	run head '^BenchmarkNATForwarding$' 1x
 	run head '^BenchmarkNATNewConnections$' 1x
+	run base '^BenchmarkClassifyPlain$' 2s
+	run head '^BenchmarkClassifyPlain$' 2s
+	run head '^BenchmarkClassifyNAT$' 2s
 done
 run head '^BenchmarkResourceStatsNATPool$' 20000x
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
@@ -69,6 +77,11 @@ ht=$(median head '^BenchmarkForwarding-' userspace/txonly)
 row "plain forwarding, 64 B UDP, before NAT (pps)" "$bp" "" ""
 row "plain forwarding, 64 B UDP, with NAT built in (pps)" "$hp" "" ""
 row "  same, as a share of the TX-only ceiling: before / after" "$bt / $ht" "" ""
+row "plain per-packet work, no I/O: before / after (ns)" "$(median base '^BenchmarkClassifyPlain-' ns/packet) / $(median head '^BenchmarkClassifyPlain-' ns/packet)" "" ""
+pl=$(median head '^BenchmarkClassifyNAT/plain-' ns/packet)
+si=$(median head '^BenchmarkClassifyNAT/snat-initiator-' ns/packet)
+sr=$(median head '^BenchmarkClassifyNAT/snat-reply-' ns/packet)
+row "per-packet work, no I/O: plain / SNAT initiator / SNAT reply (ns)" "$pl / $si / $sr" "" ""
 v=$(median head '^BenchmarkNATForwarding-' snat/plain)
 row "established SNAT flow / plain flow (same run)" "$v" ">= 0.9" "$(check "$v" ge 0.9)"
 row "  plain / SNAT (pps)" "$(median head '^BenchmarkNATForwarding-' plain-pps) / $(median head '^BenchmarkNATForwarding-' snat-pps)" "" ""

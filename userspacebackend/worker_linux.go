@@ -304,7 +304,7 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	w.xl.kind = xlNone
 	if !icmpErr && !tcpCtl {
 		if d, ok := w.fc.Lookup(in.ifindex, t, epoch); ok {
-			if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) && (!d.NAT || w.cachedNAT(snap, &d)) {
+			if eg := snap.port(int(d.Egress)); eg != nil && (!d.NAT && snap.sessions.Touch(d.Session, now, size) || d.NAT && w.cachedNAT(snap, &d, now, size)) {
 				w.c[cFlowCacheHits]++
 				w.c[cSessionHits]++
 				return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: d.DstMAC, smac: eg.mac, eg: eg}, frame, now)
@@ -429,11 +429,11 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}, frame, now)
 }
 
-// cachedNAT sets the translation of a flow-cache hit on a translated
-// flow, from its session (never from the cache); false when the session
-// is gone.
-func (w *worker) cachedNAT(snap *snapshot, d *flowcache.Decision) bool {
-	x, ok := snap.sessions.Rewrite(d.Session, d.Dir)
+// cachedNAT touches the session of a flow-cache hit on a translated flow
+// and sets the packet's translation from it (never from the cache);
+// false when the session is gone.
+func (w *worker) cachedNAT(snap *snapshot, d *flowcache.Decision, now int64, size uint32) bool {
+	x, ok := snap.sessions.TouchRewrite(d.Session, now, size, d.Dir)
 	if !ok {
 		return false
 	}

@@ -454,33 +454,77 @@ func (t *Table) Translation(ref Ref) (orig Tuple, x NAT, ok bool) {
 // session ref names are rewritten to (source, destination and their
 // ports): the translated tuple for the initiator's (Forward), the
 // initiator's tuple reversed for the responder's (Reverse); Tag is the
-// translation's. It is Translation for the flow cache's hits, reading the
-// slot's key only for the reverse direction.
+// translation's for Forward, zero for Reverse. It takes no lock (the
+// slot's seqlock validates the copy).
 func (t *Table) Rewrite(ref Ref, d Dir) (NAT, bool) {
-	ns := t.nat.Load()
-	if ns == nil || int(ref.Shard) >= len(t.shards) {
+	sl, g, q, ok := t.natSlot(ref)
+	if !ok {
 		return NAT{}, false
+	}
+	x := t.rewriteOf(sl, g, d)
+	return x, atomic.LoadUint32(&sl.seq) == q
+}
+
+// TouchRewrite is Touch and Rewrite in one for the flow cache's hits on
+// translated flows: it refreshes the session and returns the rewrite of
+// direction d, false when the session is gone (or, expired, was removed).
+func (t *Table) TouchRewrite(ref Ref, now int64, size uint32, d Dir) (NAT, bool) {
+	sl, g, q, ok := t.natSlot(ref)
+	if !ok {
+		return NAT{}, false
+	}
+	if t.expiredAt(sl, now) {
+		if !t.Touch(ref, now, size) { // removes it, unless refreshed meanwhile
+			return NAT{}, false
+		}
+		return t.Rewrite(ref, d)
+	}
+	x := t.rewriteOf(sl, g, d)
+	if atomic.LoadUint32(&sl.seq) != q {
+		return NAT{}, false
+	}
+	sl.account(now, size)
+	return x, true
+}
+
+// natSlot returns the live translated slot ref names, its global number
+// and its seqlock value.
+func (t *Table) natSlot(ref Ref) (*slot, uint32, uint32, bool) {
+	if t.nat.Load() == nil || int(ref.Shard) >= len(t.shards) {
+		return nil, 0, 0, false
 	}
 	s := &t.shards[ref.Shard]
 	if ref.Slot >= uint32(len(s.slots)) {
-		return NAT{}, false
+		return nil, 0, 0, false
 	}
 	sl := &s.slots[ref.Slot]
-	if atomic.LoadUint32(&sl.seq) != ref.Gen || atomic.LoadUint64(&sl.key[4])&(flagLive|flagNAT) != flagLive|flagNAT {
-		return NAT{}, false
+	q := atomic.LoadUint32(&sl.seq)
+	if q != ref.Gen || atomic.LoadUint64(&sl.key[4])&(flagLive|flagNAT) != flagLive|flagNAT {
+		return nil, 0, 0, false
 	}
-	var x NAT
+	return sl, s.base + ref.Slot, q, true
+}
+
+// rewriteOf is Rewrite's read of slot sl (global number g); the caller
+// validates it with the seqlock.
+func (t *Table) rewriteOf(sl *slot, g uint32, d Dir) NAT {
 	if d == Forward {
-		x = ns.load(s.base + ref.Slot)
-	} else {
-		k := sl.loadKey()
-		orig := k.tuple(k[4]&flagReversed != 0)
-		x = NAT{Src: [4]byte(orig.Dst[:4]), SrcPort: orig.DstPort, Dst: [4]byte(orig.Src[:4]), DstPort: orig.SrcPort}
+		return t.nat.Load().load(g)
 	}
-	if atomic.LoadUint32(&sl.seq) != ref.Gen {
-		return NAT{}, false
+	// The initiator's endpoint becomes the destination: straight from the
+	// key's words (IPv4 addresses are the top halves of words 0 and 2, the
+	// ports the low halves of word 4).
+	var x NAT
+	k4 := atomic.LoadUint64(&sl.key[4])
+	a, b := uint32(atomic.LoadUint64(&sl.key[0])>>32), uint32(atomic.LoadUint64(&sl.key[2])>>32)
+	pa, pb := uint16(k4), uint16(k4>>16)
+	if k4&flagReversed != 0 {
+		a, b, pa, pb = b, a, pb, pa
 	}
-	return x, true
+	binary.BigEndian.PutUint32(x.Src[:], b)
+	binary.BigEndian.PutUint32(x.Dst[:], a)
+	x.SrcPort, x.DstPort = pb, pa
+	return x
 }
 
 // Relation says how an ICMP error relates to a session (Relate).

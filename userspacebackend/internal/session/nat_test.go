@@ -356,3 +356,24 @@ func TestNATRewrite(t *testing.T) {
 		t.Error("rewrite of a removed session")
 	}
 }
+
+// TestNATTouchRewrite refreshes like Touch and rewrites like Rewrite, and
+// removes an expired session like Touch.
+func TestNATTouchRewrite(t *testing.T) {
+	var rel releases
+	tb := New(16, 1, timeouts)
+	tb.EnableNAT(rel.hook)
+	orig := tup("10.0.1.2", "198.51.100.9", 17, 5000, 53)
+	x := natOf("10.0.2.1", 1024, "198.51.100.9", 53, 3)
+	p := Packet{Tuple: orig}
+	e, _, _ := tb.CreateNAT(&p, dataplane.StateReplied, zoneIn, zoneOut, 0, x)
+	if got, ok := tb.TouchRewrite(e.Ref, 5*sec, 100, Forward); !ok || got != x {
+		t.Errorf("TouchRewrite forward = %+v %v", got, ok)
+	}
+	if got, _ := tb.Get(e.Ref); got.Packets != 2 || got.Bytes != 100 || got.LastSeen != 5*sec {
+		t.Errorf("after TouchRewrite: %+v, want 2 packets, 100 bytes, last seen 5 s", got)
+	}
+	if _, ok := tb.TouchRewrite(e.Ref, 100*sec, 1, Reverse); ok || rel.n() != 1 || tb.Used() != 0 {
+		t.Errorf("TouchRewrite of an expired session: ok %v, released %d, used %d", ok, rel.n(), tb.Used())
+	}
+}
