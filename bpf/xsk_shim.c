@@ -172,57 +172,52 @@ static __always_inline int local_socket(struct xdp_md *ctx, __u8 proto, __be32 s
 }
 
 /* nat_steer reports whether a frame to a local NAT address (flags from
- * nat_addrs) belongs to the dataplane; ip is its bounds-checked header. */
-static __always_inline int nat_steer(struct xdp_md *ctx, struct iphdr *ip, void *end, __u8 flags)
+ * nat_addrs) belongs to the dataplane; ip is its bounds-checked header at
+ * offset l3off. What follows the IP header is read with bpf_xdp_load_bytes at
+ * computed offsets: variable packet-pointer arithmetic needs CAP_PERFMON,
+ * which the userspace backend does not ask for. */
+static __always_inline int nat_steer(struct xdp_md *ctx, struct iphdr *ip, __u32 l3off, __u8 flags)
 {
 	__u32 ihl = ip->ihl * 4;
-	void *l4 = (void *)ip + ihl;
+	__u32 l4off = l3off + ihl;
+	struct nat_icmphdr ic;
+	struct iphdr in;
+	__be16 ports[2];
+	__u32 iihl;
 
 	if (ihl < sizeof(*ip) || (ip->frag_off & bpf_htons(0x1fff)))
 		return 0; /* later fragments: the kernel reassembles its own */
 	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
-		__be16 *ports = l4;
-
-		if ((void *)(ports + 2) > end)
+		if (bpf_xdp_load_bytes(ctx, l4off, ports, sizeof(ports)))
 			return 0;
 		return !local_socket(ctx, ip->protocol, ip->saddr, ip->daddr, ports[0], ports[1]);
 	}
-	if (ip->protocol == IPPROTO_ICMP) {
-		struct nat_icmphdr *ic = l4;
-		struct iphdr *in;
-		__be16 *ports;
-		__u32 iihl;
-
-		if ((void *)(ic + 1) > end)
-			return 0;
-		switch (ic->type) {
-		case NAT_ICMP_ECHOREPLY:
-			return 1;
-		case NAT_ICMP_ECHO:
-			return (flags & (NAT_STEER_ECHO | NAT_STEER_ALL)) != 0;
-		case NAT_ICMP_DEST_UNREACH:
-		case NAT_ICMP_TIME_EXCEEDED:
-		case NAT_ICMP_PARAMETERPROB:
-			break;
-		default:
-			return (flags & NAT_STEER_ALL) != 0;
-		}
-		in = (void *)(ic + 1);
-		if ((void *)(in + 1) > end)
-			return 1;
-		iihl = in->ihl * 4;
-		if (iihl < sizeof(*in) || iihl > 60)
-			return 1;
-		if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
-			return 1;
-		ports = (void *)in + iihl;
-		if ((void *)(ports + 2) > end)
-			return 1;
-		/* The quote is a packet the firewall sent: its own socket
-		 * would receive the reverse. */
-		return !local_socket(ctx, in->protocol, in->daddr, in->saddr, ports[1], ports[0]);
+	if (ip->protocol != IPPROTO_ICMP)
+		return (flags & NAT_STEER_ALL) != 0;
+	if (bpf_xdp_load_bytes(ctx, l4off, &ic, sizeof(ic)))
+		return 0;
+	switch (ic.type) {
+	case NAT_ICMP_ECHOREPLY:
+		return 1;
+	case NAT_ICMP_ECHO:
+		return (flags & (NAT_STEER_ECHO | NAT_STEER_ALL)) != 0;
+	case NAT_ICMP_DEST_UNREACH:
+	case NAT_ICMP_TIME_EXCEEDED:
+	case NAT_ICMP_PARAMETERPROB:
+		break;
+	default:
+		return (flags & NAT_STEER_ALL) != 0;
 	}
-	return (flags & NAT_STEER_ALL) != 0;
+	if (bpf_xdp_load_bytes(ctx, l4off + sizeof(ic), &in, sizeof(in)))
+		return 1;
+	iihl = in.ihl * 4;
+	if (iihl < sizeof(in) || (in.protocol != IPPROTO_TCP && in.protocol != IPPROTO_UDP))
+		return 1;
+	if (bpf_xdp_load_bytes(ctx, l4off + sizeof(ic) + iihl, ports, sizeof(ports)))
+		return 1;
+	/* The quote is a packet the firewall sent: its own socket would
+	 * receive the reverse. */
+	return !local_socket(ctx, in.protocol, in.daddr, in.saddr, ports[1], ports[0]);
 }
 
 /* ---- end of address translation ------------------------------------------ */
@@ -269,6 +264,7 @@ int xsk_shim(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct xsk_local_key key = {};
 	void *l3;
+	__u32 l3off = sizeof(*eth); /* l3 - data, for the NAT steering */
 	__be16 proto;
 
 	if ((void *)(eth + 1) > end)
@@ -282,6 +278,7 @@ int xsk_shim(struct xdp_md *ctx)
 			return count(XSK_CNT_PASS_NON_IP, XDP_PASS);
 		proto = vh->proto;
 		l3 = vh + 1;
+		l3off += sizeof(*vh);
 	}
 
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -297,7 +294,7 @@ int xsk_shim(struct xdp_md *ctx)
 		if (is_local(&key)) {
 			__u8 *nat = bpf_map_lookup_elem(&nat_addrs, &key);
 
-			if (nat && nat_steer(ctx, ip, end, *nat))
+			if (nat && nat_steer(ctx, ip, l3off, *nat))
 				return to_socket(ctx);
 			return count(XSK_CNT_PASS_LOCAL, XDP_PASS);
 		}
