@@ -78,10 +78,11 @@ row "plain forwarding, 64 B UDP, before NAT (pps)" "$bp" "" ""
 row "plain forwarding, 64 B UDP, with NAT built in (pps)" "$hp" "" ""
 row "  same, as a share of the TX-only ceiling: before / after" "$bt / $ht" "" ""
 row "plain per-packet work, no I/O: before / after (ns)" "$(median base '^BenchmarkClassifyPlain-' ns/packet) / $(median head '^BenchmarkClassifyPlain-' ns/packet)" "" ""
-pl=$(median head '^BenchmarkClassifyNAT/plain-' ns/packet)
-si=$(median head '^BenchmarkClassifyNAT/snat-initiator-' ns/packet)
-sr=$(median head '^BenchmarkClassifyNAT/snat-reply-' ns/packet)
+pl=$(median head '^BenchmarkClassifyNAT-' plain-ns/packet)
+si=$(median head '^BenchmarkClassifyNAT-' snat-initiator-ns/packet)
+sr=$(median head '^BenchmarkClassifyNAT-' snat-reply-ns/packet)
 row "per-packet work, no I/O: plain / SNAT initiator / SNAT reply (ns)" "$pl / $si / $sr" "" ""
+row "  plain / SNAT initiator, plain / SNAT reply (same run)" "$(median head '^BenchmarkClassifyNAT-' plain/initiator) / $(median head '^BenchmarkClassifyNAT-' plain/reply)" "" ""
 v=$(median head '^BenchmarkNATForwarding-' snat/plain)
 row "established SNAT flow / plain flow (same run)" "$v" ">= 0.9" "$(check "$v" ge 0.9)"
 row "  plain / SNAT (pps)" "$(median head '^BenchmarkNATForwarding-' plain-pps) / $(median head '^BenchmarkNATForwarding-' snat-pps)" "" ""
