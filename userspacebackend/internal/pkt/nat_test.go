@@ -157,7 +157,13 @@ func TestTranslateICMPError(t *testing.T) {
 			t.Fatal(err)
 		}
 		errFrame := make([]byte, 1500)
-		n := BuildICMPError(errFrame, sent, &sinfo, &ErrorReply{Type: ICMPTimeExceeded, Src: router})
+		// Time exceeded for UDP and echo; fragmentation needed (with the
+		// next-hop MTU, which must survive) for TCP.
+		r := ErrorReply{Type: ICMPTimeExceeded, Src: router}
+		if proto == packet.ProtoTCP {
+			r = ErrorReply{Type: ICMPDestUnreach, Code: ICMPFragNeeded, MTU: 1400, Src: router}
+		}
+		n := BuildICMPError(errFrame, sent, &sinfo, &r)
 		errFrame = errFrame[:n]
 		var info Info
 		if err := Parse(errFrame, &info); err != nil || info.Flags&FlagICMPError == 0 {
@@ -172,6 +178,9 @@ func TestTranslateICMPError(t *testing.T) {
 		}
 		if !got.IPChecksumOK || !got.L4ChecksumOK || got.Dst.Addr() != client || got.Src.Addr() != router {
 			t.Errorf("proto %d: outer %s -> %s, ip %v icmp %v", proto, got.Src, got.Dst, got.IPChecksumOK, got.L4ChecksumOK)
+		}
+		if mtu := binary.BigEndian.Uint16(errFrame[info.L4Off+6:]); mtu != uint16(r.MTU) || got.ICMPType != r.Type || got.ICMPCode != r.Code {
+			t.Errorf("proto %d: type %d code %d mtu %d after translation, want %d %d %d", proto, got.ICMPType, got.ICMPCode, mtu, r.Type, r.Code, r.MTU)
 		}
 		// The quote, rebuilt as a frame, is the original packet.
 		quoted := append(append([]byte(nil), errFrame[:14]...), got.Payload[4:]...)
