@@ -17,6 +17,12 @@ type Limits struct {
 	PolicyTerms            int `json:"policy_terms,omitempty"`
 	// MirrorRules bounds port_mirroring.
 	MirrorRules int `json:"mirror_rules,omitempty"`
+	// NATRules bounds the source-NAT rules and, separately, the
+	// destination-NAT rules, a rule counting once per source prefix.
+	// NATPools bounds the source-NAT pools: one per pool rule, one per
+	// interface of the to_zone for a masquerading rule.
+	NATRules int `json:"nat_rules,omitempty"`
+	NATPools int `json:"nat_pools,omitempty"`
 	// Tables bound tables.sessions, tables.flow_cache and tables.neighbors.
 	Sessions  TableLimit `json:"sessions,omitzero"`
 	FlowCache TableLimit `json:"flow_cache,omitzero"`

@@ -100,9 +100,11 @@ const (
 	CounterNATTranslated       = "nat_sessions_created"    // translated sessions created
 )
 
-// ResourceNATPool is the report row of a source-NAT pool: Scope is the
-// rule's name (or "nat[i]"), Capacity addresses x ports, Used the slots
-// held by sessions. Detail rows break it down per address.
+// ResourceNATPool is the report row of a source-NAT pool (Kind KindPool):
+// Scope is the rule's name (or "nat[i]"), Capacity addresses x ports, Used
+// the slots held by sessions. Detail rows (Detail set, Scope
+// "<rule>/<address>") break it down per address. A masquerading rule's
+// addresses are those of its to_zone's interfaces.
 const ResourceNATPool = "nat_pool"
 
 // NATScope names a rule in reports: its name, else nat[i].

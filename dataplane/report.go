@@ -21,6 +21,7 @@ const (
 	KindTable       = "table"
 	KindCache       = "cache"
 	KindQueue       = "queue"
+	KindPool        = "pool" // address x port slots (source-NAT pools)
 )
 
 // Counting methods: how Resource.Used was obtained.

@@ -54,6 +54,18 @@ func Check(cfg *dataplane.Config, rs *policy.Ruleset, l dataplane.Limits, backen
 			add("policies: %d policies expand to %d terms, the %s backend holds at most %d", len(cfg.Policies), total, backend, l.PolicyTerms)
 		}
 	}
+	if l.NATRules > 0 || l.NATPools > 0 {
+		snat, dnat, pools := NATCounts(cfg)
+		if l.NATRules > 0 && snat > l.NATRules {
+			add("nat: source rules expand to %d entries (one per source prefix), the %s backend holds at most %d", snat, backend, l.NATRules)
+		}
+		if l.NATRules > 0 && dnat > l.NATRules {
+			add("nat: destination rules expand to %d entries (one per source prefix), the %s backend holds at most %d", dnat, backend, l.NATRules)
+		}
+		if l.NATPools > 0 && pools > l.NATPools {
+			add("nat: %d source-NAT pools (one per pool rule, one per interface of the to_zone of a masquerading rule), the %s backend holds at most %d", pools, backend, l.NATPools)
+		}
+	}
 	table := func(field string, set, effective uint32, tl dataplane.TableLimit) {
 		switch {
 		case tl.NotSized != "" && set != 0:
@@ -68,4 +80,30 @@ func Check(cfg *dataplane.Config, rs *policy.Ruleset, l dataplane.Limits, backen
 	table("tables.flow_cache", cfg.Tables.FlowCache, cfg.Tables.FlowCacheOrDefault(), l.FlowCache)
 	table("tables.neighbors", cfg.Tables.Neighbors, cfg.Tables.NeighborsOrDefault(), l.Neighbors)
 	return reasons
+}
+
+// NATCounts returns what cfg's NAT rules take: source-NAT and
+// destination-NAT entries (a rule once per source prefix, once if it has
+// none) and source-NAT pools (one per pool rule, one per interface of the
+// to_zone for a masquerading rule).
+func NATCounts(cfg *dataplane.Config) (snat, dnat, pools int) {
+	perZone := map[string]int{}
+	for _, it := range cfg.Interfaces {
+		perZone[it.Zone]++
+	}
+	for _, r := range cfg.NAT {
+		n := max(1, len(r.Sources))
+		switch r.Type {
+		case dataplane.NATSource:
+			snat += n
+			if r.Masquerade {
+				pools += perZone[r.ToZone]
+			} else {
+				pools++
+			}
+		case dataplane.NATDestination:
+			dnat += n
+		}
+	}
+	return snat, dnat, pools
 }

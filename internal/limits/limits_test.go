@@ -81,3 +81,31 @@ func TestCheck(t *testing.T) {
 		t.Errorf("no limits declared, got %v", got)
 	}
 }
+
+func TestCheckNAT(t *testing.T) {
+	cfg := cfgWith(0, 2, 3) // eth0..eth2, all in z0
+	cfg.Interfaces[2].Zone = "z1"
+	cfg.NAT = []dataplane.NATRule{
+		{Type: dataplane.NATSource, FromZone: "z1", ToZone: "z0", Masquerade: true, Sources: []string{"10.0.0.0/8", "192.168.0.0/16"}}, // 2 entries, 2 pools (eth0, eth1)
+		{Type: dataplane.NATSource, FromZone: "z1", ToZone: "z0", Pool: []string{"198.51.100.1"}},                                      // 1 entry, 1 pool
+		{Type: dataplane.NATDestination, Destination: "198.51.100.1", TranslateTo: "10.0.0.1"},                                         // 1 entry
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	snat, dnat, pools := NATCounts(cfg)
+	if snat != 3 || dnat != 1 || pools != 3 {
+		t.Errorf("NATCounts = %d, %d, %d, want 3, 1, 3", snat, dnat, pools)
+	}
+	if got := Check(cfg, nil, dataplane.Limits{NATRules: 3, NATPools: 3}, "test"); got != nil {
+		t.Errorf("at the limits: %v", got)
+	}
+	got := Check(cfg, nil, dataplane.Limits{NATRules: 2, NATPools: 2}, "test")
+	want := []string{
+		"nat: source rules expand to 3 entries (one per source prefix), the test backend holds at most 2",
+		"nat: 3 source-NAT pools (one per pool rule, one per interface of the to_zone of a masquerading rule), the test backend holds at most 2",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("reasons (-want +got):\n%s", diff)
+	}
+}
