@@ -38,9 +38,6 @@ import (
 //     translated destination, then the first matching source rule after
 //     routing, takes a slot and creates the session with both tuples.
 
-// kindPool is the kind of the nat_pool rows.
-const kindPool = "pool"
-
 // Tag bits of a session's translation (session.NAT.Tag).
 const (
 	tagSlot = 1 << 0 // holds the slot (Src, SrcPort) of the allocator of Src
@@ -633,12 +630,12 @@ func (r *reportRows) natPoolRows(detail bool) {
 			}
 			used += u
 			if detail {
-				r.res = append(r.res, dataplane.Resource{Name: dataplane.ResourceNATPool, Kind: kindPool, Detail: true,
+				r.res = append(r.res, dataplane.Resource{Name: dataplane.ResourceNATPool, Kind: dataplane.KindPool, Detail: true,
 					Scope: sr.scope + "/" + netip.AddrFrom4(a).String(), Capacity: per, Used: r.u.used(u), Method: dataplane.MethodCounter})
 			}
 		}
 		if !detail {
-			r.res = append(r.res, dataplane.Resource{Name: dataplane.ResourceNATPool, Kind: kindPool, Scope: sr.scope,
+			r.res = append(r.res, dataplane.Resource{Name: dataplane.ResourceNATPool, Kind: dataplane.KindPool, Scope: sr.scope,
 				Capacity: uint64(len(addrs)) * per, Used: r.u.used(used), Method: dataplane.MethodCounter})
 		}
 	}

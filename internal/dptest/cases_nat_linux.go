@@ -184,8 +184,8 @@ func poolRow(t testing.TB, e *Env, scope string) dataplane.Resource {
 // counted; once the flows time out the ports are free again.
 func natPoolExhaustion(t testing.TB, e *Env) {
 	l := e.Lab
-	if r := poolRow(t, e, "pool16"); r.Capacity != 16 || *r.Used != 0 {
-		t.Fatalf("empty pool row: capacity %d used %d, want 16 and 0", r.Capacity, *r.Used)
+	if r := poolRow(t, e, "pool16"); r.Capacity != 16 || *r.Used != 0 || r.Kind != dataplane.KindPool {
+		t.Fatalf("empty pool row: kind %q capacity %d used %d, want %q, 16 and 0", r.Kind, r.Capacity, *r.Used, dataplane.KindPool)
 	}
 	var flows []Flow
 	for i := range 16 {
