@@ -10,6 +10,9 @@
  *   - IPv6 neighbour discovery, ICMPv6 133-137    -> XDP_PASS  (pass_nd)
  *   - IP frames to one of the firewall's own
  *     addresses (local_addrs, programmed by Go)   -> XDP_PASS  (pass_local)
+ *     ... unless the address is also a NAT address
+ *     (nat_addrs) and no local socket owns the
+ *     frame: see "Address translation" below      -> XSKMAP    (redirected)
  *   - any other IP frame                          -> XSKMAP    (redirected)
  *     ... unless no ready socket serves the queue -> XDP_DROP  (drop_no_socket)
  *
@@ -95,6 +98,130 @@ struct {
 	__type(value, struct xsk_cpu_counters);
 } counters SEC(".maps");
 
+/* ---- Address translation (userspace NAT, dataplane/nat.go) ----------------
+ *
+ * A NAT address that is also one of the firewall's own (masquerade: the
+ * egress interface's address; a pool or port-forwarding address configured
+ * on an interface) receives two kinds of traffic: replies of translated
+ * flows and forwarded ports, which the dataplane owns, and the firewall's
+ * own traffic, which the kernel owns. Go lists such addresses in nat_addrs
+ * with what they are used for; for a frame to one of them the shim asks the
+ * kernel whether a local socket owns it (bpf_skc_lookup_tcp,
+ * bpf_sk_lookup_udp: established, time-wait and listening TCP sockets, bound
+ * UDP sockets) and otherwise hands it to the dataplane:
+ *
+ *   - TCP, UDP: to the kernel when a local socket matches, else the dataplane
+ *     (a forwarded port the firewall itself listens on stays the kernel's);
+ *   - ICMP echo reply: the dataplane (replies of translated pings);
+ *   - ICMP echo request: the dataplane if a destination rule forwards ICMP
+ *     to the address (NAT_STEER_ECHO), else the kernel (the firewall answers);
+ *   - ICMP errors: by the quoted packet: to the kernel when a local socket
+ *     sent it (path MTU of the firewall's own connections), else the
+ *     dataplane (errors about translated flows, translated back there);
+ *   - anything else: the dataplane if a destination rule forwards every
+ *     protocol (NAT_STEER_ALL), else the kernel.
+ *
+ * Ports the firewall's own unconnected UDP sockets are bound to win over
+ * translated flows: keep ip_local_port_range and the NAT port ranges apart on
+ * an address used for both. */
+#define XSK_MAX_NAT_ADDRS XSK_MAX_LOCAL_ADDRS
+#define NAT_STEER_REPLY 0x01
+#define NAT_STEER_ECHO 0x02
+#define NAT_STEER_ALL 0x04
+
+/* ICMP (linux/icmp.h pulls in libc headers a BPF target does not have). */
+#define NAT_ICMP_ECHOREPLY 0
+#define NAT_ICMP_DEST_UNREACH 3
+#define NAT_ICMP_ECHO 8
+#define NAT_ICMP_TIME_EXCEEDED 11
+#define NAT_ICMP_PARAMETERPROB 12
+struct nat_icmphdr {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be32 rest;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XSK_MAX_NAT_ADDRS);
+	__type(key, struct xsk_local_key);
+	__type(value, __u8);
+} nat_addrs SEC(".maps");
+
+/* local_socket reports whether a local socket owns a TCP or UDP packet from
+ * saddr:sport to daddr:dport (network byte order). */
+static __always_inline int local_socket(struct xdp_md *ctx, __u8 proto, __be32 saddr, __be32 daddr, __be16 sport,
+					__be16 dport)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = sport;
+	t.ipv4.dport = dport;
+	if (proto == IPPROTO_TCP)
+		sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* nat_steer reports whether a frame to a local NAT address (flags from
+ * nat_addrs) belongs to the dataplane; ip is its bounds-checked header at
+ * offset l3off. What follows the IP header is read with bpf_xdp_load_bytes at
+ * computed offsets: variable packet-pointer arithmetic needs CAP_PERFMON,
+ * which the userspace backend does not ask for. */
+static __always_inline int nat_steer(struct xdp_md *ctx, struct iphdr *ip, __u32 l3off, __u8 flags)
+{
+	__u32 ihl = ip->ihl * 4;
+	__u32 l4off = l3off + ihl;
+	struct nat_icmphdr ic;
+	struct iphdr in;
+	__be16 ports[2];
+	__u32 iihl;
+
+	if (ihl < sizeof(*ip) || (ip->frag_off & bpf_htons(0x1fff)))
+		return 0; /* later fragments: the kernel reassembles its own */
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		if (bpf_xdp_load_bytes(ctx, l4off, ports, sizeof(ports)))
+			return 0;
+		return !local_socket(ctx, ip->protocol, ip->saddr, ip->daddr, ports[0], ports[1]);
+	}
+	if (ip->protocol != IPPROTO_ICMP)
+		return (flags & NAT_STEER_ALL) != 0;
+	if (bpf_xdp_load_bytes(ctx, l4off, &ic, sizeof(ic)))
+		return 0;
+	switch (ic.type) {
+	case NAT_ICMP_ECHOREPLY:
+		return 1;
+	case NAT_ICMP_ECHO:
+		return (flags & (NAT_STEER_ECHO | NAT_STEER_ALL)) != 0;
+	case NAT_ICMP_DEST_UNREACH:
+	case NAT_ICMP_TIME_EXCEEDED:
+	case NAT_ICMP_PARAMETERPROB:
+		break;
+	default:
+		return (flags & NAT_STEER_ALL) != 0;
+	}
+	if (bpf_xdp_load_bytes(ctx, l4off + sizeof(ic), &in, sizeof(in)))
+		return 1;
+	iihl = in.ihl * 4;
+	if (iihl < sizeof(in) || (in.protocol != IPPROTO_TCP && in.protocol != IPPROTO_UDP))
+		return 1;
+	if (bpf_xdp_load_bytes(ctx, l4off + sizeof(ic) + iihl, ports, sizeof(ports)))
+		return 1;
+	/* The quote is a packet the firewall sent: its own socket would
+	 * receive the reverse. */
+	return !local_socket(ctx, in.protocol, in.daddr, in.saddr, ports[1], ports[0]);
+}
+
+/* ---- end of address translation ------------------------------------------ */
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -137,6 +264,7 @@ int xsk_shim(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	struct xsk_local_key key = {};
 	void *l3;
+	__u32 l3off = sizeof(*eth); /* l3 - data, for the NAT steering */
 	__be16 proto;
 
 	if ((void *)(eth + 1) > end)
@@ -150,6 +278,7 @@ int xsk_shim(struct xdp_md *ctx)
 			return count(XSK_CNT_PASS_NON_IP, XDP_PASS);
 		proto = vh->proto;
 		l3 = vh + 1;
+		l3off += sizeof(*vh);
 	}
 
 	if (proto == bpf_htons(ETH_P_IP)) {
@@ -162,8 +291,13 @@ int xsk_shim(struct xdp_md *ctx)
 		key.addr[10] = 0xff;
 		key.addr[11] = 0xff;
 		__builtin_memcpy(&key.addr[12], &ip->daddr, 4);
-		if (is_local(&key))
+		if (is_local(&key)) {
+			__u8 *nat = bpf_map_lookup_elem(&nat_addrs, &key);
+
+			if (nat && nat_steer(ctx, ip, l3off, *nat))
+				return to_socket(ctx);
 			return count(XSK_CNT_PASS_LOCAL, XDP_PASS);
+		}
 		return to_socket(ctx);
 	}
 

@@ -83,6 +83,8 @@ type applyPlan struct {
 	// new zones added.
 	zoneIDs   map[string]uint16
 	zoneNames []string
+	// nat is the config's NAT, compiled (nil without rules).
+	nat *natConfig
 }
 
 // plan checks cfg against this backend and the running generation,
@@ -135,6 +137,9 @@ func (b *Backend) plan(cfg *dataplane.Config) (*applyPlan, error) {
 		if _, ok := p.byName[r.Output]; ok {
 			p.outputs[r.Output] = true
 		}
+	}
+	if p.nat, err = compileNAT(cfg, zoneIDs, &b.nat); err != nil {
+		return nil, refuse([]string{err.Error()})
 	}
 	p.xo = b.socketOptions(cfg.Userspace)
 	p.xo.FrameSize = max(frameSize, b.frameSize.Load())
@@ -219,7 +224,9 @@ type nextGen struct {
 	neigh    *neigh.Table
 	ports    []portPlan
 	mirrors  []mirrorPlan
-	spans    map[string]*port
+	// steer is the NAT steering the shims were given (nat step).
+	steer map[netip.Addr]uint8
+	spans map[string]*port
 	// started are the new bindings; their workers start after the swap.
 	started []*binding
 	res     dataplane.ApplyResult
@@ -256,6 +263,7 @@ const (
 	stepNeighbors = "neighbors"
 	stepPorts     = "ports"
 	stepMirrors   = "mirrors"
+	stepNAT       = "nat"
 )
 
 // build makes the next generation: session table (first Apply only),
@@ -274,6 +282,7 @@ func (b *Backend) build(ctx context.Context, p *applyPlan) (*nextGen, error) {
 		{stepNeighbors, func() error { return b.buildNeighbors(ctx, p, nx, &undo) }},
 		{stepPorts, func() error { return b.buildPorts(p, nx, &undo) }},
 		{stepMirrors, func() error { return b.buildMirrors(p, nx, &undo) }},
+		{stepNAT, func() error { return b.buildNAT(p, nx, &undo) }},
 	}
 	for _, s := range steps {
 		err := injected(s.name)
@@ -404,6 +413,31 @@ func (b *Backend) buildMirrors(p *applyPlan, nx *nextGen, undo *undoStack) error
 	})
 }
 
+// buildNAT binds every pool address to its slot allocator and gives the
+// shims the NAT addresses that are the firewall's own (steering; the
+// previous steering is restored if a later step fails).
+func (b *Backend) buildNAT(p *applyPlan, nx *nextGen, undo *undoStack) error {
+	p.nat.bindPools()
+	// The next generation's ports as the steering sees them.
+	s := &snapshot{nat: p.nat}
+	for _, pl := range nx.ports {
+		s.ports = append(s.ports, &portView{port: pl.p, mac: pl.mac, zone: pl.zone})
+	}
+	nx.steer = natSteering(s, p.local)
+	old := b.steer
+	undo.push(func() {
+		for _, pl := range nx.ports {
+			_ = pl.p.shim.SetNATAddrs(old)
+		}
+	})
+	for _, pl := range nx.ports {
+		if err := pl.p.shim.SetNATAddrs(nx.steer); err != nil {
+			return fmt.Errorf("program NAT addresses on %s: %w", pl.p.name, err)
+		}
+	}
+	return nil
+}
+
 // commit makes nx the running generation with one pointer store, starts
 // the new workers and retires what the new generation no longer has.
 // applyMu is held; nothing here fails.
@@ -431,6 +465,12 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	b.flowCache.Store(cfg.Tables.FlowCacheOrDefault())
 	ns := newSnapshot(gen, p.policy, nx.ports, nx.neigh, nx.sessions, nx.router, int(u.BatchOrDefault()))
 	ns.zoneNames, ns.tcpPickup = p.zoneNames, cfg.Sessions.TCPPickup
+	ns.nat = p.nat
+	if p.nat != nil {
+		// Before the swap: the first translated session needs it.
+		nx.sessions.EnableNAT(b.nat.release)
+	}
+	b.steer = nx.steer
 	b.zoneIDs, b.zoneNames = p.zoneIDs, p.zoneNames
 	b.attachMirrors(ns, nx.mirrors, nx.spans)
 	b.carveMirrorPools(cfg, nx)
@@ -446,6 +486,10 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	}
 	b.retireOld(next, nx, retire, old)
 	b.ports = next
+	// Allocators of addresses no pool names and no session holds are
+	// forgotten (masquerade ones are made again on demand).
+	b.nat.retireExcept(func(a [4]byte) bool { return p.nat != nil && p.nat.pools[a] })
+	b.followMasquerade(ns)
 	b.startBackground()
 	nx.res.Generation = gen
 	return nx.res
@@ -491,7 +535,13 @@ func (b *Backend) endDenied(p *applyPlan, nx *nextGen) {
 		if !fok || !tok {
 			return true
 		}
-		allow, _ := p.policy.DecideZones(from, to, e.Tuple)
+		t := e.Tuple
+		if e.Translated && tagDNAT(e.NAT.Tag) != 0 {
+			// The policy judged the translated destination.
+			copy(t.Dst[:4], e.NAT.Dst[:])
+			t.DstPort = e.NAT.DstPort
+		}
+		allow, _ := p.policy.DecideZones(from, to, t)
 		return !allow
 	})
 	b.endedByPolicy.Add(uint64(n))

@@ -72,6 +72,11 @@ type Backend struct {
 	// ClearSessions ended.
 	endedByPolicy atomic.Uint64
 	cleared       atomic.Uint64
+	// nat is the address-translation state that outlives a generation:
+	// slot allocators and rule names (nat_linux.go).
+	nat natRegistry
+	// steer is the NAT steering last programmed into the shims (applyMu).
+	steer map[netip.Addr]uint8
 }
 
 var (
@@ -201,9 +206,11 @@ func (b *Backend) pollLinks() {
 			for _, p := range s.ports {
 				_ = p.shim.SetLocalAddrs(local)
 			}
+			_ = programNATSteering(s, local)
 		}
 		return nil
 	})
+	b.followMasquerade(s)
 }
 
 // Sessions lists at most limit sessions (limit <= 0: all) and the counts,
@@ -223,7 +230,7 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 	now := b.now()
 	var out []dataplane.Session
 	for _, e := range t.Snapshot(limit) {
-		out = append(out, dataplane.Session{
+		ds := dataplane.Session{
 			Protocol:    protoName(e.Tuple.Proto),
 			Source:      netip.AddrPortFrom(e.Tuple.SrcAddr(), e.Tuple.SrcPort).String(),
 			Destination: netip.AddrPortFrom(e.Tuple.DstAddr(), e.Tuple.DstPort).String(),
@@ -231,7 +238,9 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 			IdleSeconds: time.Duration(max(now-e.LastSeen, 0)).Seconds(),
 			State:       e.State, Assured: e.Assured,
 			FromZone: s.zoneName(e.FromZone), ToZone: s.zoneName(e.ToZone),
-		})
+		}
+		b.natSessionFields(&ds, &e)
+		out = append(out, ds)
 	}
 	return out, sessionCounts(t), nil
 }

@@ -44,6 +44,13 @@ const (
 	cDropTooBig
 	cFragmented
 	cChecksumsCompleted
+	cNATTranslated
+	cNATPoolExhausted
+	cNATUnsupported
+	cNATReverseMiss
+	cNATUntranslated
+	cNATClash
+	cNATICMPTranslated
 	numCounters
 )
 
@@ -86,6 +93,13 @@ var counterNames = [numCounters]string{
 	cDropTooBig:          "dropped_too_big",
 	cFragmented:          "fragmented",
 	cChecksumsCompleted:  "checksums_completed",
+	cNATTranslated:       dataplane.CounterNATTranslated,
+	cNATPoolExhausted:    dataplane.CounterNATPoolExhausted,
+	cNATUnsupported:      dataplane.CounterNATUnsupportedProto,
+	cNATReverseMiss:      dataplane.CounterNATReverseMiss,
+	cNATUntranslated:     "dropped_nat_untranslated",
+	cNATClash:            "dropped_nat_clash",
+	cNATICMPTranslated:   "nat_icmp_errors_translated",
 }
 
 // counterSet is written by one worker (batched, once per RX batch) and

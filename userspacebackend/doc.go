@@ -120,6 +120,75 @@
 // cache) and dropped by every Apply: the caches share an epoch that both
 // bump.
 //
+// # Address translation
+//
+// dataplane/nat.go's semantics (Supported declares FeatureSourceNAT and
+// FeatureDestinationNAT; IPv6 rules are refused: FeatureNATv6). Rules
+// apply to IPv4 packets; IPv6 flows are forwarded as the policy says,
+// untranslated. For the first packet of a flow: the first destination
+// rule matching it (ingress zone, protocol, address, port) translates its
+// destination before routing; the route and the policy see the
+// translated destination; after routing, the first source rule matching
+// (zones of the route, original source, protocol) takes a slot: masquerade
+// to the egress interface's primary IPv4 address (re-read at every new
+// translation; the link watcher and the poll keep it current), or an
+// address of the pool (picked by the flow's source, so a client keeps one
+// address while it has room) and a port (the flow's own when free, else
+// the next free one from a moving cursor; internal/natpool: no scan, tens
+// of nanoseconds at 99.9 % fill). One slot allocator per address, shared
+// by every rule naming it: a slot is never shared. A flow that finds no
+// slot is dropped (nat_pool_exhausted); a protocol other than TCP, UDP
+// and ICMP echo selected by a rule is dropped (dropped_nat_unsupported).
+//
+// The session holds both tuples (internal/session: the translated one in
+// a NAT extension, found through a reverse index, so the responder's
+// replies find the session on a miss of its own key). Every packet is
+// rewritten from the session, in place after the checksum completion and
+// before the TTL decrement: addresses, ports or the echo identifier, with
+// incremental IP, TCP, UDP and ICMP checksum updates (a UDP checksum of
+// zero stays zero). The flow cache serves translated flows too; it only
+// says "translated", the rewrite is read from the session each time. An
+// ICMP error quoting a translated flow (by either of its tuples) is
+// translated back: the quote returns to the form its sender sent, every
+// quoted checksum is updated, the error goes to the quote's sender
+// (nat_icmp_errors_translated); the firewall's own errors (TTL, MTU)
+// quote the packet as received and need none. A packet to a pool address
+// that is no session's reply is dropped (nat_reverse_miss); a packet with
+// a translated flow's tuple in a form its endpoints never send (a reply
+// to the inside address) is dropped without touching the session
+// (dropped_nat_untranslated); a new flow whose translated tuple is
+// already another session's is dropped (dropped_nat_clash).
+//
+// The slot returns when the session ends, however it ends (idle timeout,
+// closed timeout after RST or FINs, early drop, ClearSessions, the end of
+// a session a new policy denies). NAT rule changes apply to new flows;
+// translated sessions keep their translation until they end (as
+// conntrack does; clear them to apply a new rule at once). When an
+// egress interface's primary address goes away, the sessions masqueraded
+// to it end (nat_masquerade_sessions_ended), as with Linux's MASQUERADE.
+//
+// The firewall's own addresses: a masquerade address, and a pool or
+// port-forwarding address configured on an interface, receive both
+// translated flows' replies and the firewall's own traffic. The shim
+// (bpf/xsk_shim.c, "Address translation") hands a frame to such an
+// address to the dataplane unless a local socket owns it (TCP: an
+// established, time-wait or listening socket; UDP: a bound socket; an
+// ICMP error: a local socket sent the quoted packet); echo requests go to
+// the kernel unless a destination rule forwards ICMP. So the firewall
+// stays reachable and its own connections work on a masqueraded address,
+// but a port its own unconnected UDP socket is bound to is the kernel's:
+// keep net.ipv4.ip_local_port_range apart from the NAT ports on an
+// address used for both, and the firewall's own pings from a masqueraded
+// address lose their replies to the dataplane.
+//
+// Reports: one nat_pool row per source rule (scope: its name or nat[i];
+// capacity addresses x ports; used: that space's slots held, by any
+// rule), a detail row per address ("name/address"); Sessions lists the
+// translated tuple and the rules ("dnat,snat"; "#n" for a rule without a
+// name). Memory (MemoryCost "nat"): 24 bytes per session slot and about
+// 16-32 bytes of reverse index, allocated by the first Apply with a NAT
+// rule, and 8.3 KiB per pool address.
+//
 // # Cross-binding TX
 //
 // Sockets do not share a UMEM, so forwarding copies the frame into the
@@ -260,7 +329,8 @@
 //   - A missing interface, or a queue an interface does not have: a
 //     *dataplane.ConfigError naming interfaces[i].name or
 //     userspace.queues[j].
-//   - A config needing features this backend lacks (static routes) or an
+//   - A config needing features this backend lacks (static routes, IPv6
+//     NAT) or an
 //     unsupported size change: a
 //     *dataplane.NotSupportedError listing every reason (Supported lists
 //     the features).

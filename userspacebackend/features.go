@@ -20,6 +20,8 @@ func Supported() []dataplane.Feature {
 		dataplane.FeatureQueueSelection,
 		dataplane.FeaturePortMirroring,
 		dataplane.FeatureMirrorSampling,
+		dataplane.FeatureSourceNAT,
+		dataplane.FeatureDestinationNAT,
 	}
 }
 
@@ -34,6 +36,8 @@ func unsupported(cfg *dataplane.Config) []string {
 		dataplane.FeatureStaticRoutes: "forwarding.routes: static routes are not implemented by the userspace backend (it forwards with the host's routing table; add the routes to the host)",
 		dataplane.FeatureTCAttach: "interfaces[].attach: \"tc\" is an attach mode of the eBPF backend; the userspace backend always attaches an XDP shim " +
 			"(on interfaces with checksum offload it completes the partial checksums itself)",
+		dataplane.FeatureNATv6: "nat[]: IPv6 address translation (NAT66, NPTv6) is not implemented by the userspace backend; its NAT rules are IPv4 only " +
+			"(IPv6 flows are forwarded as the policy says, untranslated)",
 	}
 	var reasons []string
 	for _, f := range cfg.Features() {

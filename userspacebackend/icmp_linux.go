@@ -5,9 +5,11 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/internal/policy"
 	"github.com/fwplane/fwplane/userspacebackend/internal/pkt"
+	"github.com/fwplane/fwplane/userspacebackend/internal/session"
 )
 
 // ICMP errors and the MTU, as the eBPF backend behaves (it hands these
@@ -40,9 +42,12 @@ import (
 //     other is dropped (dropped_icmp_unrelated). It never creates or
 //     refreshes a session.
 
-// portAddrs are an interface's addresses, by family.
+// portAddrs are an interface's addresses, by family, and its primary
+// IPv4 address (the first that is not secondary), which masquerade
+// translates to.
 type portAddrs struct {
-	v4, v6 []netip.Prefix
+	v4, v6   []netip.Prefix
+	primary4 netip.Addr
 }
 
 // source picks the address an ICMP error to dst is sent from: one whose
@@ -101,6 +106,9 @@ func readPortAddrs(ifindex int) *portAddrs {
 		}
 		ones, _ := ad.Mask.Size()
 		if ad.IP.To4() != nil {
+			if !a.primary4.IsValid() && ad.Flags&unix.IFA_F_SECONDARY == 0 {
+				a.primary4 = ip.Unmap()
+			}
 			a.v4 = append(a.v4, netip.PrefixFrom(ip.Unmap(), ones))
 		} else {
 			a.v6 = append(a.v6, netip.PrefixFrom(ip, ones))
@@ -222,15 +230,17 @@ func (w *worker) icmpError(in *portView, frame []byte, now int64, typ, code uint
 	return fwd{op: opICMP, gen: uint16(slot), eg: in}, true
 }
 
-// relatedError reports whether the ICMP error in frame (w.info), which
-// arrived on in, belongs to a live session: its quote names the session,
-// the error travels to the quoted packet's sender and arrives from the
-// session's zone on the quoted destination's side. The session is
-// neither created nor refreshed.
-func (w *worker) relatedError(snap *snapshot, in *portView, frame []byte, now int64) bool {
+// relate says whether the ICMP error in frame (w.info), which arrived on
+// in, belongs to a live session (OK): its quote names the session (by
+// its own tuple or, translated, by the one its packets leave with), the
+// error travels to the quoted packet's sender and arrives from the
+// session's zone on the quoted destination's side; and, for a translated
+// session, how to translate it. The session is neither created nor
+// refreshed.
+func (w *worker) relate(snap *snapshot, in *portView, frame []byte, now int64) session.Relation {
 	q, ok := pkt.QuotedTuple(frame, &w.info)
 	if !ok || q.Src != w.info.Tuple.Dst || q.Family != w.info.Tuple.Family {
-		return false
+		return session.Relation{}
 	}
-	return snap.sessions.Related(q, in.zone, now)
+	return snap.sessions.Relate(q, in.zone, now)
 }

@@ -93,8 +93,9 @@ func (b *Backend) refreshLocal() {
 		for _, p := range s.ports {
 			_ = p.shim.SetLocalAddrs(local)
 		}
-		return nil
+		return programNATSteering(s, local)
 	})
+	b.followMasquerade(s)
 }
 
 // setMTU records a managed port's new MTU: egress checks use it from the

@@ -2,9 +2,11 @@ package userspacebackend
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/userspacebackend/internal/flowcache"
+	"github.com/fwplane/fwplane/userspacebackend/internal/natpool"
 	"github.com/fwplane/fwplane/userspacebackend/internal/neigh"
 	"github.com/fwplane/fwplane/userspacebackend/internal/session"
 	"github.com/fwplane/fwplane/userspacebackend/internal/xsk"
@@ -90,5 +92,19 @@ func MemoryCost(cfg *dataplane.Config, opts *Options, queues func(iface string) 
 		dataplane.MemoryPart{Name: "neighbors", Bytes: neigh.Bytes(cfg.Tables.NeighborsOrDefault()),
 			Detail: fmt.Sprintf("%d entries", cfg.Tables.NeighborsOrDefault())},
 	)
+	if len(cfg.NAT) > 0 {
+		// The session table's NAT extension, and a slot allocator per pool
+		// address (masquerade ones, one per egress address, are made as
+		// they are used: a handful).
+		addrs := map[netip.Addr]bool{}
+		for _, r := range cfg.NAT {
+			for _, a := range dataplane.PoolAddresses(r.Pool) {
+				addrs[a] = true
+			}
+		}
+		cost.Parts = append(cost.Parts, dataplane.MemoryPart{Name: "nat",
+			Bytes:  session.NATBytes(cfg.Tables.SessionsOrDefault(), u.ShardsOrDefault()) + uint64(len(addrs))*natpool.Bytes,
+			Detail: fmt.Sprintf("both tuples of up to %d sessions, slot allocators of %d pool addresses", cfg.Tables.SessionsOrDefault(), len(addrs))})
+	}
 	return cost
 }

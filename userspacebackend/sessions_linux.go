@@ -90,16 +90,21 @@ func compileFilter(f dataplane.SessionFilter) (*sessionMatcher, error) {
 // match reports whether e is selected. Ports are TCP's and UDP's only (an
 // ICMP echo's identifier is not a port); an address matches either
 // endpoint, in the family the prefix is written in (a mapped IPv6 prefix
-// is IPv6, as in policies).
+// is IPv6, as in policies). A translated session's endpoints include its
+// translated ones (clearing a pool address's sessions clears the flows
+// translated to it).
 func (m *sessionMatcher) match(e *session.Entry, s *snapshot) bool {
 	t := &e.Tuple
+	x := &e.NAT
 	if m.hasProto && int(t.Proto) != m.proto {
 		return false
 	}
-	if m.hasAddr && !m.prefix.Contains(t.SrcAddr()) && !m.prefix.Contains(t.DstAddr()) {
+	if m.hasAddr && !m.prefix.Contains(t.SrcAddr()) && !m.prefix.Contains(t.DstAddr()) &&
+		!(e.Translated && (m.prefix.Contains(netip.AddrFrom4(x.Src)) || m.prefix.Contains(netip.AddrFrom4(x.Dst)))) {
 		return false
 	}
-	if m.hasPort && (t.Proto != unix.IPPROTO_TCP && t.Proto != unix.IPPROTO_UDP || t.SrcPort != m.port && t.DstPort != m.port) {
+	if m.hasPort && (t.Proto != unix.IPPROTO_TCP && t.Proto != unix.IPPROTO_UDP ||
+		t.SrcPort != m.port && t.DstPort != m.port && !(e.Translated && (x.SrcPort == m.port || x.DstPort == m.port))) {
 		return false
 	}
 	if m.hasZone && s.zoneName(e.FromZone) != m.zone && s.zoneName(e.ToZone) != m.zone {

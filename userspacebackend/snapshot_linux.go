@@ -76,6 +76,8 @@ type snapshot struct {
 	// sessions.tcp_pickup.
 	zoneNames []string
 	tcpPickup bool
+	// nat is the generation's compiled NAT rules; nil without any.
+	nat *natConfig
 }
 
 func newSnapshot(gen uint64, pol *policy.Set, plans []portPlan, nt *neigh.Table, st *session.Table, rt router, batch int) *snapshot {

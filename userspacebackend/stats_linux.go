@@ -65,9 +65,11 @@ func (b *Backend) ResourceStatsInto(ctx context.Context, rep *dataplane.Resource
 	// renderers and the reuse test rely on.
 	r.bindingTotals(bs)
 	r.tableTotals(bs)
+	r.natPoolRows(false)
 	r.bindingDetail(bs)
 	r.sessionShardDetail()
 	r.neighborShardDetail()
+	r.natPoolRows(true)
 	r.res, r.cnt = mirrorRows(r.res, r.cnt, &r.u, s, bs)
 	r.datapathCounters(b, bs)
 	r.tableCounters(b)
@@ -125,10 +127,10 @@ func (r *reportRows) size(res []dataplane.Resource, cnt []dataplane.Counter, nb 
 	for _, mv := range s.mirrorList {
 		mirrorOut += len(mv.out.txq)
 	}
-	if n := 9 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut; cap(res) < n {
+	if n := 9 + nb*6 + s.sessions.Shards() + 1 + s.neigh.Shards() + mirrorOut + natRowCount(s); cap(res) < n {
 		res = make([]dataplane.Resource, 0, n)
 	}
-	if n := numCounters + 7 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
+	if n := numCounters + 8 + numKernel + nb*(numKernel+6) + (len(s.ports)+1)*5 + len(s.mirrorList)*numMirror; cap(cnt) < n {
 		cnt = make([]dataplane.Counter, 0, n)
 	}
 	r.res, r.cnt = res, cnt
@@ -303,6 +305,7 @@ func (r *reportRows) tableCounters(b *Backend) {
 		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
 		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
 		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},
+		dataplane.Counter{Name: "nat_masquerade_sessions_ended", Scope: g, Value: b.nat.masqEnded.Load()},
 	)
 }
 

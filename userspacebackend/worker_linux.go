@@ -3,6 +3,7 @@ package userspacebackend
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime"
 	"time"
 
@@ -69,6 +70,9 @@ type worker struct {
 	genLen []uint16
 	ngen   int
 	icmpID uint16
+	// xl is the address translation of the frame being classified,
+	// applied by finish.
+	xl xlate
 }
 
 func newWorker(bd *binding) *worker {
@@ -297,9 +301,10 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	icmpErr := info.Flags&pkt.FlagICMPError != 0
 	// SYN, FIN and RST move a session's state: never from the cache.
 	tcpCtl := t.Proto == unix.IPPROTO_TCP && info.TCPFlags&(session.TCPSyn|session.TCPFin|session.TCPRst) != 0
+	w.xl.kind = xlNone
 	if !icmpErr && !tcpCtl {
 		if d, ok := w.fc.Lookup(in.ifindex, t, epoch); ok {
-			if eg := snap.port(int(d.Egress)); eg != nil && snap.sessions.Touch(d.Session, now, size) {
+			if eg := snap.port(int(d.Egress)); eg != nil && (!d.NAT && snap.sessions.Touch(d.Session, now, size) || d.NAT && w.cachedNAT(snap, &d, now, size)) {
 				w.c[cFlowCacheHits]++
 				w.c[cSessionHits]++
 				return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: d.DstMAC, smac: eg.mac, eg: eg}, frame, now)
@@ -310,17 +315,63 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 
 	// An ICMP error is never a flow of its own: no session lookup.
 	var res session.Result
+	var rel session.Relation
+	var dn *dnatRule
+	nat := snap.nat
 	sp := session.Packet{Tuple: *t, Zone: in.zone, TCPFlags: info.TCPFlags, Size: size}
+	dst := t.DstAddr()
 	if !icmpErr {
 		res = snap.sessions.Track(&sp, now)
-		if res.Verdict == session.WrongZone {
+		if res.Verdict == session.Miss && nat != nil {
+			// The responder's packets carry the translated tuple.
+			res = snap.sessions.TrackReply(&sp, now)
+		}
+		switch res.Verdict {
+		case session.WrongZone:
 			// Anti-spoofing: the tuple's session belongs to other zones.
 			w.c[cDropZoneMismatch]++
 			return fwd{}, false
+		case session.Untranslated:
+			// A translated flow's tuple in a form its endpoints never send.
+			w.c[cNATUntranslated]++
+			return fwd{}, false
+		case session.Hit:
+			if res.NAT {
+				orig, x, ok := snap.sessions.Translation(res.Ref)
+				if !ok {
+					// Ended since Track found it: as if untranslated.
+					w.c[cNATUntranslated]++
+					return fwd{}, false
+				}
+				w.xl = xlate{kind: xlPacket, pkt: rewriteFor(&orig, &x, res.Dir)}
+				dst = netip.AddrFrom4(w.xl.pkt.dst)
+			}
+		default:
+			if nat != nil && t.Family == policy.FamilyIPv4 {
+				// Destination NAT before routing: the route and the policy
+				// see the translated destination.
+				if dn = nat.matchDNAT(in.zone, t); dn != nil {
+					if !translatable(t, info.ICMPType) {
+						w.c[cNATUnsupported]++
+						return fwd{}, false
+					}
+					dst = netip.AddrFrom4(dn.to)
+				} else if nat.isPool(snap, [4]byte(t.Dst[:4])) {
+					w.c[cNATReverseMiss]++
+					return fwd{}, false
+				}
+			}
+		}
+	} else if nat != nil {
+		// The quote says where a translated flow's error goes: relate it
+		// before routing.
+		rel = w.relate(snap, in, frame, now)
+		if rel.OK && rel.Translated && t.Family == policy.FamilyIPv4 {
+			w.xl = errorXlate(t, &rel)
+			dst = netip.AddrFrom4(w.xl.pkt.dst)
 		}
 	}
 	w.c[cRouteLookups]++
-	dst := t.DstAddr()
 	out, gw, err := snap.router.Lookup(dst)
 	if err != nil {
 		if errors.Is(err, errLocalRoute) {
@@ -343,16 +394,19 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	}
 	switch {
 	case icmpErr:
-		if !w.relatedError(snap, in, frame, now) {
+		if nat == nil && !w.relate(snap, in, frame, now).OK || nat != nil && !rel.OK {
 			w.c[cDropICMPUnrelated]++
 			return fwd{}, false
+		}
+		if w.xl.kind == xlICMPError {
+			w.c[cNATICMPTranslated]++
 		}
 		w.c[cRelatedICMP]++
 	case res.Verdict == session.Hit:
 		w.c[cSessionHits]++
 	default:
 		var ok bool
-		if res, ok = w.newSession(snap, in, eg, &sp, now); !ok {
+		if res, ok = w.newSession(snap, in, eg, &sp, now, dn); !ok {
 			return fwd{}, false
 		}
 	}
@@ -370,16 +424,31 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 		return fwd{}, false
 	}
 	if !icmpErr && settled(&res, t.Proto, info.TCPFlags) {
-		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir})
+		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir, NAT: res.NAT})
 	}
 	return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}, frame, now)
 }
 
+// cachedNAT touches the session of a flow-cache hit on a translated flow
+// and sets the packet's translation from it (never from the cache);
+// false when the session is gone.
+func (w *worker) cachedNAT(snap *snapshot, d *flowcache.Decision, now int64, size uint32) bool {
+	x, ok := snap.sessions.TouchRewrite(d.Session, now, size, d.Dir)
+	if !ok {
+		return false
+	}
+	w.xl.kind = xlPacket
+	w.xl.pkt = natRewrite{src: x.Src, sport: x.SrcPort, dst: x.Dst, dport: x.DstPort}
+	return true
+}
+
 // newSession judges the first packet of a flow, sp, arriving on in and
-// routed to eg: the SYN check (TCP), the policy, and the session it
-// creates, between the two ports' zones. ok is false when it is dropped
+// routed to eg (dn: the destination rule that translated it, or nil):
+// the SYN check (TCP), the policy (on the translated destination), the
+// source rule that matches, and the session it creates, between the two
+// ports' zones, with its translation. ok is false when it is dropped
 // (counted).
-func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet, now int64) (session.Result, bool) {
+func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet, now int64, dn *dnatRule) (session.Result, bool) {
 	t := &sp.Tuple
 	st := dataplane.StateUnreplied
 	if t.Proto == unix.IPPROTO_TCP {
@@ -393,13 +462,64 @@ func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet
 			return session.Result{}, false
 		}
 	}
-	if allow, _ := snap.policy.Decide(in.ifindex, eg.ifindex, *t); !allow {
+	pt := *t // what the policy judges: the destination as translated
+	var x session.NAT
+	translated := false
+	if dn != nil {
+		x = untranslated(t)
+		x.Dst = dn.to
+		if dn.toPort != 0 {
+			x.DstPort = dn.toPort
+		}
+		x.Tag |= uint64(dn.name) << tagDNATShift
+		copy(pt.Dst[:4], x.Dst[:])
+		pt.DstPort = x.DstPort
+		translated = true
+	}
+	if allow, _ := snap.policy.Decide(in.ifindex, eg.ifindex, pt); !allow {
 		w.c[cDropPolicy]++
 		return session.Result{}, false
 	}
-	e, created, err := snap.sessions.Create(sp, st, in.zone, eg.zone, now)
+	if n := snap.nat; n != nil && t.Family == policy.FamilyIPv4 {
+		// Source NAT after routing and the policy (which saw the
+		// original source): a denied flow takes no slot.
+		if r := n.matchSNAT(in.zone, eg.zone, t); r != nil {
+			if !translatable(t, w.info.ICMPType) {
+				w.c[cNATUnsupported]++
+				return session.Result{}, false
+			}
+			if !translated {
+				x = untranslated(t)
+			}
+			if !n.take(r, eg, t, &x) {
+				w.c[cNATPoolExhausted]++
+				return session.Result{}, false
+			}
+			translated = true
+		}
+	}
+	var e session.Entry
+	var created bool
+	var err error
+	if u := untranslated(t); translated && x.Tag&tagSlot == 0 {
+		if u.Tag = x.Tag; x == u {
+			translated = false // a destination rule onto itself
+		}
+	}
+	if translated {
+		e, created, err = snap.sessions.CreateNAT(sp, st, in.zone, eg.zone, now, x)
+		if (err != nil || !created) && x.Tag&tagSlot != 0 {
+			snap.nat.reg.release(x) // not this session's: give the slot back
+		}
+	} else {
+		e, created, err = snap.sessions.Create(sp, st, in.zone, eg.zone, now)
+	}
 	if err != nil {
-		w.c[cSessionTableFull]++
+		if errors.Is(err, session.ErrNATClash) {
+			w.c[cNATClash]++
+		} else {
+			w.c[cSessionTableFull]++
+		}
 		return session.Result{}, false
 	}
 	if created {
@@ -408,12 +528,23 @@ func (w *worker) newSession(snap *snapshot, in, eg *portView, sp *session.Packet
 		} else {
 			w.c[cSessionsCreated6]++
 		}
+		if translated {
+			w.c[cNATTranslated]++
+		}
 	}
-	r := session.Result{Verdict: session.Hit, Ref: e.Ref, State: e.State, Assured: e.Assured}
+	r := session.Result{Verdict: session.Hit, Ref: e.Ref, State: e.State, Assured: e.Assured, NAT: e.Translated}
 	if e.Tuple != *t {
 		r.Dir = session.Reverse // another worker created it from the other side
 	}
+	if e.Translated {
+		w.xl = xlate{kind: xlPacket, pkt: rewriteFor(&e.Tuple, &e.NAT, r.Dir)}
+	}
 	return r, true
+}
+
+// untranslated is the translation of t that changes nothing.
+func untranslated(t *policy.Tuple) session.NAT {
+	return session.NAT{Src: [4]byte(t.Src[:4]), SrcPort: t.SrcPort, Dst: [4]byte(t.Dst[:4]), DstPort: t.DstPort}
 }
 
 // settled reports whether the flow cache may serve the packets of this
@@ -467,6 +598,10 @@ func (w *worker) finish(in *portView, f fwd, frame []byte, now int64) (fwd, bool
 	}
 	if pkt.CompletePartialChecksum(frame, info) {
 		w.c[cChecksumsCompleted]++
+	}
+	if w.xl.kind != xlNone {
+		// After the checksum is complete: the updates are incremental.
+		w.xl.apply(frame, info)
 	}
 	if err := pkt.DecTTL(frame, int(info.L3Off)); err != nil {
 		w.c[cDropParse]++

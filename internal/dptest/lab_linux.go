@@ -29,6 +29,9 @@ const (
 	PortOther  = 8053
 	PortDenied = 9999
 	PortClosed = 7001
+	// PortInside is the client's TCP and UDP echo (on ClientAddr4): the
+	// inside server of port-forwarding cases.
+	PortInside = 80
 )
 
 // Lab is a netlab lab (client, firewall, server and a mirror sink) ready
@@ -38,6 +41,9 @@ const (
 type Lab struct {
 	*netlab.Lab
 	Client, Server, Sink *netlab.Counter
+	// ClientAddr4b is a second IPv4 address of the client (same link,
+	// resolved on the firewall): two clients behind one NAT.
+	ClientAddr4b netip.Addr
 }
 
 // NewLab builds a Lab, skipping (or failing under
@@ -68,6 +74,23 @@ func NewLab(tb testing.TB, opts *netlab.Options) *Lab {
 		*end.c = c
 		tb.Cleanup(func() { c.Close() })
 	}
+	if err := l.secondClient(); err != nil {
+		tb.Fatal(err)
+	}
+	for _, echo := range []func() (func(), error){
+		func() (func(), error) {
+			return netlab.TCPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside))
+		},
+		func() (func(), error) {
+			return netlab.UDPEcho(ctx, l.Lab.Client, netip.AddrPortFrom(l.ClientAddr4, PortInside))
+		},
+	} {
+		stop, err := echo()
+		if err != nil {
+			tb.Fatalf("client echo: %v", err)
+		}
+		tb.Cleanup(stop)
+	}
 	for _, a := range []netip.Addr{l.ServerAddr4, l.ServerAddr6} {
 		for _, p := range []uint16{PortUDP, PortOther, PortDenied} {
 			stop, err := netlab.UDPEcho(ctx, l.Lab.Server, netip.AddrPortFrom(a, p))
@@ -85,6 +108,23 @@ func NewLab(tb testing.TB, opts *netlab.Options) *Lab {
 		}
 	}
 	return l
+}
+
+// secondClient adds ClientAddr4b (.3 of the client link) to the client
+// and a permanent neighbour entry for it on the firewall.
+func (l *Lab) secondClient() error {
+	l.ClientAddr4b = l.ClientNet4.Addr().Next().Next().Next()
+	if err := AddAddress(l.Lab.Client, l.ClientIf, netip.PrefixFrom(l.ClientAddr4b, l.ClientNet4.Bits())); err != nil {
+		return err
+	}
+	return l.Firewall.Do(func() error {
+		n := &netlink.Neigh{LinkIndex: l.FwClientIndex, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: l.ClientAddr4b.AsSlice(), HardwareAddr: l.ClientMAC}
+		if err := netlink.NeighSet(n); err != nil {
+			return fmt.Errorf("set neighbour %s: %w", l.ClientAddr4b, err)
+		}
+		return nil
+	})
 }
 
 // Outcome is what a probe saw.
@@ -130,6 +170,8 @@ func (p Probe) String() string {
 
 // UDPOptions shape a UDP probe.
 type UDPOptions struct {
+	// SrcAddr fixes the source address (invalid: the kernel picks).
+	SrcAddr netip.Addr
 	// SrcPort fixes the source port (0: the kernel picks).
 	SrcPort uint16
 	// TTL sets the IPv4 TTL or IPv6 hop limit (0: the default).
@@ -195,10 +237,18 @@ func UDP(ns *netlab.NS, dst netip.AddrPort, o UDPOptions) Probe {
 		}
 		var local, remote unix.Sockaddr
 		if v6 {
-			local = &unix.SockaddrInet6{Port: int(o.SrcPort)}
+			l6 := &unix.SockaddrInet6{Port: int(o.SrcPort)}
+			if o.SrcAddr.IsValid() {
+				l6.Addr = o.SrcAddr.As16()
+			}
+			local = l6
 			remote = &unix.SockaddrInet6{Port: int(dst.Port()), Addr: dst.Addr().As16()}
 		} else {
-			local = &unix.SockaddrInet4{Port: int(o.SrcPort)}
+			l4 := &unix.SockaddrInet4{Port: int(o.SrcPort)}
+			if o.SrcAddr.IsValid() {
+				l4.Addr = o.SrcAddr.As4()
+			}
+			local = l4
 			remote = &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
 		}
 		if err := unix.Bind(fd, local); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,6 +35,10 @@ type Case struct {
 	Fresh bool
 	// Run checks the backend through e; failing t fails the case.
 	Run func(t testing.TB, e *Env)
+	// Needs are the features the case checks (NAT, say): on a backend
+	// that does not declare one of them the case is skipped, saying so;
+	// on one that does, it runs and fails like any other. See Run.
+	Needs []dataplane.Feature
 }
 
 var (
@@ -77,6 +82,9 @@ type Env struct {
 
 	open  Opener
 	ports *atomic.Uint32
+	// supported is what the backend declares (Run's supported); nil when
+	// its test did not say.
+	supported []dataplane.Feature
 }
 
 // Base is the config cases start from: zone "clients" (the client link)
@@ -278,11 +286,18 @@ func (e *Env) PingFlow(name string, dst netip.Addr, want Outcome) Flow {
 // lab: the cases share a dataplane (each applies its own config) unless
 // they ask for a fresh one. Afterwards it closes the dataplane and checks
 // that nothing of it is left on the lab's interfaces.
-func Run(t *testing.T, mode dataplane.Mode, open Opener) {
+//
+// supported is what the backend declares (its Supported()): a case that
+// Needs a feature the backend does not declare is skipped, and one it
+// declares must pass. Without the list a case needing features runs when
+// the backend accepts its config and is skipped when Apply refuses it
+// with dataplane.ErrNotSupported (so a backend that declares a feature
+// should pass the list: a wrongful refusal then fails).
+func Run(t *testing.T, mode dataplane.Mode, open Opener, supported ...dataplane.Feature) {
 	l := NewLab(t, nil)
 	var ports atomic.Uint32
 	ports.Store(20000)
-	e := &Env{Mode: mode, Lab: l, open: open, ports: &ports}
+	e := &Env{Mode: mode, Lab: l, open: open, ports: &ports, supported: supported}
 	defer func() {
 		if e.DP != nil {
 			if err := e.DP.Close(); err != nil {
@@ -313,11 +328,33 @@ func runCase(t *testing.T, e *Env, c Case) {
 			}
 		}()
 	}
+	if e.supported != nil {
+		for _, f := range c.Needs {
+			if !slices.Contains(e.supported, f) {
+				t.Skipf("the %s backend does not declare %s", e.Mode, f)
+			}
+		}
+	}
 	cfg := Base(e.Lab)
 	if c.Config != nil {
 		cfg = c.Config(e)
 	}
-	if e.DP == nil {
+	if len(c.Needs) > 0 && e.supported == nil {
+		// Undeclared: the backend's own refusal decides.
+		if e.DP == nil {
+			dp, err := e.open(context.Background(), e.Lab.Firewall.Path)
+			if err != nil {
+				t.Fatalf("open %s backend: %v", e.Mode, err)
+			}
+			e.DP = dp
+		}
+		if _, err := e.DP.Apply(context.Background(), cfg); errors.Is(err, dataplane.ErrNotSupported) {
+			t.Skipf("the %s backend refuses the case's config (its test passes no Supported() list to dptest.Run): %v", e.Mode, err)
+		} else if err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+		e.Applied = cfg
+	} else if e.DP == nil {
 		e.Reopen(t, cfg)
 	} else {
 		e.Apply(t, cfg)

@@ -276,16 +276,37 @@ func sessions(ctx context.Context, c *control.Client, a args, w io.Writer) error
 	if a.json {
 		return printJSON(w, r)
 	}
-	rows := [][]string{{"Proto", "Source", "Destination", "Packets", "Bytes", "Idle"}}
+	// Translated sessions (NAT) add their tuple as it leaves and the rule.
+	nat := false
 	for _, s := range r.Sessions {
-		rows = append(rows, []string{s.Protocol, s.Source, s.Destination,
-			strconv.FormatUint(s.Packets, 10), strconv.FormatUint(s.Bytes, 10), strconv.FormatFloat(s.IdleSeconds, 'f', 1, 64) + "s"})
+		nat = nat || s.TranslatedSource != ""
+	}
+	rows := [][]string{{"Proto", "Source", "Destination", "Packets", "Bytes", "Idle"}}
+	right := []bool{false, false, false, true, true, true}
+	if nat {
+		rows[0] = append(rows[0], "Translated source", "Translated destination", "NAT rule")
+		right = append(right, false, false, false)
+	}
+	for _, s := range r.Sessions {
+		row := []string{s.Protocol, s.Source, s.Destination,
+			strconv.FormatUint(s.Packets, 10), strconv.FormatUint(s.Bytes, 10), strconv.FormatFloat(s.IdleSeconds, 'f', 1, 64) + "s"}
+		if nat {
+			row = append(row, orDash(s.TranslatedSource), orDash(s.TranslatedDestination), orDash(s.NATRule))
+		}
+		rows = append(rows, row)
 	}
 	// Text left, numbers right, as in show system buffers.
-	writeColumns(w, rows, []bool{false, false, false, true, true, true})
+	writeColumns(w, rows, right)
 	fmt.Fprintf(w, "\nShowing %d of %d sessions (limit %d).\n", len(r.Sessions), r.Counts.Total, r.Limit)
 	_, err = fmt.Fprintf(w, "Active sessions: IPv4 %d, IPv6 %d, total %d\n", r.Counts.IPv4, r.Counts.IPv6, r.Counts.Total)
 	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func reload(ctx context.Context, c *control.Client, a args, w io.Writer) error {

@@ -188,3 +188,29 @@ func TestHistoryEventsDiagnoseCommands(t *testing.T) {
 		t.Errorf("diagnose ok --json: exit %d\n%s", code, out)
 	}
 }
+
+type natListing struct{ fakeDP }
+
+func (l *natListing) Sessions(context.Context, int) ([]dataplane.Session, dataplane.SessionCounts, error) {
+	return []dataplane.Session{
+			{Protocol: "tcp", Source: "10.0.0.2:5000", Destination: "192.0.2.9:443", Packets: 5, Bytes: 900,
+				TranslatedSource: "198.51.100.1:1024", TranslatedDestination: "192.0.2.9:443", NATRule: "out"},
+			{Protocol: "udp", Source: "10.0.0.3:53", Destination: "10.0.1.2:53", Packets: 1, Bytes: 60},
+		},
+		dataplane.SessionCounts{IPv4: 2, Total: 2}, nil
+}
+
+// TestSessionsTranslated: translated sessions show the tuple they leave
+// with and the rule; untranslated ones a dash.
+func TestSessionsTranslated(t *testing.T) {
+	sock := serve(t, &control.Service{DataPlane: &natListing{fakeDP{dataplane.ResourceReport{Mode: dataplane.ModeUserspace}}}})
+	var out, errOut bytes.Buffer
+	if code := Run(context.Background(), []string{"--socket", sock, "show", "sessions"}, &out, &errOut); code != ExitOK {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	for _, want := range []string{"Translated source", "198.51.100.1:1024  192.0.2.9:443           out", "-                  -                       -"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -51,6 +51,9 @@ type Decision struct {
 	Session session.Ref
 	// Dir is the packet direction relative to the session's initiator.
 	Dir session.Dir
+	// NAT: the session is translated; the rewrite comes from it
+	// (session.Table.Translation), never from the cache.
+	NAT bool
 }
 
 // key packs (ingress, tuple) into words, so comparing is six integer

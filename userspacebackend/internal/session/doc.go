@@ -54,6 +54,21 @@
 // slot stays 72 bytes; the two zones take the 4 bytes the free-list link
 // uses while the slot is free.
 //
+// # Address translation
+//
+// A translated session (CreateNAT, after EnableNAT) holds both tuples:
+// its own key is the initiator's tuple as it arrived, and the tuple its
+// packets leave with is kept in a NAT extension (24 bytes per slot) and
+// found through a second, reverse index ([Table.TrackReply], used on a
+// miss of Track), so the responder's replies find the session too.
+// Packets of the two forms a translated flow never takes (the reply to
+// the untranslated tuple, the initiator's packet already translated) are
+// reported [Untranslated] and change nothing. Every end of a translated
+// session removes its reverse entry and calls the release hook once, so
+// the caller's pool slot returns exactly when the session ends.
+// [Table.Relate] relates ICMP errors to translated sessions by either
+// tuple and says how to translate them back. See nat.go.
+//
 // # Expiry, a full table, early aging
 //
 // A session expires when it has been idle longer than the timeout of its
@@ -90,7 +105,7 @@
 // # Concurrency
 //
 // A Table is safe for concurrent use, with no global lock. The hit paths of
-// Track, TrackBatch, Lookup and Touch take no lock at all: they read the
+// Track, TrackBatch, Lookup, Touch, Translation and Rewrite take no lock at all: they read the
 // index and the slot with atomic loads and validate the slot with a
 // per-slot seqlock, move the state bits with a compare-and-swap (two
 // workers seeing the two directions of one flow race only there), then

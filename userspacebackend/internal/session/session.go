@@ -71,6 +71,10 @@ type Entry struct {
 	Packets          uint64
 	Bytes            uint64
 	Ref              Ref
+	// Translated is set for a session with an address translation
+	// (CreateNAT); NAT is that translation.
+	Translated bool
+	NAT        NAT
 }
 
 // key is the canonical (direction-free) form of a tuple: side A is the
@@ -91,6 +95,7 @@ const (
 	flagReplied  = 1 << 54 // a packet of the reply direction was seen
 	flagFinFwd   = 1 << 55 // FIN seen from the initiator
 	flagFinRev   = 1 << 56 // FIN seen from the responder
+	flagNAT      = 1 << 57 // a translated session: see nat.go
 )
 
 func stateOf(k4 uint64) dataplane.SessionState {
@@ -176,6 +181,7 @@ type shard struct {
 	free      uint32 // head of the free list, slot+1; 0 = empty
 	cursor    uint32 // sweep and early-drop position in [0, hwm)
 	mask      uint32
+	base      uint32 // the global number of slot 0 (NAT extension, reverse index)
 	slots     []slot
 	index     []uint64 // hash32<<32 | slot+1; 0 = empty
 	_         [32]byte // keep neighbouring shards' hot words on other cache lines
@@ -183,8 +189,13 @@ type shard struct {
 
 // Table is a sharded session table. See the package documentation.
 type Table struct {
-	shards    []shard
-	shift     uint // hash >> shift selects the shard
+	shards []shard
+	shift  uint // hash >> shift selects the shard
+	// per and extra say how capacity is split: the first extra shards
+	// hold per+1 slots, the others per (global slot numbers, nat.go).
+	per, extra uint32
+	// nat is the NAT extension, nil until EnableNAT (nat.go).
+	nat       atomic.Pointer[natState]
 	seed      uint64
 	capacity  uint64
 	tt        atomic.Pointer[timeoutTable]
@@ -233,6 +244,7 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 	}
 	t.SetTimeouts(timeouts)
 	per, extra := capacity/shards, capacity%shards
+	t.per, t.extra = per, extra
 	// One array of slots and one of index words for all shards, sliced per
 	// shard. (Asking for transparent huge pages on them was measured: no
 	// gain, a 1 Mi-session lookup is bound by DRAM latency, not the TLB.)
@@ -252,8 +264,11 @@ func New(capacity, shards uint32, timeouts dataplane.Timeouts) *Table {
 	}
 	slots := make([]slot, capacity)
 	index := make([]uint64, indexWords)
+	var base uint32
 	for i := range t.shards {
 		s := &t.shards[i]
+		s.base = base
+		base += s.cap
 		s.slots, slots = slots[:s.cap:s.cap], slots[s.cap:]
 		s.index, index = index[:s.mask+1:s.mask+1], index[s.mask+1:]
 	}
@@ -411,6 +426,9 @@ func (s *shard) unindex(pos int) {
 // release frees slot n (already unindexed).
 func (t *Table) release(s *shard, n int) {
 	sl := &s.slots[n]
+	if atomic.LoadUint64(&sl.key[4])&flagNAT != 0 {
+		t.natRelease(s.base + uint32(n))
+	}
 	if uint8(atomic.LoadUint64(&sl.key[4])>>40) == policy.FamilyIPv4 {
 		s.v4.Add(^uint32(0))
 	} else {
@@ -437,17 +455,24 @@ func (t *Table) expiredAt(sl *slot, now int64) bool {
 	return now-atomic.LoadInt64(&sl.last) > t.timeoutOf(atomic.LoadUint64(&sl.key[4]))
 }
 
-func (s *shard) entry(n int, shardIdx int) Entry {
+// entry copies slot n of shard s (index shardIdx); s.mu is held.
+func (t *Table) entry(s *shard, n int, shardIdx int) Entry {
 	sl := &s.slots[n]
 	k := sl.loadKey()
 	k4 := k[4]
 	z := atomic.LoadUint32(&sl.zones)
-	return Entry{
+	e := Entry{
 		Tuple: k.tuple(k4&flagReversed != 0), FromZone: uint16(z), ToZone: uint16(z >> 16),
 		State: stateOf(k4), Assured: k4&flagAssured != 0,
 		LastSeen: atomic.LoadInt64(&sl.last), Packets: atomic.LoadUint64(&sl.packets), Bytes: atomic.LoadUint64(&sl.bytes),
 		Ref: Ref{Shard: uint32(shardIdx), Slot: uint32(n), Gen: sl.seq},
 	}
+	if k4&flagNAT != 0 {
+		if ns := t.nat.Load(); ns != nil {
+			e.NAT, e.Translated = ns.load(s.base+uint32(n)), true
+		}
+	}
+	return e
 }
 
 func dirOf(sl *slot, reversed bool) Dir {
@@ -492,6 +517,11 @@ const (
 	// direction) nor its ToZone (reply direction). The session is left as
 	// it was.
 	WrongZone
+	// Untranslated: the packet has the tuple of a translated session in
+	// a form the session's traffic never takes (the reply to the
+	// untranslated tuple, or the initiator's packet already translated):
+	// see nat.go. The session is left as it was.
+	Untranslated
 )
 
 // Result is Track's answer.
@@ -502,6 +532,9 @@ type Result struct {
 	// State and Assured are the session's after the packet.
 	State   dataplane.SessionState
 	Assured bool
+	// NAT is set when the session is translated: Table.Translation
+	// returns its tuples.
+	NAT bool
 }
 
 // advance returns k4 moved on by a packet of direction d with TCP flags
@@ -621,6 +654,9 @@ func (t *Table) track(k *key, h uint64, rev bool, p *Packet, now int64) Result {
 		if rev != (k4&flagReversed != 0) {
 			d = Reverse
 		}
+		if k4&flagNAT != 0 && d == Reverse {
+			return Result{Verdict: Untranslated, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0, NAT: true}
+		}
 		if !zoneOK(zs, d, p.Zone) {
 			return Result{Verdict: WrongZone, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0}
 		}
@@ -643,7 +679,8 @@ func (t *Table) track(k *key, h uint64, rev bool, p *Packet, now int64) Result {
 		// on the slot's next session: counters are statistics, the
 		// verdict is exact.
 		sl.account(now, p.Size)
-		return Result{Verdict: Hit, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0}
+		return Result{Verdict: Hit, Ref: Ref{Shard: uint32(si), Slot: n, Gen: q}, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0,
+			NAT: nk4&flagNAT != 0}
 	}
 	return t.trackLocked(s, si, k, h, rev, p, now)
 }
@@ -664,16 +701,27 @@ func (t *Table) trackLocked(s *shard, si int, k *key, h uint64, rev bool, p *Pac
 	}
 	d := dirOf(sl, rev)
 	ref := Ref{Shard: uint32(si), Slot: uint32(n), Gen: sl.seq}
+	return t.apply(s, n, ref, d, p, now, false)
+}
+
+// apply moves live, unexpired slot n of s on by p, a packet of direction
+// d: the locked half of Track and of TrackReply (reply: p has the
+// session's translated tuple, so the reply direction is its own). s.mu is
+// held.
+func (t *Table) apply(s *shard, n int, ref Ref, d Dir, p *Packet, now int64, reply bool) Result {
+	sl := &s.slots[n]
 	for {
 		// Lock-free hits may move the state bits meanwhile: CAS here too.
 		k4 := atomic.LoadUint64(&sl.key[4])
+		if k4&flagNAT != 0 && d == Reverse && !reply {
+			return Result{Verdict: Untranslated, Ref: ref, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0, NAT: true}
+		}
 		if !zoneOK(atomic.LoadUint32(&sl.zones), d, p.Zone) {
 			return Result{Verdict: WrongZone, Ref: ref, Dir: d, State: stateOf(k4), Assured: k4&flagAssured != 0}
 		}
 		nk4, end := advance(k4, d, p.TCPFlags)
 		if end {
-			s.unindex(pos)
-			t.release(s, n)
+			t.removeSlot(s, n)
 			s.reopened.Add(1)
 			return Result{}
 		}
@@ -684,7 +732,7 @@ func (t *Table) trackLocked(s *shard, si int, k *key, h uint64, rev bool, p *Pac
 			s.unassured.Add(^uint32(0))
 		}
 		sl.account(now, p.Size)
-		return Result{Verdict: Hit, Ref: ref, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0}
+		return Result{Verdict: Hit, Ref: ref, Dir: d, State: stateOf(nk4), Assured: nk4&flagAssured != 0, NAT: nk4&flagNAT != 0}
 	}
 }
 
@@ -757,24 +805,10 @@ var batchSink atomic.Uint64
 // a live session and the error, travelling the other way, arrived from
 // zone (the session's zone on the quoted packet's destination side). It
 // neither refreshes nor counts anything, and takes the shard lock
-// (errors are rare).
+// (errors are rare). Relate says the same and how to translate the error
+// of a translated session.
 func (t *Table) Related(q Tuple, zone uint16, now int64) bool {
-	k, rev := canonical(&q)
-	h := t.hash(&k)
-	s, _ := t.shardOf(h)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, n := s.find(&k, h)
-	if n < 0 || t.expiredAt(&s.slots[n], now) {
-		return false
-	}
-	sl := &s.slots[n]
-	// The error travels against the quoted packet.
-	d := Reverse
-	if dirOf(sl, rev) == Reverse {
-		d = Forward
-	}
-	return zoneOK(atomic.LoadUint32(&sl.zones), d, zone)
+	return t.Relate(q, zone, now).OK
 }
 
 // Get returns a copy of the session ref names.
@@ -788,7 +822,7 @@ func (t *Table) Get(ref Ref) (Entry, bool) {
 	if ref.Slot >= s.hwm || !s.slots[ref.Slot].live() || s.slots[ref.Slot].seq != ref.Gen {
 		return Entry{}, false
 	}
-	return s.entry(int(ref.Slot), int(ref.Shard)), true
+	return t.entry(s, int(ref.Slot), int(ref.Shard)), true
 }
 
 // Create creates the session of p's flow, whose initiator is p.Tuple's
@@ -804,10 +838,12 @@ func (t *Table) Get(ref Ref) (Entry, bool) {
 // An assured, unexpired session is never evicted. If nothing could be
 // freed Create returns ErrFull and counts the refusal.
 func (t *Table) Create(p *Packet, st dataplane.SessionState, from, to uint16, now int64) (e Entry, created bool, err error) {
-	return t.create(p, st, st == dataplane.StateReplied, from, to, now)
+	return t.create(p, st, st == dataplane.StateReplied, from, to, now, nil)
 }
 
-func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from, to uint16, now int64) (e Entry, created bool, err error) {
+// create is Create, and CreateNAT when x is set (its reverse index
+// entry is made under the shard lock, before the session is published).
+func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from, to uint16, now int64, x *NAT) (e Entry, created bool, err error) {
 	k, rev := canonical(&p.Tuple)
 	h := t.hash(&k)
 	s, si := t.shardOf(h)
@@ -817,7 +853,7 @@ func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from,
 		sl := &s.slots[n]
 		if !t.expiredAt(sl, now) {
 			sl.account(now, p.Size)
-			return s.entry(n, si), false, nil
+			return t.entry(s, n, si), false, nil
 		}
 		s.unindex(pos)
 		t.release(s, n)
@@ -828,15 +864,31 @@ func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from,
 		return Entry{}, false, ErrFull
 	}
 	var n uint32
-	if s.free != 0 {
+	fromFree := s.free != 0
+	if fromFree {
 		n = s.free - 1
 		s.free = s.slots[n].zones
 	} else {
 		n = s.hwm
 		s.hwm++
 	}
+	if x != nil {
+		if err := t.natInsert(s.base+n, x, p.Tuple.Proto); err != nil {
+			// Not published: the slot goes back where it came from (its
+			// free-list link, zones, still names the rest of the list).
+			if fromFree {
+				s.free = n + 1
+			} else {
+				s.hwm--
+			}
+			return Entry{}, false, err
+		}
+	}
 	sl := &s.slots[n]
 	k[4] = withState(k[4]|flagLive, st)
+	if x != nil {
+		k[4] |= flagNAT
+	}
 	if rev {
 		k[4] |= flagReversed
 	}
@@ -860,7 +912,7 @@ func (t *Table) create(p *Packet, st dataplane.SessionState, assured bool, from,
 	if k[4]&flagAssured == 0 {
 		s.unassured.Add(1)
 	}
-	return s.entry(int(n), si), true, nil
+	return t.entry(s, int(n), si), true, nil
 }
 
 // makeRoom frees a slot in the full shard s (locked): see Create.
@@ -908,7 +960,7 @@ func (t *Table) Insert(tp Tuple, now int64, size uint32) (Entry, bool, error) {
 		st = dataplane.StateEstablished
 	}
 	p := Packet{Tuple: tp, Size: size}
-	return t.create(&p, st, true, AnyZone, AnyZone, now)
+	return t.create(&p, st, true, AnyZone, AnyZone, now, nil)
 }
 
 // Touch refreshes the session ref names, as Track does for a packet that
@@ -978,7 +1030,7 @@ func (t *Table) EndIf(end func(*Entry) bool) int {
 			if !s.slots[n].live() {
 				continue
 			}
-			e := s.entry(n, i)
+			e := t.entry(s, n, i)
 			if end(&e) {
 				t.removeSlot(s, n)
 				ended++
@@ -1050,7 +1102,7 @@ func (t *Table) Snapshot(limit int) []Entry {
 		s.mu.Lock()
 		for n := 0; n < int(s.hwm) && len(out) < cap(out); n++ {
 			if s.slots[n].live() {
-				out = append(out, s.entry(n, i))
+				out = append(out, t.entry(s, n, i))
 			}
 		}
 		s.mu.Unlock()

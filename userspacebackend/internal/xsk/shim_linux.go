@@ -80,6 +80,7 @@ type Shim struct {
 	link   link.Link
 	queues map[uint32]bool
 	local  map[xskShimXskLocalKey]bool
+	nat    map[xskShimXskLocalKey]uint8
 
 	// counters is a read-only mapping of the shim's counters map: one
 	// 64-byte element per possible CPU (ncpu of them).
@@ -119,7 +120,7 @@ func LoadShim(ifindex int, opts *ShimOptions) (*Shim, error) {
 		return nil, fmt.Errorf("load shim: %w", err)
 	}
 	s := &Shim{ifindex: ifindex, nq: o.MaxQueues, objs: &objs, ncpu: ncpu,
-		queues: map[uint32]bool{}, local: map[xskShimXskLocalKey]bool{}}
+		queues: map[uint32]bool{}, local: map[xskShimXskLocalKey]bool{}, nat: map[xskShimXskLocalKey]uint8{}}
 	// The kernel rounds the mapping of an mmapable array up to pages.
 	size := (ncpu*counterStride + unix.Getpagesize() - 1) &^ (unix.Getpagesize() - 1)
 	s.counters, err = unix.Mmap(objs.Counters.FD(), 0, size, unix.PROT_READ, unix.MAP_SHARED)
@@ -255,6 +256,45 @@ func (s *Shim) SetLocalAddrs(addrs []netip.Addr) error {
 				return fmt.Errorf("delete local address: %w", err)
 			}
 			delete(s.local, k)
+		}
+	}
+	return nil
+}
+
+// SetNATAddrs replaces the set of NAT addresses that are also the
+// firewall's own, with their steering flags (bpf/xsk_shim.c, "Address
+// translation": 0x01 replies of source NAT, 0x02 ICMP echo requests of
+// destination NAT, 0x04 every protocol of destination NAT). A frame to one
+// of them goes to the AF_XDP socket unless a local socket owns it; without
+// an entry, frames to a local address go to the kernel. Only addresses in
+// the local set (SetLocalAddrs) are looked up. At most 256 entries.
+func (s *Shim) SetNATAddrs(addrs map[netip.Addr]uint8) error {
+	want := make(map[xskShimXskLocalKey]uint8, len(addrs))
+	for a, f := range addrs {
+		if !a.IsValid() {
+			return fmt.Errorf("set NAT addresses: invalid address: %w", ErrInvalidOptions)
+		}
+		want[localKey(a)] = f
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objs == nil {
+		return ErrClosed
+	}
+	for k, f := range want {
+		if old, ok := s.nat[k]; !ok || old != f {
+			if err := s.objs.NatAddrs.Update(k, f, ebpf.UpdateAny); err != nil {
+				return fmt.Errorf("set NAT address: %w", err)
+			}
+			s.nat[k] = f
+		}
+	}
+	for k := range s.nat {
+		if _, ok := want[k]; !ok {
+			if err := s.objs.NatAddrs.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete NAT address: %w", err)
+			}
+			delete(s.nat, k)
 		}
 	}
 	return nil

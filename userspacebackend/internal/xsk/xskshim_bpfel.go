@@ -29,6 +29,7 @@ type xskShimXskLocalKey struct {
 const (
 	xskShimMapCounters   = "counters"
 	xskShimMapLocalAddrs = "local_addrs"
+	xskShimMapNatAddrs   = "nat_addrs"
 	xskShimMapReady      = "ready"
 	xskShimMapXsks       = "xsks"
 	xskShimProgXskShim   = "xsk_shim"
@@ -85,6 +86,7 @@ type xskShimProgramSpecs struct {
 type xskShimMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	LocalAddrs *ebpf.MapSpec `ebpf:"local_addrs"`
+	NatAddrs   *ebpf.MapSpec `ebpf:"nat_addrs"`
 	Ready      *ebpf.MapSpec `ebpf:"ready"`
 	Xsks       *ebpf.MapSpec `ebpf:"xsks"`
 }
@@ -117,6 +119,7 @@ func (o *xskShimObjects) Close() error {
 type xskShimMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	LocalAddrs *ebpf.Map `ebpf:"local_addrs"`
+	NatAddrs   *ebpf.Map `ebpf:"nat_addrs"`
 	Ready      *ebpf.Map `ebpf:"ready"`
 	Xsks       *ebpf.Map `ebpf:"xsks"`
 }
@@ -125,6 +128,7 @@ func (m *xskShimMaps) Close() error {
 	return _XskShimClose(
 		m.Counters,
 		m.LocalAddrs,
+		m.NatAddrs,
 		m.Ready,
 		m.Xsks,
 	)
