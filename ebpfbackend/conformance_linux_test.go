@@ -14,5 +14,5 @@ import (
 func TestConformance(t *testing.T) {
 	dptest.Run(t, dataplane.ModeEBPF, func(ctx context.Context, netns string) (dataplane.DataPlane, error) {
 		return New(ctx, &Options{NetNS: netns})
-	})
+	}, Supported()...)
 }

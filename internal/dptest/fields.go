@@ -57,11 +57,8 @@ var (
 
 func both(w Want) map[dataplane.Mode]Want { return map[dataplane.Mode]Want{ebpfM: w, usM: w} }
 
-// natWant: the userspace backend translates (the nat/* cases observe each
-// field); the eBPF backend's NAT is being written.
-var natWant = map[dataplane.Mode]Want{ebpfM: Pending, usM: Honoured}
-
-const natPending = "eBPF: NAT is being implemented by the lead (dataplane/nat.go); the backend refuses it until then and the nat/* cases skip on it"
+// natWant: both backends translate; the nat/* cases observe each field.
+var natWant = both(Honoured)
 
 const sessionModel = "session model: the lead (eBPF datapath) and the userspace helper are implementing it (dataplane/session.go); its cases will observe this field"
 
@@ -110,19 +107,19 @@ var Fields = []Field{
 	{Path: "userspace.session_shards", Want: map[dataplane.Mode]Want{ebpfM: Ignored}, Note: userspaceOnly},
 	{Path: "userspace.batch_size", Want: map[dataplane.Mode]Want{ebpfM: Ignored, usM: Tuning},
 		Note: "frames a userspace worker takes from a ring at once: the eBPF backend ignores it (dataplane.UserspaceOpts), and no report shows it"},
-	{Path: "nat[].name", Want: natWant, Case: "nat/masquerade", Note: natPending},
-	{Path: "nat[].type", Want: natWant, Case: "nat/port forwarding", Note: natPending},
-	{Path: "nat[].from_zone", Want: natWant, Case: "nat/rule match", Note: natPending},
-	{Path: "nat[].to_zone", Want: natWant, Case: "nat/rule match", Note: natPending},
-	{Path: "nat[].sources", Want: natWant, Case: "nat/rule match", Note: natPending},
-	{Path: "nat[].protocol", Want: natWant, Case: "nat/rule match", Note: natPending},
-	{Path: "nat[].masquerade", Want: natWant, Case: "nat/masquerade", Note: natPending},
-	{Path: "nat[].pool", Want: natWant, Case: "nat/pool exhaustion", Note: natPending},
-	{Path: "nat[].ports", Want: natWant, Case: "nat/pool exhaustion", Note: natPending},
-	{Path: "nat[].destination", Want: natWant, Case: "nat/port forwarding", Note: natPending},
-	{Path: "nat[].destination_ports", Want: natWant, Case: "nat/port forwarding", Note: natPending},
-	{Path: "nat[].translate_to", Want: natWant, Case: "nat/port forwarding", Note: natPending},
-	{Path: "nat[].translate_port", Want: natWant, Case: "nat/port forwarding", Note: natPending},
+	{Path: "nat[].name", Want: natWant, Case: "nat/masquerade"},
+	{Path: "nat[].type", Want: natWant, Case: "nat/port forwarding"},
+	{Path: "nat[].from_zone", Want: natWant, Case: "nat/rule match"},
+	{Path: "nat[].to_zone", Want: natWant, Case: "nat/rule match"},
+	{Path: "nat[].sources", Want: natWant, Case: "nat/rule match"},
+	{Path: "nat[].protocol", Want: natWant, Case: "nat/rule match"},
+	{Path: "nat[].masquerade", Want: natWant, Case: "nat/masquerade"},
+	{Path: "nat[].pool", Want: natWant, Case: "nat/pool exhaustion"},
+	{Path: "nat[].ports", Want: natWant, Case: "nat/pool exhaustion"},
+	{Path: "nat[].destination", Want: natWant, Case: "nat/port forwarding"},
+	{Path: "nat[].destination_ports", Want: natWant, Case: "nat/port forwarding"},
+	{Path: "nat[].translate_to", Want: natWant, Case: "nat/port forwarding"},
+	{Path: "nat[].translate_port", Want: natWant, Case: "nat/port forwarding"},
 }
 
 const userspaceOnly = "dataplane.UserspaceOpts: sizes the userspace backend's own resources, changes no network behaviour; the eBPF backend ignores it"

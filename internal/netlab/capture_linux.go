@@ -24,12 +24,12 @@ import (
 //
 // Frames sent by a local socket keep the kernel's checksum offload state
 // across veths: their TCP/UDP checksum field holds only the pseudo-header
-// sum (the kernel flags them TP_STATUS_CSUMNOTREADY), so compare their L4
-// checksums only for frames built with internal/packet. It is safe for
-// concurrent use; Close interrupts a blocked Next.
+// sum (the kernel flags them TP_STATUS_CSUMNOTREADY, which [Capturer.NextFrame]
+// reports), so a full L4 checksum is expected only of frames that are not so
+// flagged. It is safe for concurrent use; Close interrupts a blocked Next.
 type Capturer struct {
 	f       *os.File
-	frames  chan []byte
+	frames  chan Frame
 	dropped atomic.Uint64
 	done    chan struct{}
 	once    sync.Once
@@ -70,7 +70,7 @@ func Capture(ns *NS, iface string, max int) (*Capturer, error) {
 	}
 	c := &Capturer{
 		f:      os.NewFile(uintptr(fd), "packet:"+iface),
-		frames: make(chan []byte, max),
+		frames: make(chan Frame, max),
 		done:   make(chan struct{}),
 	}
 	rc, err := c.f.SyscallConn()
@@ -109,13 +109,38 @@ func (c *Capturer) loop(rc interface {
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		frame := restoreVLAN(buf[:n], oob[:oobn])
+		frame := Frame{Data: restoreVLAN(buf[:n], oob[:oobn]), ChecksumNotReady: csumNotReady(oob[:oobn])}
 		select {
 		case c.frames <- frame:
 		default:
 			c.dropped.Add(1)
 		}
 	}
+}
+
+// Frame is a captured frame with what the kernel said of it.
+type Frame struct {
+	Data []byte
+	// ChecksumNotReady: the frame's L4 checksum was left to offload
+	// (TP_STATUS_CSUMNOTREADY): its field holds the pseudo-header sum
+	// (packet.Info.L4PartialOK), which the receiving stack trusts.
+	ChecksumNotReady bool
+}
+
+// csumNotReady reads TP_STATUS_CSUMNOTREADY from a frame's PACKET_AUXDATA.
+func csumNotReady(oob []byte) bool {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return false
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_PACKET && m.Header.Type == unix.PACKET_AUXDATA &&
+			len(m.Data) >= int(unsafe.Sizeof(unix.TpacketAuxdata{})) {
+			aux := (*unix.TpacketAuxdata)(unsafe.Pointer(&m.Data[0]))
+			return aux.Status&unix.TP_STATUS_CSUMNOTREADY != 0
+		}
+	}
+	return false
 }
 
 // restoreVLAN returns a copy of frame with the VLAN tag the kernel moved
@@ -149,14 +174,20 @@ func restoreVLAN(frame, oob []byte) []byte {
 // Next returns the next recorded frame, waiting until one arrives, ctx
 // ends, or the capturer is closed (net.ErrClosed).
 func (c *Capturer) Next(ctx context.Context) ([]byte, error) {
+	f, err := c.NextFrame(ctx)
+	return f.Data, err
+}
+
+// NextFrame is Next with what the kernel said of the frame.
+func (c *Capturer) NextFrame(ctx context.Context) (Frame, error) {
 	select {
 	case f, ok := <-c.frames:
 		if !ok {
-			return nil, fmt.Errorf("capture next frame: %w", net.ErrClosed)
+			return Frame{}, fmt.Errorf("capture next frame: %w", net.ErrClosed)
 		}
 		return f, nil
 	case <-ctx.Done():
-		return nil, fmt.Errorf("capture next frame: %w", ctx.Err())
+		return Frame{}, fmt.Errorf("capture next frame: %w", ctx.Err())
 	}
 }
 

@@ -379,3 +379,40 @@ func FuzzBuildRoundTrip(f *testing.F) {
 		}
 	})
 }
+
+// TestParsePartialChecksum: a TCP or UDP segment whose checksum field holds
+// the folded pseudo-header sum (left to offload) is L4PartialOK and not
+// L4ChecksumOK; one with a full checksum is the reverse; a partial sum of
+// other addresses (a translation that forgot the pseudo-header) is
+// neither.
+func TestParsePartialChecksum(t *testing.T) {
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	for _, proto := range []uint8{ProtoUDP, ProtoTCP} {
+		full, err := Build(Spec{Src: netip.AddrPortFrom(a, 1000), Dst: netip.AddrPortFrom(b, 80), PayloadLen: 11}, proto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := EthernetLen + IPv4Len + 6
+		if proto == ProtoTCP {
+			off = EthernetLen + IPv4Len + 16
+		}
+		l4len := len(full) - EthernetLen - IPv4Len
+		partial := append([]byte(nil), full...)
+		binary.BigEndian.PutUint16(partial[off:], fold(pseudoHeaderSum(a, b, proto, l4len)))
+		stale := append([]byte(nil), full...)
+		binary.BigEndian.PutUint16(stale[off:], fold(pseudoHeaderSum(netip.MustParseAddr("192.168.1.1"), b, proto, l4len)))
+		for _, c := range []struct {
+			name          string
+			frame         []byte
+			full, partial bool
+		}{{"full", full, true, false}, {"partial", partial, false, true}, {"stale partial", stale, false, false}} {
+			info, err := Parse(c.frame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.L4ChecksumOK != c.full || info.L4PartialOK != c.partial {
+				t.Errorf("proto %d %s: L4ChecksumOK %v L4PartialOK %v, want %v %v", proto, c.name, info.L4ChecksumOK, info.L4PartialOK, c.full, c.partial)
+			}
+		}
+	}
+}

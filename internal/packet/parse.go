@@ -40,6 +40,13 @@ type Info struct {
 	// L4ChecksumOK reports a valid UDP, TCP, ICMP or ICMPv6 checksum (a
 	// UDP/IPv4 checksum of 0, "none", counts as valid).
 	L4ChecksumOK bool
+	// L4PartialOK reports that a TCP or UDP checksum field holds the
+	// folded pseudo-header sum of the segment as it is: the state in
+	// which a sender leaves the checksum to offload (CHECKSUM_PARTIAL).
+	// Only meaningful for a frame the kernel says is in that state (an
+	// AF_PACKET capture's TP_STATUS_CSUMNOTREADY): the receiving stack
+	// trusts such a frame, so a translation must keep that sum exact.
+	L4PartialOK bool
 }
 
 // Parse decodes an Ethernet frame with at most one 802.1Q tag carrying IPv4
@@ -140,6 +147,7 @@ func parseL4(info Info, src, dst netip.Addr, l4 []byte) (Info, error) {
 		info.Payload = l4[UDPLen:]
 		info.L4ChecksumOK = Checksum(l4, pseudoHeaderSum(src, dst, info.Proto, ulen)) == 0 ||
 			(src.Is4() && binary.BigEndian.Uint16(l4[6:]) == 0)
+		info.L4PartialOK = binary.BigEndian.Uint16(l4[6:]) == fold(pseudoHeaderSum(src, dst, info.Proto, ulen))
 	case ProtoTCP:
 		if len(l4) < TCPLen {
 			return info, fmt.Errorf("parse TCP header: %w", ErrTruncated)
@@ -155,6 +163,7 @@ func parseL4(info Info, src, dst netip.Addr, l4 []byte) (Info, error) {
 		info.TCPFlags = l4[13]
 		info.Payload = l4[doff:]
 		info.L4ChecksumOK = Checksum(l4, pseudo) == 0
+		info.L4PartialOK = binary.BigEndian.Uint16(l4[16:]) == fold(pseudo)
 	case ProtoICMP, ProtoICMPv6:
 		if len(l4) < 4 {
 			return info, fmt.Errorf("parse ICMP header: %w", ErrTruncated)
@@ -181,4 +190,12 @@ func parseL4(info Info, src, dst netip.Addr, l4 []byte) (Info, error) {
 		info.Payload = l4
 	}
 	return info, nil
+}
+
+// fold folds a ones'-complement sum to 16 bits, without complementing it.
+func fold(sum uint32) uint16 {
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
 }
