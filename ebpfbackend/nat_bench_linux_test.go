@@ -40,6 +40,29 @@ func natBenchConfig(l *netlab.Lab, nat bool) *dataplane.Config {
 	return c
 }
 
+// reopenWith closes the lab's backend (whose session table has the
+// default size) and starts one with opts running cfg.
+func reopenWith(b *testing.B, l *netlab.Lab, be *Backend, opts *Options, cfg *dataplane.Config) *Backend {
+	b.Helper()
+	if err := be.Close(); err != nil {
+		b.Fatal(err)
+	}
+	o := Options{}
+	if opts != nil {
+		o = *opts
+	}
+	o.NetNS = l.Firewall.Path
+	nb, err := New(context.Background(), &o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { nb.Close() })
+	if _, err := nb.Apply(context.Background(), cfg); err != nil {
+		b.Fatal(err)
+	}
+	return nb
+}
+
 // BenchmarkNATForwarding: 64-byte UDP frames of one established flow,
 // client -> firewall (XDP) -> server, on one backend and one config: a flow
 // the masquerade rule translates and one it does not (another source
@@ -49,9 +72,7 @@ func natBenchConfig(l *netlab.Lab, nat bool) *dataplane.Config {
 func BenchmarkNATForwarding(b *testing.B) {
 	const perRun = 1 << 22
 	l, be, sink := newNetlabSink(b, nil, natSinkPort)
-	if _, err := be.Apply(context.Background(), natBenchConfig(l, true)); err != nil {
-		b.Fatal(err)
-	}
+	be = reopenWith(b, l, be, nil, natBenchConfig(l, true))
 	frame := func(src netip.Addr) []byte {
 		return packet.UDP(packet.Spec{SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
 			Src: netip.AddrPortFrom(src, 40000), Dst: netip.AddrPortFrom(l.ServerAddr4, natSinkPort),
@@ -84,6 +105,11 @@ func BenchmarkNATForwarding(b *testing.B) {
 	if v := counterOf(b, be, dataplane.CounterNATTranslated); v != 1 {
 		b.Fatalf("%s = %d: the flood made new translated sessions", dataplane.CounterNATTranslated, v)
 	}
+	prog := be.objs.XdpFw
+	plainNs := progNsPerRun(b, prog, func() { floodPPS(b, l, sink, plainFrame, perRun/4) })
+	natNs := progNsPerRun(b, prog, func() { floodPPS(b, l, sink, natFrame, perRun/4) })
+	b.ReportMetric(plainNs, "plain-prog-ns/pkt")
+	b.ReportMetric(natNs, "snat-prog-ns/pkt")
 	n := float64(b.N)
 	b.ReportMetric(plain/n, "plain-pps")
 	b.ReportMetric(nat/n, "snat-pps")
@@ -96,6 +122,7 @@ func BenchmarkNATForwarding(b *testing.B) {
 // translated, plain, 1 s each (target: translated >= 0.7 x plain).
 func BenchmarkNATNewConnections(b *testing.B) {
 	l, be := newNetlab(b, nil)
+	be = reopenWith(b, l, be, nil, natBenchConfig(l, false))
 	acc, err := netlab.Accept(context.Background(), l.Server, netip.AddrPortFrom(l.ServerAddr4, natAcceptPort))
 	if err != nil {
 		b.Fatal(err)
@@ -150,10 +177,11 @@ func BenchmarkNATNewConnections(b *testing.B) {
 // UDP flows through the firewall), whose rows (aggregate and per address)
 // the report then carries.
 func BenchmarkResourceStatsNATPool(b *testing.B) {
-	l, be, sink := newNetlabSink(b, &Options{SessionSweepInterval: -1}, natSinkPort)
+	l, be, sink := newNetlabSink(b, nil, natSinkPort)
 	ctx := context.Background()
 	cfg := natBenchConfig(l, false)
 	cfg.Timeouts.UDPUnreplied = dataplane.Duration(time.Hour)
+	be = reopenWith(b, l, be, &Options{SessionSweepInterval: -1}, cfg)
 	pool := netip.MustParseAddr("198.51.100.7")
 	natCfg := cfg.Clone()
 	natCfg.NAT = []dataplane.NATRule{{Name: "pool", Type: dataplane.NATSource, FromZone: "clients", ToZone: "servers", Pool: []string{pool.String()}}}
