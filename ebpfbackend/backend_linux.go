@@ -63,6 +63,7 @@ type Backend struct {
 	masqWatch        *masqWatch
 	masqUpdates      atomic.Uint64
 	masqUpdateErrors atomic.Uint64
+	masqEnded        atomic.Uint64
 
 	// Pinning (Options.PinDir): the meta map, the layout fingerprint of
 	// this build, and whether the running dataplane was adopted.

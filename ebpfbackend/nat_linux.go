@@ -586,8 +586,9 @@ func (b *Backend) reapplyIfMasqueradeMoved() {
 		return
 	}
 	var primary map[int]netip.Addr
+	var all map[netip.Addr]bool
 	err := netnsutil.Do(b.opts.NetNS, func() (err error) {
-		_, primary, err = hostAddrs4()
+		all, primary, err = hostAddrs4()
 		return err
 	})
 	if err != nil {
@@ -614,5 +615,45 @@ func (b *Backend) reapplyIfMasqueradeMoved() {
 	b.masqUpdates.Add(1)
 	if _, err := b.Apply(context.Background(), cfg); err != nil && !errors.Is(err, dataplane.ErrClosed) {
 		b.masqUpdateErrors.Add(1)
+		return
 	}
+	// Sessions masqueraded to an address the host no longer has end, as
+	// with Linux's MASQUERADE: their replies cannot arrive, and their
+	// slots would otherwise wait out the established timeout.
+	gone := map[uint32]bool{}
+	for _, w := range cur {
+		if !all[wordAddr(w)] {
+			gone[w] = true
+		}
+	}
+	if len(gone) > 0 {
+		n, err := b.endSessionsTranslatedTo(gone)
+		b.masqEnded.Add(uint64(n))
+		if err != nil && !errors.Is(err, dataplane.ErrClosed) {
+			b.masqUpdateErrors.Add(1)
+		}
+	}
+}
+
+// endSessionsTranslatedTo ends the source-translated sessions whose
+// translated source address is in gone (network-order words), and
+// invalidates the flow caches when it ended any.
+func (b *Backend) endSessionsTranslatedTo(gone map[uint32]bool) (int, error) {
+	b.applyMu.Lock()
+	defer b.applyMu.Unlock()
+	if b.isClosed() {
+		return 0, dataplane.ErrClosed
+	}
+	if b.objs == nil {
+		return 0, nil
+	}
+	n, err := walkSessions(context.Background(), b.objs, func(e *sessionEntry) (bool, bool) {
+		return e.val.Nat.SnatRule != 0 && gone[e.val.Nat.Saddr], false
+	})
+	if n > 0 {
+		if ierr := b.invalidateFlowCaches(); err == nil {
+			err = ierr
+		}
+	}
+	return n, err
 }

@@ -685,4 +685,22 @@ func TestNATMasqueradeFollowsAddress(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// The flow of "before" was masqueraded to the address that went: its
+	// session ends (as with Linux's MASQUERADE) instead of waiting out its
+	// timeout with a slot of an address the host no longer has.
+	for counter(t, b, "nat_masquerade_sessions_ended") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nat_masquerade_sessions_ended = 0: the session on the old address did not end")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	sess, _, err := b.Sessions(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sess {
+		if strings.HasPrefix(s.TranslatedSource, l.FwServerAddr4.String()+":") {
+			t.Errorf("a session still translated to the old address: %+v", s)
+		}
+	}
 }

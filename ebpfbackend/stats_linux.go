@@ -247,6 +247,7 @@ func (b *Backend) ResourceStats(ctx context.Context) (rep dataplane.ResourceRepo
 		dataplane.Counter{Name: dataplane.CounterSessionsCleared, Scope: "global", Value: b.cleared.Load()},
 		dataplane.Counter{Name: "nat_masquerade_updates", Scope: "global", Value: b.masqUpdates.Load()},
 		dataplane.Counter{Name: "nat_masquerade_update_errors", Scope: "global", Value: b.masqUpdateErrors.Load()},
+		dataplane.Counter{Name: "nat_masquerade_sessions_ended", Scope: "global", Value: b.masqEnded.Load()},
 		dataplane.Counter{Name: "xdp_interfaces", Scope: "global", Value: uint64(len(b.attached)) - tc},
 		dataplane.Counter{Name: "xdp_interfaces_generic_mode", Scope: "global", Value: generic},
 		dataplane.Counter{Name: "tc_interfaces", Scope: "global", Value: tc})
