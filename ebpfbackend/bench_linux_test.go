@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/internal/netlab"
 	"github.com/fwplane/fwplane/internal/packet"
@@ -143,29 +142,16 @@ func BenchmarkForwarding(b *testing.B) {
 }
 
 // progNsPerRun measures the program's own average run time with the
-// kernel's BPF run-time statistics, enabled only around fn: collecting them
-// costs two clock reads per run, so the pps figures are taken without.
+// kernel's BPF run-time statistics (programNs), enabled only around fn:
+// collecting them costs two clock reads per run, so the pps figures are
+// taken without.
 func progNsPerRun(tb testing.TB, prog *ebpf.Program, fn func()) float64 {
 	tb.Helper()
-	st, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	ns, err := programNs(prog, fn)
 	if err != nil {
-		tb.Logf("no BPF run-time statistics: %v", err)
-		return 0
+		tb.Logf("no program run time: %v", err)
 	}
-	defer st.Close()
-	before, err := prog.Stats()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	fn()
-	after, err := prog.Stats()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if after.RunCount == before.RunCount {
-		return 0
-	}
-	return float64(after.Runtime-before.Runtime) / float64(after.RunCount-before.RunCount)
+	return ns
 }
 
 func counterOf(tb testing.TB, b *Backend, name string) uint64 {

@@ -32,16 +32,34 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 	vlan := Flood{NS: l.Client, Iface: l.ClientIf, Count: 14, Flows: FloodFlows{Ports: 7},
 		Frame: packet.UDP(packet.Spec{SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC, VLAN: 7,
 			Src: netip.AddrPortFrom(l.ClientAddr4, 100), Dst: netip.AddrPortFrom(l.ServerAddr4, 6003), Payload: []byte("vlan")})}
+	// The replies to a many-flow flood vary the destination.
+	reply4, err := l.ReplyFlood(FloodSpec{Proto: packet.ProtoUDP, Dst: netip.AddrPortFrom(l.ServerAddr4, 6004), SrcPort: 65530,
+		Flows: FloodFlows{Ports: 6, Addrs: 3}, Count: 36})
+	if err != nil {
+		t.Fatal(err)
+	}
+	synack6, err := l.ReplyFlood(FloodSpec{Proto: packet.ProtoTCP, Dst: netip.AddrPortFrom(l.ServerAddr6, 6005),
+		Flows: FloodFlows{Ports: 4, Addrs: 2}, Count: 16, TCPFlags: packet.TCPSyn | packet.TCPAck, TCPSeq: 1000, TCPAck: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		name string
 		f    Flood
-	}{{"udp4 ports x addrs", udp4}, {"tcp6 syn", syn6}, {"udp4 vlan ports", vlan}} {
+	}{{"udp4 ports x addrs", udp4}, {"tcp6 syn", syn6}, {"udp4 vlan ports", vlan}, {"udp4 replies", reply4}, {"tcp6 syn-ack replies", synack6}} {
 		t.Run(tt.name, func(t *testing.T) {
 			tmpl, err := packet.Parse(tt.f.Frame)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := Capture(l.Firewall, l.FwClientIf, 256)
+			if tmpl.Proto == packet.ProtoTCP && tmpl.TCPFlags&packet.TCPSyn == 0 {
+				t.Fatalf("TCP template with flags %#x, want a SYN", tmpl.TCPFlags)
+			}
+			at := l.FwClientIf
+			if tt.f.Flows.Dst {
+				at = l.FwServerIf
+			}
+			c, err := Capture(l.Firewall, at, 256)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,19 +77,23 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 					t.Fatalf("after %d of %d frames: %v", n, tt.f.Count, err)
 				}
 				info, err := packet.Parse(fr)
-				if err != nil || info.Dst != tmpl.Dst {
-					continue // the client's own ND/MLD
+				fixed, wantFixed, varied, tmplVaried := info.Dst, tmpl.Dst, info.Src, tmpl.Src
+				if tt.f.Flows.Dst {
+					fixed, wantFixed, varied, tmplVaried = info.Src, tmpl.Src, info.Dst, tmpl.Dst
+				}
+				if err != nil || fixed != wantFixed {
+					continue // the stacks' own ND/MLD
 				}
 				fl := n % flows
-				want := netip.AddrPortFrom(addAddr(tmpl.Src.Addr(), uint32(fl/ports)), tmpl.Src.Port()+uint16(fl%ports))
-				if info.Src != want {
-					t.Errorf("frame %d from %v, want %v (flow %d)", n, info.Src, want, fl)
+				want := netip.AddrPortFrom(addAddr(tmplVaried.Addr(), uint32(fl/ports)), tmplVaried.Port()+uint16(fl%ports))
+				if varied != want {
+					t.Errorf("frame %d carries %v, want %v (flow %d)", n, varied, want, fl)
 				}
 				if !info.L4ChecksumOK || (tmpl.Src.Addr().Is4() && !info.IPChecksumOK) {
 					t.Errorf("frame %d: checksums ok: IP %v, L4 %v", n, info.IPChecksumOK, info.L4ChecksumOK)
 				}
-				if info.Proto == packet.ProtoTCP && info.TCPFlags != packet.TCPSyn {
-					t.Errorf("frame %d: TCP flags %#x, want SYN", n, info.TCPFlags)
+				if info.Proto == packet.ProtoTCP && info.TCPFlags != tmpl.TCPFlags {
+					t.Errorf("frame %d: TCP flags %#x, want %#x", n, info.TCPFlags, tmpl.TCPFlags)
 				}
 				n++
 			}
@@ -90,18 +112,6 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 	if _, err := icmp.Run(context.Background()); err == nil {
 		t.Error("many-flow flood of ICMP frames ran")
 	}
-}
-
-// addAddr adds n to the low 32 bits of a.
-func addAddr(a netip.Addr, n uint32) netip.Addr {
-	b := a.As16()
-	v := uint32(b[12])<<24 | uint32(b[13])<<16 | uint32(b[14])<<8 | uint32(b[15])
-	v += n
-	b[12], b[13], b[14], b[15] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
-	if a.Is4() {
-		return netip.AddrFrom4([4]byte(b[12:]))
-	}
-	return netip.AddrFrom16(b)
 }
 
 // TestIntegrationManyFlowsTracked floods many UDP flows and a SYN flood

@@ -4,12 +4,14 @@ package netlab
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -134,6 +136,48 @@ func ConntrackCount(ns *NS) (uint64, error) {
 		return 0, fmt.Errorf("read conntrack count in %s: %w", ns, err)
 	}
 	return n, nil
+}
+
+// ConntrackMax is the kernel's conntrack limit as ns sees it
+// (net.netfilter.nf_conntrack_max: a global setting, read-only inside a
+// network namespace other than the initial one).
+func ConntrackMax(ns *NS) (uint64, error) {
+	var n uint64
+	err := ns.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+		if err != nil {
+			return err
+		}
+		n, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read conntrack limit in %s: %w", ns, err)
+	}
+	return n, nil
+}
+
+// ConntrackClear removes every connection the kernel tracks in ns and
+// waits (bounded by ctx) until its count reads 0: entries are freed after
+// an RCU grace period.
+func ConntrackClear(ctx context.Context, ns *NS) error {
+	err := withNetlink(ns, func(h *netlink.Handle) error {
+		return h.ConntrackTableFlush(netlink.ConntrackTable)
+	})
+	if err != nil {
+		return fmt.Errorf("flush conntrack table in %s: %w", ns, err)
+	}
+	for {
+		n, err := ConntrackCount(ns)
+		if err != nil || n == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("clear conntrack table in %s: %d entries left: %w", ns, n, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // ConntrackFlows lists the connections the kernel tracks in ns, both
