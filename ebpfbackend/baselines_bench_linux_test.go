@@ -20,7 +20,7 @@ import (
 // partial checksums) skips the column there, with the backend's reason;
 // an interface attached otherwise than asked fails it.
 func benchColumn(name string, attach dataplane.AttachMode, want string) netlab.BenchDataplane {
-	return netlab.BenchDataplane{Name: name, Start: func(ctx context.Context, l *netlab.Lab) (*netlab.BenchInstance, error) {
+	return netlab.BenchDataplane{Name: name, PeerXDP: attach == dataplane.AttachXDP, Start: func(ctx context.Context, l *netlab.Lab) (*netlab.BenchInstance, error) {
 		be, err := New(ctx, &Options{NetNS: l.Firewall.Path})
 		if err != nil {
 			return nil, err

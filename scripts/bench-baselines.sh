@@ -35,10 +35,10 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average
 rx="^BenchmarkBaselines\$/^dp=/^veth=/^($(echo "$ROWS" | tr ' ' '|'))\$"
 cmd="go test -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}"
 echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
-FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee "$out" | grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok|panic)' >&2
+FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 cmd="go test -run ^\$ -bench ^BenchmarkForwarding\$ -benchtime 2x -count $COUNT ./ebpfbackend/"
 echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
-FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark|--- FAIL|FAIL|ok|panic)' >&2
+FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- FAIL|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 echo "# done $(date -u '+%H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 
 status=0

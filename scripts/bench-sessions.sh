@@ -39,7 +39,7 @@ for cmd in "go test -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 
 	"go test -run ^\$ -bench ^BenchmarkResourceStats1M\$/^kfunc\$ -benchtime 20x -count $COUNT ./ebpfbackend/" \
 	"go test -run ^\$ -bench ^BenchmarkResourceStats1M\$ -benchtime 20000x -count $COUNT ./userspacebackend/"; do
 	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
-	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok|panic)' >&2
+	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 done
 echo "# done $(date -u '+%H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 

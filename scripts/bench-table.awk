@@ -50,7 +50,7 @@ BEGIN {
 	veth = p[3]; sub(/^veth=/, "", veth)
 	row = p[4]; sub(/-[0-9]+$/, "", row)
 	if (!(dp in seendp)) { seendp[dp] = 1; dps[++ndp] = dp }
-	if (!(veth in seenveth)) { seenveth[veth] = 1; veths[++nveth] = veth }
+	if (veth != "" && !(veth in seenveth)) { seenveth[veth] = 1; veths[++nveth] = veth }
 	if (row != "" && !(row in seenrow)) { seenrow[row] = 1; allrows[++nallrow] = row }
 	skipping = cellkey(veth, row, dp); status[skipping] = ($2 == "SKIP:") ? "skip" : "FAIL"
 	next

@@ -51,6 +51,14 @@ type BenchDataplane struct {
 	// forwarding (the lab's own). An error wrapping ErrNotApplicable
 	// skips the column on this setting.
 	Start func(ctx context.Context, l *Lab) (*BenchInstance, error)
+	// PeerXDP says the dataplane redirects frames with XDP into the
+	// client's and server's veths, which receive them only while they
+	// run a native XDP program (see the package doc): the socket rows
+	// (tcp-N, conn) then attach pass-through counters there, as a user
+	// of XDP on veths must. (They turn GSO off on the firewall's ends,
+	// the veth driver's rule for a peer with XDP; the generator rows
+	// attach counters at those ends for every column.)
+	PeerXDP bool
 }
 
 // BenchInstance is a started column.
@@ -322,8 +330,27 @@ type benchRows struct {
 	inst *BenchInstance
 }
 
+// peerXDP attaches pass-through counters to the client's and server's
+// ends for a PeerXDP column, until the row ends.
+func (r *benchRows) peerXDP(b *testing.B) {
+	if !r.dp.PeerXDP {
+		return
+	}
+	for _, end := range []struct {
+		ns    *NS
+		iface string
+	}{{r.l.Client, r.l.ClientIf}, {r.l.Server, r.l.ServerIf}} {
+		c, err := AttachCounter(end.ns, end.iface, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+	}
+}
+
 func (r *benchRows) tcp(b *testing.B, streams int) {
 	ctx := context.Background()
+	r.peerXDP(b)
 	var gbps float64
 	for range b.N {
 		res, err := IPerf3(ctx, r.l.Client, r.l.Server, r.l.ServerAddr4, &IPerf3Options{Streams: streams, Duration: BenchTCPTime, Port: BenchTCPPort})
@@ -337,6 +364,7 @@ func (r *benchRows) tcp(b *testing.B, streams int) {
 
 func (r *benchRows) conn(b *testing.B) {
 	ctx := context.Background()
+	r.peerXDP(b)
 	dst := netip.AddrPortFrom(r.l.ServerAddr4, BenchTCPPort)
 	a, err := Accept(ctx, r.l.Server, dst)
 	if err != nil {
@@ -503,6 +531,15 @@ func (r *benchRows) newFlows(b *testing.B, proto uint8) {
 	b.ReportMetric(float64(rate)/elapsed.Seconds()/1e6, "Msess/s")
 	b.ReportMetric(float64(got)/elapsed.Seconds()/1e6, "fwd-Mpps")
 	b.ReportMetric(float64(sent)/elapsed.Seconds()/1e6, "sent-Mpps")
+	if r.inst.ProgramNs != nil {
+		// One more round, with the program's run time measured.
+		r.clear(b)
+		ns, err := r.inst.ProgramNs(func() { runCounted(b, f, srv, 0) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(ns, "prog-ns/pkt")
+	}
 }
 
 // handshakes measures generated three-way handshakes: rounds of SYNs of
