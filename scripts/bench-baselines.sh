@@ -19,6 +19,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${COUNT:=3}"
 : "${ROWS:=tcp-1 tcp-4 udp-64}"
+# -p 1: one package's benchmarks at a time (go test runs packages in
+# parallel otherwise, and two labs flooding at once measure each other).
 pkgs=(./internal/netlab/ ./ebpfbackend/ ./userspacebackend/)
 
 need=()
@@ -33,7 +35,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 rx="^BenchmarkBaselines\$/^dp=/^veth=/^($(echo "$ROWS" | tr ' ' '|'))\$"
-cmd="go test -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}"
+cmd="go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}"
 echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
 FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 cmd="go test -run ^\$ -bench ^BenchmarkForwarding\$ -benchtime 2x -count $COUNT ./ebpfbackend/"

@@ -21,6 +21,8 @@ cd "$(dirname "$0")/.."
 : "${COUNT:=3}"
 : "${VETH:=lab}"
 : "${ROWS:=new-udp new-syn tcp-hs conn udp-64 udp-64-64k udp-64-1m}"
+# -p 1: one package's benchmarks at a time (go test runs packages in
+# parallel otherwise, and two labs flooding at once measure each other).
 pkgs=(./internal/netlab/ ./ebpfbackend/ ./userspacebackend/)
 
 need=()
@@ -35,7 +37,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 rx="^BenchmarkBaselines\$/^dp=/^veth=$VETH\$/^($(echo "$ROWS" | tr ' ' '|'))\$"
-for cmd in "go test -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}" \
+for cmd in "go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}" \
 	"go test -run ^\$ -bench ^BenchmarkResourceStats1M\$/^kfunc\$ -benchtime 20x -count $COUNT ./ebpfbackend/" \
 	"go test -run ^\$ -bench ^BenchmarkResourceStats1M\$ -benchtime 20000x -count $COUNT ./userspacebackend/"; do
 	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
