@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 
 	"github.com/fwplane/fwplane/dataplane"
@@ -113,29 +112,15 @@ func NftablesConntrack() BenchDataplane {
 			return nil, err
 		}
 		return &BenchInstance{
-			Stop:          remove,
-			Capacity:      limit,
-			Sessions:      func(context.Context) (uint64, error) { return ConntrackCount(l.Firewall) },
-			Established:   func(context.Context) (uint64, error) { return conntrackEstablished(l.Firewall) },
+			Stop:     remove,
+			Capacity: limit,
+			Sessions: func(context.Context) (uint64, error) { return ConntrackCount(l.Firewall) },
+			Established: func(context.Context) (uint64, error) {
+				return ConntrackInTCPState(l.Firewall, nl.TCP_CONNTRACK_ESTABLISHED)
+			},
 			ClearSessions: func(ctx context.Context) error { return ConntrackClear(ctx, l.Firewall) },
 		}, nil
 	}}
-}
-
-// conntrackEstablished counts the conntrack entries of ns in TCP state
-// ESTABLISHED.
-func conntrackEstablished(ns *NS) (uint64, error) {
-	flows, err := ConntrackFlows(ns)
-	if err != nil {
-		return 0, err
-	}
-	var n uint64
-	for _, f := range flows {
-		if p, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok && p.State == nl.TCP_CONNTRACK_ESTABLISHED {
-			n++
-		}
-	}
-	return n, nil
 }
 
 // BenchTimeout is the idle timeout of UDP sessions (replied and unreplied)

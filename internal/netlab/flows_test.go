@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink/nl"
+
 	"github.com/fwplane/fwplane/internal/packet"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -267,5 +269,112 @@ func TestIntegrationHandshakes(t *testing.T) {
 	}
 	if res.Attempted != 50 || res.Failed != 50 || res.Errors["refused"] != 50 {
 		t.Errorf("to a closed port: %+v, want 50 refused", res)
+	}
+}
+
+// TestIntegrationGeneratedHandshakes drives the three steps of TCP
+// handshakes for many flows from the generator - the client's SYNs, the
+// server's SYN-ACKs (ReplyFlood, to client addresses the firewall knows
+// from AddClientNeighbors), the client's ACKs - through the nftables
+// baseline: conntrack follows every flow to SYN_RECV and then to
+// ESTABLISHED (so the sequence numbers pass its window check), and
+// ConntrackClear empties the table. Counters at both ends drop what
+// arrives, so neither stack answers with an RST. A step is repeated (it is
+// idempotent) only while the kernel dropped frames on the way.
+func TestIntegrationGeneratedHandshakes(t *testing.T) {
+	testutil.Command(t, "nft", "nftables")
+	l := NewT(t, nil)
+	testutil.Privileged(t, testutil.NeedBPF)
+	ctx := context.Background()
+	if err := l.ResolveNeighbors(ctx); err != nil {
+		t.Fatal(err)
+	}
+	flows := FloodFlows{Ports: 500, Addrs: 3}
+	if err := l.AddClientNeighbors(flows); err != nil {
+		t.Fatal(err)
+	}
+	remove, err := l.InstallNftables(&NftablesOptions{Allow: []NftAllow{{Proto: packet.ProtoTCP, Ports: []uint16{6020}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remove()
+	var atClient, atServer *Counter
+	for _, end := range []struct {
+		ns    *NS
+		iface string
+		c     **Counter
+	}{{l.Client, l.ClientIf, &atClient}, {l.Server, l.ServerIf, &atServer}} {
+		c, err := AttachCounter(end.ns, end.iface, &CounterOptions{Proto: packet.ProtoTCP, Drop: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		*end.c = c
+	}
+	n := flows.Count()
+	spec := FloodSpec{Proto: packet.ProtoTCP, Dst: netip.AddrPortFrom(l.ServerAddr4, 6020), Flows: flows, Count: n}
+	syn, err := l.ClientFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.TCPFlags, spec.TCPSeq, spec.TCPAck = packet.TCPSyn|packet.TCPAck, 1000, 2
+	synack, err := l.ReplyFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.TCPFlags, spec.TCPSeq, spec.TCPAck = packet.TCPAck, 2, 1001
+	ack, err := l.ClientFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name  string
+		f     Flood
+		at    *Counter // where the step's frames arrive
+		state uint8    // conntrack TCP state every flow must reach
+	}{{"syn", syn, atServer, nl.TCP_CONNTRACK_SYN_SENT}, {"syn-ack", synack, atClient, nl.TCP_CONNTRACK_SYN_RECV},
+		{"ack", ack, atServer, nl.TCP_CONNTRACK_ESTABLISHED}} {
+		step.f.BatchSize = 16 // gentle on the 256-frame veth ring
+		var got, arrived uint64
+		for round := 1; round <= 5; round++ {
+			before, _, err := step.at.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := step.f.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Every frame of one round forwarded: conntrack's view alone
+			// would not show a SYN-ACK that waits for a neighbour.
+			after, err := settle(step.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if arrived = after - before; arrived != n {
+				continue
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			for {
+				if got, err = ConntrackInTCPState(l.Firewall, step.state); err != nil {
+					t.Fatal(err)
+				}
+				if got >= n || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got >= n {
+				break
+			}
+		}
+		if got != n || arrived != n {
+			t.Fatalf("after the %s step %d of %d flows in TCP state %d, %d frames of the last round forwarded", step.name, got, n, step.state, arrived)
+		}
+	}
+	if err := ConntrackClear(ctx, l.Firewall); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ConntrackCount(l.Firewall); err != nil || c != 0 {
+		t.Errorf("after ConntrackClear: %d entries, %v", c, err)
 	}
 }

@@ -196,3 +196,19 @@ func ConntrackFlows(ns *NS) ([]*netlink.ConntrackFlow, error) {
 	})
 	return out, err
 }
+
+// ConntrackInTCPState counts the TCP connections the kernel tracks in ns
+// in conntrack state state (nl.TCP_CONNTRACK_*).
+func ConntrackInTCPState(ns *NS, state uint8) (uint64, error) {
+	flows, err := ConntrackFlows(ns)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, f := range flows {
+		if p, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok && p.State == state {
+			n++
+		}
+	}
+	return n, nil
+}
