@@ -44,6 +44,12 @@ BEGIN {
 	if (ref == "" && !noref) ref = "nftables"
 	headline["Gbit/s"] = headline["Mpps"] = headline["Msess/s"] = headline["Mhs/s"] = headline["kconn/s"] = 1
 }
+# go test -v prints a benchmark's log lines before its --- SKIP/FAIL line.
+/^ +[a-z_]+\.go:[0-9]+: / {
+	msg = $0; sub(/^ +[a-z_]+\.go:[0-9]+: /, "", msg)
+	pending[++npending] = msg
+	next
+}
 /^(--- SKIP|--- FAIL): BenchmarkBaselines\// {
 	split($3, p, "/")
 	dp = p[2]; sub(/^dp=/, "", dp)
@@ -52,15 +58,15 @@ BEGIN {
 	if (!(dp in seendp)) { seendp[dp] = 1; dps[++ndp] = dp }
 	if (veth != "" && !(veth in seenveth)) { seenveth[veth] = 1; veths[++nveth] = veth }
 	if (row != "" && !(row in seenrow)) { seenrow[row] = 1; allrows[++nallrow] = row }
-	skipping = cellkey(veth, row, dp); status[skipping] = ($2 == "SKIP:") ? "skip" : "FAIL"
+	k = cellkey(veth, row, dp); status[k] = ($2 == "SKIP:") ? "skip" : "FAIL"
+	for (i = 1; i <= npending; i++) {
+		m = status[k] " " dp (veth != "" ? " veth=" veth : "") (row != "" ? " " row : "") ": " pending[i]
+		if (!(m in seenmsg)) { seenmsg[m] = 1; msgs[++nmsg] = m }
+	}
+	npending = 0
 	next
 }
-skipping != "" && /^ +[a-z_]+\.go:[0-9]+: / {
-	msg = $0; sub(/^ +[a-z_]+\.go:[0-9]+: /, "", msg)
-	if (!(msg in seenmsg)) { seenmsg[msg] = 1; msgs[++nmsg] = status[skipping] ": " msg }
-	next
-}
-{ skipping = "" }
+{ npending = 0 }
 /^BenchmarkBaselines\/dp=[^\/]+\/veth=[^\/]+\/[^ \t]+[ \t]/ {
 	split($1, p, "/")
 	dp = p[2]; sub(/^dp=/, "", dp)
@@ -80,6 +86,10 @@ END {
 	for (i = 1; i <= nc; i++) if (co[i] in seendp) { ordered[++no] = co[i]; placed[co[i]] = 1 }
 	for (i = 1; i <= ndp; i++) if (!(dps[i] in placed)) ordered[++no] = dps[i]
 	for (i = 1; i <= no; i++) dps[i] = ordered[i]
+	nv = 0
+	for (i = 1; i <= nveth; i++) if (veths[i] == "lab") vo[++nv] = "lab"
+	for (i = 1; i <= nveth; i++) if (veths[i] != "lab") vo[++nv] = veths[i]
+	for (i = 1; i <= nv; i++) veths[i] = vo[i]
 	nrow = split(rows, order, " ")
 	if (!nrow) for (r = 1; r <= nallrow; r++) order[++nrow] = allrows[r]
 	w = 22
@@ -139,6 +149,10 @@ END {
 			k = cellkey(veths[v], f[2], f[3])
 			if (substr(f[4], 1, 1) == "@") { rk = cellkey(veths[v], substr(f[4], 2), f[3]); what = f[3] " " f[2] " / " substr(f[4], 2) }
 			else { rk = cellkey(veths[v], f[2], f[4]); what = f[2] " " f[3] " / " f[4] }
+			if (cellkey(veths[v], "", f[3]) in status && status[cellkey(veths[v], "", f[3])] == "skip" || status[k] == "skip") {
+				printf "  %-9s %-40s >= %-5s skipped (reason below)\n", veths[v], what, f[5]
+				continue
+			}
 			if (vals[k] == "" || vals[rk] == "" || median(rk) == 0) {
 				printf "  %-9s %-40s >= %-5s no figure\n", veths[v], what, f[5]
 				if (!bad) bad = 2
