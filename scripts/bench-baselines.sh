@@ -13,7 +13,8 @@
 # scripts/bench-sessions.sh runs issue 15's rows of the same benchmarks.
 #
 # Usage: scripts/bench-baselines.sh      (env: COUNT=3 runs per cell,
-#        median shown; ROWS to override the rows)
+#        median shown; ROWS to override the rows; OUT=file keeps the
+#        raw output)
 # Exit status: 1 when a target is unmet, 2 when a figure is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +32,11 @@ if [ ${#need[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+# OUT=file keeps the raw benchmark output there.
+if [ -n "${OUT:-}" ]; then out=$OUT; : >"$out"; else
+	out=$(mktemp)
+	trap 'rm -f "$out"' EXIT
+fi
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 rx="^BenchmarkBaselines\$/^dp=/^veth=/^($(echo "$ROWS" | tr ' ' '|'))\$"
 cmd="go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}"
