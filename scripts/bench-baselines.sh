@@ -39,9 +39,15 @@ if [ -n "${OUT:-}" ]; then out=$OUT; : >"$out"; else
 fi
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 rx="^BenchmarkBaselines\$/^dp=/^veth=/^($(echo "$ROWS" | tr ' ' '|'))\$"
-cmd="go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}"
-echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
-FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
+# COUNT cycles through every column rather than -count COUNT (which runs
+# each cell COUNT times in a row): on a shared machine the load drifts
+# over minutes, and the columns compared should see the same drift.
+cmd="go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count 1 -timeout 60m ${pkgs[*]}"
+for i in $(seq "$COUNT"); do
+	echo "# cycle $i of $COUNT, $(date -u '+%H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
+	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
+	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
+done
 cmd="go test -run ^\$ -bench ^BenchmarkForwarding\$ -benchtime 2x -count $COUNT ./ebpfbackend/"
 echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
 FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- FAIL|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2

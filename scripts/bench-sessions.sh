@@ -41,8 +41,16 @@ if [ -n "${OUT:-}" ]; then out=$OUT; : >"$out"; else
 fi
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
 rx="^BenchmarkBaselines\$/^dp=/^veth=$VETH\$/^($(echo "$ROWS" | tr ' ' '|'))\$"
-for cmd in "go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count $COUNT -timeout 60m ${pkgs[*]}" \
-	"go test -run ^\$ -bench ^BenchmarkResourceStats1M\$/^kfunc\$ -benchtime 20x -count $COUNT ./ebpfbackend/" \
+# COUNT cycles through every column rather than -count COUNT (which runs
+# each cell COUNT times in a row): on a shared machine the load drifts
+# over minutes, and the columns compared should see the same drift.
+cmd="go test -p 1 -v -run ^\$ -bench $rx -benchtime 1x -count 1 -timeout 60m ${pkgs[*]}"
+for i in $(seq "$COUNT"); do
+	echo "# cycle $i of $COUNT, $(date -u '+%H:%M UTC'), load: $(uptime | sed 's/.*load average: //')" >&2
+	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
+	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
+done
+for cmd in "go test -run ^\$ -bench ^BenchmarkResourceStats1M\$/^kfunc\$ -benchtime 20x -count $COUNT ./ebpfbackend/" \
 	"go test -run ^\$ -bench ^BenchmarkResourceStats(1M)?\$ -benchtime 20000x -count $COUNT ./userspacebackend/"; do
 	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
 	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
