@@ -2,13 +2,16 @@
 // namespaces joined by veth pairs, with addresses, routes and forwarding
 // configured, plus the tools tests use to drive and observe traffic through
 // them: socket round trips, a BPF_PROG_RUN live-frames flood generator
-// (one flow, or many flows and SYN floods: [FloodFlows], [Lab.ClientFlood]),
-// TCP handshakes at a chosen rate ([Handshakes]), bulk TCP ([TCPBulk],
-// [IPerf3]), an XDP packet counter and an AF_PACKET capturer; the kernel's
-// own counters ([ReadVethDrops], [ReadChecksumErrors], [ReadOffloads],
-// [ConntrackFlows]); and the baselines a firewall is compared with:
-// kernel forwarding and nftables with conntrack ([Lab.InstallNftables],
-// [BenchBaselines], scripts/bench-baselines.sh).
+// (one flow, or many flows and SYN floods: [FloodFlows], [Lab.ClientFlood];
+// the server's answers to them, e.g. SYN-ACKs: [Lab.ReplyFlood] with
+// [Lab.AddClientNeighbors]; paced: [Flood].Rate), TCP handshakes at a
+// chosen rate ([Handshakes]), bulk TCP ([TCPBulk], [IPerf3]), an XDP
+// packet counter and an AF_PACKET capturer; the kernel's own counters
+// ([ReadVethDrops], [ReadChecksumErrors], [ReadOffloads],
+// [ConntrackFlows]); and the benchmark harness that compares every
+// dataplane with what a firewall is compared with, kernel forwarding and
+// nftables with conntrack ([Lab.InstallNftables], [BenchBaselines],
+// scripts/bench-baselines.sh and scripts/bench-sessions.sh).
 //
 // Everything runs against the real kernel; nothing is mocked. Creating a
 // [Lab] needs CAP_SYS_ADMIN and CAP_NET_ADMIN, the flood and counter need

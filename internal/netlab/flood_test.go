@@ -160,6 +160,30 @@ func TestIntegrationFloodHonoursContext(t *testing.T) {
 	}
 }
 
+// TestIntegrationFloodPaced: a flood with a Rate sends every frame, and
+// no faster than asked: the frames before the last burst were due by the
+// time it ends.
+func TestIntegrationFloodPaced(t *testing.T) {
+	l := NewT(t, nil)
+	testutil.Privileged(t, testutil.NeedBPF)
+	c, err := AttachCounter(l.Firewall, l.FwClientIf, &CounterOptions{Proto: packet.ProtoUDP, DstPort: 1, Drop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const count, rate, chunk = 20000, 100e3, 500
+	res, err := Flood{NS: l.Client, Iface: l.ClientIf, Frame: floodFrame(l, 1), Count: count, Rate: rate, Chunk: chunk}.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if min := time.Duration(float64(count-chunk) / rate * float64(time.Second)); res.Sent != count || res.Elapsed < min {
+		t.Errorf("sent %d of %d in %v, want all in at least %v", res.Sent, count, res.Elapsed, min)
+	}
+	if got, _, _ := c.Read(); got != res.Sent {
+		t.Errorf("counted %d, flood reports %d sent", got, res.Sent)
+	}
+}
+
 func TestFloodRejectsBadInput(t *testing.T) {
 	ns := &NS{Name: "none", Path: "/nonexistent"}
 	for _, f := range []Flood{

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink/nl"
+
 	"github.com/fwplane/fwplane/internal/packet"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -32,16 +34,34 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 	vlan := Flood{NS: l.Client, Iface: l.ClientIf, Count: 14, Flows: FloodFlows{Ports: 7},
 		Frame: packet.UDP(packet.Spec{SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC, VLAN: 7,
 			Src: netip.AddrPortFrom(l.ClientAddr4, 100), Dst: netip.AddrPortFrom(l.ServerAddr4, 6003), Payload: []byte("vlan")})}
+	// The replies to a many-flow flood vary the destination.
+	reply4, err := l.ReplyFlood(FloodSpec{Proto: packet.ProtoUDP, Dst: netip.AddrPortFrom(l.ServerAddr4, 6004), SrcPort: 65530,
+		Flows: FloodFlows{Ports: 6, Addrs: 3}, Count: 36})
+	if err != nil {
+		t.Fatal(err)
+	}
+	synack6, err := l.ReplyFlood(FloodSpec{Proto: packet.ProtoTCP, Dst: netip.AddrPortFrom(l.ServerAddr6, 6005),
+		Flows: FloodFlows{Ports: 4, Addrs: 2}, Count: 16, TCPFlags: packet.TCPSyn | packet.TCPAck, TCPSeq: 1000, TCPAck: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		name string
 		f    Flood
-	}{{"udp4 ports x addrs", udp4}, {"tcp6 syn", syn6}, {"udp4 vlan ports", vlan}} {
+	}{{"udp4 ports x addrs", udp4}, {"tcp6 syn", syn6}, {"udp4 vlan ports", vlan}, {"udp4 replies", reply4}, {"tcp6 syn-ack replies", synack6}} {
 		t.Run(tt.name, func(t *testing.T) {
 			tmpl, err := packet.Parse(tt.f.Frame)
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := Capture(l.Firewall, l.FwClientIf, 256)
+			if tmpl.Proto == packet.ProtoTCP && tmpl.TCPFlags&packet.TCPSyn == 0 {
+				t.Fatalf("TCP template with flags %#x, want a SYN", tmpl.TCPFlags)
+			}
+			at := l.FwClientIf
+			if tt.f.Flows.Dst {
+				at = l.FwServerIf
+			}
+			c, err := Capture(l.Firewall, at, 256)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,19 +79,23 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 					t.Fatalf("after %d of %d frames: %v", n, tt.f.Count, err)
 				}
 				info, err := packet.Parse(fr)
-				if err != nil || info.Dst != tmpl.Dst {
-					continue // the client's own ND/MLD
+				fixed, wantFixed, varied, tmplVaried := info.Dst, tmpl.Dst, info.Src, tmpl.Src
+				if tt.f.Flows.Dst {
+					fixed, wantFixed, varied, tmplVaried = info.Src, tmpl.Src, info.Dst, tmpl.Dst
+				}
+				if err != nil || fixed != wantFixed {
+					continue // the stacks' own ND/MLD
 				}
 				fl := n % flows
-				want := netip.AddrPortFrom(addAddr(tmpl.Src.Addr(), uint32(fl/ports)), tmpl.Src.Port()+uint16(fl%ports))
-				if info.Src != want {
-					t.Errorf("frame %d from %v, want %v (flow %d)", n, info.Src, want, fl)
+				want := netip.AddrPortFrom(addAddr(tmplVaried.Addr(), uint32(fl/ports)), tmplVaried.Port()+uint16(fl%ports))
+				if varied != want {
+					t.Errorf("frame %d carries %v, want %v (flow %d)", n, varied, want, fl)
 				}
 				if !info.L4ChecksumOK || (tmpl.Src.Addr().Is4() && !info.IPChecksumOK) {
 					t.Errorf("frame %d: checksums ok: IP %v, L4 %v", n, info.IPChecksumOK, info.L4ChecksumOK)
 				}
-				if info.Proto == packet.ProtoTCP && info.TCPFlags != packet.TCPSyn {
-					t.Errorf("frame %d: TCP flags %#x, want SYN", n, info.TCPFlags)
+				if info.Proto == packet.ProtoTCP && info.TCPFlags != tmpl.TCPFlags {
+					t.Errorf("frame %d: TCP flags %#x, want %#x", n, info.TCPFlags, tmpl.TCPFlags)
 				}
 				n++
 			}
@@ -90,18 +114,6 @@ func TestIntegrationFloodManyFlowsFrames(t *testing.T) {
 	if _, err := icmp.Run(context.Background()); err == nil {
 		t.Error("many-flow flood of ICMP frames ran")
 	}
-}
-
-// addAddr adds n to the low 32 bits of a.
-func addAddr(a netip.Addr, n uint32) netip.Addr {
-	b := a.As16()
-	v := uint32(b[12])<<24 | uint32(b[13])<<16 | uint32(b[14])<<8 | uint32(b[15])
-	v += n
-	b[12], b[13], b[14], b[15] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
-	if a.Is4() {
-		return netip.AddrFrom4([4]byte(b[12:]))
-	}
-	return netip.AddrFrom16(b)
 }
 
 // TestIntegrationManyFlowsTracked floods many UDP flows and a SYN flood
@@ -257,5 +269,112 @@ func TestIntegrationHandshakes(t *testing.T) {
 	}
 	if res.Attempted != 50 || res.Failed != 50 || res.Errors["refused"] != 50 {
 		t.Errorf("to a closed port: %+v, want 50 refused", res)
+	}
+}
+
+// TestIntegrationGeneratedHandshakes drives the three steps of TCP
+// handshakes for many flows from the generator - the client's SYNs, the
+// server's SYN-ACKs (ReplyFlood, to client addresses the firewall knows
+// from AddClientNeighbors), the client's ACKs - through the nftables
+// baseline: conntrack follows every flow to SYN_RECV and then to
+// ESTABLISHED (so the sequence numbers pass its window check), and
+// ConntrackClear empties the table. Counters at both ends drop what
+// arrives, so neither stack answers with an RST. A step is repeated (it is
+// idempotent) only while the kernel dropped frames on the way.
+func TestIntegrationGeneratedHandshakes(t *testing.T) {
+	testutil.Command(t, "nft", "nftables")
+	l := NewT(t, nil)
+	testutil.Privileged(t, testutil.NeedBPF)
+	ctx := context.Background()
+	if err := l.ResolveNeighbors(ctx); err != nil {
+		t.Fatal(err)
+	}
+	flows := FloodFlows{Ports: 500, Addrs: 3}
+	if err := l.AddClientNeighbors(flows); err != nil {
+		t.Fatal(err)
+	}
+	remove, err := l.InstallNftables(&NftablesOptions{Allow: []NftAllow{{Proto: packet.ProtoTCP, Ports: []uint16{6020}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remove()
+	var atClient, atServer *Counter
+	for _, end := range []struct {
+		ns    *NS
+		iface string
+		c     **Counter
+	}{{l.Client, l.ClientIf, &atClient}, {l.Server, l.ServerIf, &atServer}} {
+		c, err := AttachCounter(end.ns, end.iface, &CounterOptions{Proto: packet.ProtoTCP, Drop: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		*end.c = c
+	}
+	n := flows.Count()
+	spec := FloodSpec{Proto: packet.ProtoTCP, Dst: netip.AddrPortFrom(l.ServerAddr4, 6020), Flows: flows, Count: n}
+	syn, err := l.ClientFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.TCPFlags, spec.TCPSeq, spec.TCPAck = packet.TCPSyn|packet.TCPAck, 1000, 2
+	synack, err := l.ReplyFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.TCPFlags, spec.TCPSeq, spec.TCPAck = packet.TCPAck, 2, 1001
+	ack, err := l.ClientFlood(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		name  string
+		f     Flood
+		at    *Counter // where the step's frames arrive
+		state uint8    // conntrack TCP state every flow must reach
+	}{{"syn", syn, atServer, nl.TCP_CONNTRACK_SYN_SENT}, {"syn-ack", synack, atClient, nl.TCP_CONNTRACK_SYN_RECV},
+		{"ack", ack, atServer, nl.TCP_CONNTRACK_ESTABLISHED}} {
+		step.f.BatchSize = 16 // gentle on the 256-frame veth ring
+		var got, arrived uint64
+		for round := 1; round <= 5; round++ {
+			before, _, err := step.at.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := step.f.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+			// Every frame of one round forwarded: conntrack's view alone
+			// would not show a SYN-ACK that waits for a neighbour.
+			after, err := settle(step.at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if arrived = after - before; arrived != n {
+				continue
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			for {
+				if got, err = ConntrackInTCPState(l.Firewall, step.state); err != nil {
+					t.Fatal(err)
+				}
+				if got >= n || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got >= n {
+				break
+			}
+		}
+		if got != n || arrived != n {
+			t.Fatalf("after the %s step %d of %d flows in TCP state %d, %d frames of the last round forwarded", step.name, got, n, step.state, arrived)
+		}
+	}
+	if err := ConntrackClear(ctx, l.Firewall); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ConntrackCount(l.Firewall); err != nil || c != 0 {
+		t.Errorf("after ConntrackClear: %d entries, %v", c, err)
 	}
 }

@@ -4,12 +4,14 @@ package netlab
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -136,6 +138,48 @@ func ConntrackCount(ns *NS) (uint64, error) {
 	return n, nil
 }
 
+// ConntrackMax is the kernel's conntrack limit as ns sees it
+// (net.netfilter.nf_conntrack_max: a global setting, read-only inside a
+// network namespace other than the initial one).
+func ConntrackMax(ns *NS) (uint64, error) {
+	var n uint64
+	err := ns.Do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
+		if err != nil {
+			return err
+		}
+		n, err = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read conntrack limit in %s: %w", ns, err)
+	}
+	return n, nil
+}
+
+// ConntrackClear removes every connection the kernel tracks in ns and
+// waits (bounded by ctx) until its count reads 0: entries are freed after
+// an RCU grace period.
+func ConntrackClear(ctx context.Context, ns *NS) error {
+	err := withNetlink(ns, func(h *netlink.Handle) error {
+		return h.ConntrackTableFlush(netlink.ConntrackTable)
+	})
+	if err != nil {
+		return fmt.Errorf("flush conntrack table in %s: %w", ns, err)
+	}
+	for {
+		n, err := ConntrackCount(ns)
+		if err != nil || n == 0 {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("clear conntrack table in %s: %d entries left: %w", ns, n, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 // ConntrackFlows lists the connections the kernel tracks in ns, both
 // families, with their tuples and TCP state.
 func ConntrackFlows(ns *NS) ([]*netlink.ConntrackFlow, error) {
@@ -151,4 +195,20 @@ func ConntrackFlows(ns *NS) ([]*netlink.ConntrackFlow, error) {
 		return nil
 	})
 	return out, err
+}
+
+// ConntrackInTCPState counts the TCP connections the kernel tracks in ns
+// in conntrack state state (nl.TCP_CONNTRACK_*).
+func ConntrackInTCPState(ns *NS, state uint8) (uint64, error) {
+	flows, err := ConntrackFlows(ns)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, f := range flows {
+		if p, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok && p.State == state {
+			n++
+		}
+	}
+	return n, nil
 }
