@@ -51,7 +51,10 @@ func TestIntegrationOpenOverBudget(t *testing.T) {
 	cfg.Tables.Sessions = dataplane.MaxTableEntries
 	before := mapsWithMaxEntries(t, dataplane.MaxTableEntries)
 	start := time.Now()
-	_, res, err := Open(context.Background(), cfg, &Options{NetNS: l.Firewall.Path})
+	// A stated budget (the default is half the host's memory): on a host
+	// with more than twice what the table needs, the default would admit
+	// it, and this test would allocate it.
+	_, res, err := Open(context.Background(), cfg, &Options{NetNS: l.Firewall.Path, MemoryBudget: 4 << 30})
 	took := time.Since(start)
 	if !errors.Is(err, dataplane.ErrNotSupported) || res.Mode != "" {
 		t.Fatalf("Open = %v (mode %q), want a refusal", err, res.Mode)
