@@ -323,13 +323,16 @@ func TestIntegrationPinnedFailsClosedAfterKill(t *testing.T) {
 		t.Fatalf("adopt: %v", err)
 	}
 	defer b.Close()
+	adopted := time.Since(t0)
 	res, err := b.Apply(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("Apply after adoption: %v", err)
 	}
+	applied := time.Since(t0)
 	before := serverCount(t, e)
 	waitFor(t, "forwarding to resume", 2*time.Second-time.Since(t0), func() bool { return serverCount(t, e) > before })
-	t.Logf("forwarding resumed %v after the new backend's New (Apply took %v of it)", time.Since(t0).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	t.Logf("forwarding resumed %v after the new backend's New (New adopted in %v, Apply done at %v)", time.Since(t0).Round(time.Millisecond),
+		adopted.Round(time.Millisecond), applied.Round(time.Millisecond))
 	if res.Generation != 2 {
 		t.Errorf("generation after adoption = %d, want 2 (continuing from 1)", res.Generation)
 	}
@@ -428,5 +431,70 @@ func TestIntegrationPinnedAdoptRefused(t *testing.T) {
 	}
 	if now := fwPrograms(t, l); now != [2]uint32{} {
 		t.Errorf("after Close: XDP programs %v, want none", now)
+	}
+}
+
+// TestIntegrationPinnedTCPAfterRestart pins down what an established TCP
+// connection sees when the userspace dataplane's process dies and a new
+// one adopts the shims: sessions lived in the dead process, so with
+// sessions.tcp_pickup off (the default) the connection's next segment is
+// not a SYN and is dropped (dropped_tcp_not_syn): the connection stalls
+// until its endpoints give up. With tcp_pickup on, the client's next
+// segment opens an unassured established session and the connection
+// carries on.
+func TestIntegrationPinnedTCPAfterRestart(t *testing.T) {
+	e := newLabEnv(t, 0)
+	l := e.l
+	for _, pickup := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tcp_pickup=%v", pickup), func(t *testing.T) {
+			dir := netlab.PinDir(t)
+			cfg := netlabConfig(l)
+			cfg.Sessions.TCPPickup = pickup
+			c := startChild(t, l, dir, cfg)
+			var conn net.Conn
+			if err := l.Client.Do(func() error {
+				var err error
+				conn, err = net.DialTimeout("tcp", netip.AddrPortFrom(l.ServerAddr4, portTCP).String(), 2*time.Second)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			echo := func(what string, d time.Duration) error {
+				conn.SetDeadline(time.Now().Add(d))
+				if _, err := conn.Write([]byte(what)); err != nil {
+					return err
+				}
+				buf := make([]byte, len(what))
+				if _, err := io.ReadFull(conn, buf); err != nil {
+					return err
+				}
+				if string(buf) != what {
+					return fmt.Errorf("echo %q, want %q", buf, what)
+				}
+				return nil
+			}
+			if err := echo("before", 2*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			c.kill()
+			b, err := New(context.Background(), &Options{NetNS: l.Firewall.Path, PinDir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if _, err := b.Apply(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			err = echo("after", 1500*time.Millisecond)
+			notSyn := counter(t, b, "dropped_tcp_not_syn")
+			t.Logf("echo after the restart: %v; dropped_tcp_not_syn %d", err, notSyn)
+			if pickup && err != nil {
+				t.Errorf("with tcp_pickup the connection did not carry on: %v", err)
+			}
+			if !pickup && (err == nil || notSyn == 0) {
+				t.Errorf("without tcp_pickup: echo %v, dropped_tcp_not_syn %d; want a stalled connection whose segments are dropped as not SYN (update the docs if this changed)", err, notSyn)
+			}
+		})
 	}
 }

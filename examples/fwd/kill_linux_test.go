@@ -134,10 +134,11 @@ type fwdProc struct {
 
 // startFwd execs fwd on the lab with the backend given and waits until its
 // control socket answers.
-func (k *killLab) startFwd(t *testing.T, backend string) *fwdProc {
+func (k *killLab) startFwd(t *testing.T, backend string, extra ...string) *fwdProc {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "--config", k.cfg, "--netns", k.l.Firewall.Path, "--socket", k.socket, "--metrics", "",
-		"--history-interval", "0", "--backend", backend, "--strict", "--pin-dir", k.pinDir)
+	args := append([]string{"--config", k.cfg, "--netns", k.l.Firewall.Path, "--socket", k.socket, "--metrics", "",
+		"--history-interval", "0", "--backend", backend, "--strict", "--pin-dir", k.pinDir}, extra...)
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), execEnv+"=1")
 	p := &fwdProc{cmd: cmd, logs: &syncBuffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = p.logs
@@ -373,7 +374,7 @@ func TestIntegrationKillFwdEBPF(t *testing.T) {
 		t.Errorf("%d denied datagrams reached the server: the firewall failed open", deniedRcvd)
 	}
 
-	p2 := k.startFwd(t, "ebpf")
+	p2 := k.startFwd(t, "ebpf", "--keep-dataplane")
 	if !strings.Contains(p2.logs.String(), "adopted=true") || !strings.Contains(p2.logs.String(), "generation=2") {
 		t.Errorf("restarted fwd did not log the adoption at generation 2:\n%s", p2.logs.String())
 	}
@@ -398,10 +399,34 @@ func TestIntegrationKillFwdEBPF(t *testing.T) {
 	if k.deniedRcvd.Load() != 0 {
 		t.Errorf("%d denied datagrams reached the server", k.deniedRcvd.Load())
 	}
+
+	// SIGTERM with --keep-dataplane: released, still enforcing.
 	p2.stop(t)
-	if _, err := os.Stat(k.pinDir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("pin directory left after SIGTERM: %v", err)
+	if !strings.Contains(p2.logs.String(), "dataplane released") {
+		t.Errorf("no release line in the log:\n%s", p2.logs.String())
 	}
+	if _, err := os.Stat(k.pinDir); err != nil {
+		t.Fatalf("pin directory gone after SIGTERM with --keep-dataplane: %v", err)
+	}
+	if err := echo(conn, "after the release"); err != nil {
+		t.Errorf("established TCP after the release: %v", err)
+	}
+	if k.deniedRcvd.Load() != 0 {
+		t.Errorf("%d denied datagrams reached the server after the release", k.deniedRcvd.Load())
+	}
+	// fwd --remove: the orphan goes, and with it the filtering (the
+	// denied stream now reaches the server: the programs are detached).
+	var logs syncBuffer
+	if err := run(context.Background(), []string{"--remove", "kill-test", "--pin-dir", k.pinDir}, &env{stderr: &logs}); err != nil {
+		t.Fatalf("fwd --remove: %v\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "removed the pinned ebpf dataplane") {
+		t.Errorf("fwd --remove said:\n%s", logs.String())
+	}
+	if _, err := os.Stat(k.pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left after fwd --remove: %v", err)
+	}
+	pollUntil(t, "the denied stream to arrive once the dataplane is removed", 3*time.Second, func() bool { return k.deniedRcvd.Load() > 0 })
 }
 
 // TestIntegrationKillFwdUserspace is issue 13's kill test on the userspace
