@@ -11,8 +11,12 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/fwplane/fwplane/dataplane"
 )
 
 // AttachMode is how the kernel runs the shim on an interface.
@@ -220,6 +224,9 @@ func loadShimObjects(ifindex int, o ShimOptions) (*Shim, error) {
 	}
 	var objs xskShimObjects
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.PinDir}}); err != nil {
+		if herr := features.HaveProgramHelper(ebpf.XDP, asm.FnKtimeGetCoarseNs); errors.Is(herr, ebpf.ErrNotSupported) {
+			return nil, fmt.Errorf("load shim: its heartbeat check needs bpf_ktime_get_coarse_ns (kernel >= 5.11): %w: %w", dataplane.ErrNotSupported, herr)
+		}
 		if o.PinDir != "" {
 			return nil, fmt.Errorf("load shim over the maps pinned in %s: %w: %w", o.PinDir, ErrIncompatiblePin, err)
 		}
