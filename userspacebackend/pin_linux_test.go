@@ -498,3 +498,45 @@ func TestIntegrationPinnedTCPAfterRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestIntegrationStuckWorkerDropsAtShim: a worker that stops making
+// progress (held here by the test hook) stops beating; once its heartbeat
+// is older than the limit, its queue's transit frames are dropped at the
+// shim and counted as shim_drop_heartbeat_stale on that interface, while
+// the firewall's own address still answers. Released, it forwards again.
+func TestIntegrationStuckWorkerDropsAtShim(t *testing.T) {
+	e := newLabEnv(t, 0)
+	l := e.l
+	b := newBackend(t, e, &Options{HeartbeatLimit: 100 * time.Millisecond}, nil)
+	if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var stall atomic.Bool
+	hook := func(bd *binding) {
+		for bd.port.name == l.FwClientIf && stall.Load() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	testHook.Store(&hook)
+	t.Cleanup(func() { stall.Store(false); testHook.Store(nil) })
+	stale := func() uint64 {
+		v, _ := report(t, b).Counter("shim_drop_heartbeat_stale", l.FwClientIf)
+		return v
+	}
+	before := stale()
+	stall.Store(true)
+	// Past the limit, every try is dropped at the shim.
+	waitFor(t, "the stalled worker's frames to be dropped as stale", 5*time.Second, func() bool {
+		udpRT(l, 0, l.ServerAddr4, portUDP, 50*time.Millisecond)
+		return stale() > before
+	})
+	if p := dptest.Ping(l.Client, l.FwClientAddr4, 4646, 2*time.Second); p.Outcome != dptest.Answered {
+		t.Errorf("ping to the firewall with a stuck worker: %v (%v)", p.Outcome, p.Err)
+	}
+	t.Logf("shim_drop_heartbeat_stale on %s: %d", l.FwClientIf, stale()-before)
+	stall.Store(false)
+	// A datagram sent before the worker's first beat is still dropped.
+	waitFor(t, "forwarding after the worker resumed", 3*time.Second, func() bool {
+		return udpRT(l, 0, l.ServerAddr4, portUDP, 200*time.Millisecond) == nil
+	})
+}

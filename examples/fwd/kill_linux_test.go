@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fwplane/fwplane"
 	"github.com/fwplane/fwplane/control"
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/dptest"
@@ -496,5 +497,40 @@ func TestIntegrationKillFwdUserspace(t *testing.T) {
 	p2.stop(t)
 	if _, err := os.Stat(k.pinDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory left after SIGTERM: %v", err)
+	}
+}
+
+// TestIntegrationFailedStartReleases: a fwd that fails after starting its
+// pinned dataplane (here: the metrics address is taken) releases it, still
+// enforcing, rather than removing it and opening the firewall; the next fwd
+// with the same name adopts it.
+func TestIntegrationFailedStartReleases(t *testing.T) {
+	l := newLab(t, 7000, 7001)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "fw.json")
+	writeConfig(t, cfgPath, labConfig(l, 7000))
+	pinDir := netlab.PinDir(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var logs syncBuffer
+	err = run(context.Background(), []string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", filepath.Join(dir, "fwd.sock"),
+		"--metrics", taken.Addr().String(), "--pin-dir", pinDir}, &env{stderr: &logs})
+	if err == nil {
+		t.Fatal("fwd started on a taken metrics address")
+	}
+	if !strings.Contains(logs.String(), "the pinned dataplane was released and keeps enforcing") {
+		t.Errorf("no release on the failed start:\n%s", logs.String())
+	}
+	if err := roundTrip(l, 7000); err != nil {
+		t.Errorf("allowed flow after the failed start: %v", err)
+	}
+	if err := roundTrip(l, 7001); err == nil {
+		t.Error("denied flow passed after the failed start: the dataplane was removed")
+	}
+	if _, err := fwplane.RemovePinned(pinDir); err != nil {
+		t.Errorf("remove the released dataplane: %v", err)
 	}
 }
