@@ -215,10 +215,14 @@ func open(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backen
 	if err != nil {
 		return nil, res, err
 	}
-	if adopting {
+	if opts.PinDir != "" {
+		note := "pinned in " + opts.PinDir + ": outlives this process (a crash leaves it enforcing)"
+		if adopting {
+			note = "adopts the dataplane pinned in " + opts.PinDir
+		}
 		for i := range res.Verdicts {
-			if res.Verdicts[i].Mode == res.Mode {
-				res.Verdicts[i].Notes = append(res.Verdicts[i].Notes, "adopts the dataplane pinned in "+opts.PinDir)
+			if res.Verdicts[i].Considered {
+				res.Verdicts[i].Notes = append(res.Verdicts[i].Notes, note)
 			}
 		}
 	}

@@ -328,6 +328,9 @@ func showSessions(t *testing.T, sock string) control.SessionsReply {
 func TestIntegrationKillFwdEBPF(t *testing.T) {
 	k := newKillLab(t)
 	p := k.startFwd(t, "ebpf")
+	if out, _, _ := fwctl(t, "--socket", k.socket, "show", "capability"); !strings.Contains(out, "pinned in "+k.pinDir) {
+		t.Errorf("fwctl show capability does not say where the dataplane is pinned:\n%s", out)
+	}
 	k.flood(t)
 	k.denied(t)
 	conn := k.tcpConn(t)
@@ -376,6 +379,9 @@ func TestIntegrationKillFwdEBPF(t *testing.T) {
 	}
 
 	p2 := k.startFwd(t, "ebpf", "--keep-dataplane")
+	if out, _, _ := fwctl(t, "--socket", k.socket, "show", "capability"); !strings.Contains(out, "adopts the dataplane pinned in "+k.pinDir) {
+		t.Errorf("fwctl show capability does not say the dataplane was adopted:\n%s", out)
+	}
 	if !strings.Contains(p2.logs.String(), "adopted=true") || !strings.Contains(p2.logs.String(), "generation=2") {
 		t.Errorf("restarted fwd did not log the adoption at generation 2:\n%s", p2.logs.String())
 	}
