@@ -74,7 +74,7 @@ type Backend struct {
 	cleared       atomic.Uint64
 	// pin is the pinned dataplane (Options.PinDir); nil unpinned.
 	pin *pinned
-	// beatEvery is how often a worker writes its heartbeat (a quarter of
+	// beatEvery is how often a worker writes its heartbeat (an eighth of
 	// the limit); 0 when the check is off.
 	beatEvery int64
 }
@@ -120,7 +120,7 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	}
 	b := &Backend{opts: o, start: time.Now(), ports: map[string]*port{}}
 	if o.HeartbeatLimit > 0 {
-		b.beatEvery = int64(o.HeartbeatLimit / 4)
+		b.beatEvery = int64(o.HeartbeatLimit / 8)
 	}
 	if o.PinDir != "" {
 		if err := b.openPinned(); err != nil {

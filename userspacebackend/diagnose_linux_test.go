@@ -21,7 +21,7 @@ func TestIntegrationDiagnoseFillRingNotRefilled(t *testing.T) {
 	e := newLabEnv(t, 0)
 	l := e.l
 	// The heartbeat check off: with it, the shim drops a stalled worker's
-	// frames after 300 ms (TestIntegrationStuckWorkerDropsAtShim), and the
+	// frames after the heartbeat limit (TestIntegrationStuckWorkerDropsAtShim), and the
 	// fault this test injects is the fill ring itself.
 	b := newBackend(t, e, &Options{HeartbeatLimit: -1}, netlabConfig(l))
 	if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {

@@ -222,13 +222,13 @@
 // dies its sockets close with it and its workers stop beating: the shims
 // drop every transit frame (shim_drop_no_socket at first, then
 // shim_drop_heartbeat_stale once a queue's heartbeat is older than
-// Options.HeartbeatLimit, 300 ms by default), while ARP, neighbour
+// Options.HeartbeatLimit, one second by default), while ARP, neighbour
 // discovery and frames to the firewall's own addresses still reach the
 // kernel. The firewall fails closed and stays reachable. The counters are
 // in the pinned maps, so the next process reports them.
 //
 // Each worker writes its heartbeat (CLOCK_MONOTONIC) into its queue's slot
-// of the shim's mmapped heartbeat map once per quarter of the limit; the
+// of the shim's mmapped heartbeat map once per eighth of the limit; the
 // shim compares it with bpf_ktime_get_coarse_ns (kernel 5.11) for transit
 // frames of a served queue, at about 3 ns per frame. A worker alive but
 // stuck (a bug, a starved thread) so drops at the shim too, counted on its

@@ -16,12 +16,15 @@ const (
 	// once.
 	DefaultIdlePoll = 10 * time.Millisecond
 	// DefaultHeartbeatLimit is how long a queue's worker may go without
-	// a heartbeat before the shim drops the queue's transit frames: long
-	// enough that a busy host does not trip it (a worker beats at least
-	// every IdlePoll when idle, every batch when busy), short enough that
-	// a dead or stuck process stops transit traffic at once (the kernel
-	// then forwards nothing: the shim drops).
-	DefaultHeartbeatLimit = 300 * time.Millisecond
+	// a heartbeat before the shim drops the queue's transit frames. A
+	// dead process's queues drop at once anyway (its sockets are gone);
+	// the limit is for a process that is alive but stuck, and it must be
+	// longer than a healthy worker's longest pause on a busy host:
+	// measured on the 2-vCPU test machine with stress-ng on one CPU and
+	// the eBPF backend's flood tests running beside the userspace ones,
+	// worker loops paused up to 379 ms, and a 300 ms limit dropped
+	// frames of healthy workers in five tests.
+	DefaultHeartbeatLimit = time.Second
 )
 
 // Options configure a Backend. A nil *Options means the defaults.

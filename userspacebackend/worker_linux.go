@@ -155,7 +155,7 @@ func (w *worker) loop() (reason exitReason) {
 }
 
 // heartbeat tells the shim this queue's worker is alive, once per
-// Backend.beatEvery (a quarter of the heartbeat limit): a clock read per
+// Backend.beatEvery (an eighth of the heartbeat limit): a clock read per
 // loop, a store into the mapped heartbeat map per beat.
 func (w *worker) heartbeat() {
 	every := w.bd.be.beatEvery
