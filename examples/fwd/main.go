@@ -229,6 +229,7 @@ func run(ctx context.Context, args []string, e *env) error {
 	if o.pin {
 		fo.PinDir = o.pinDir
 	}
+	opened := time.Now()
 	dp, d, err := fwplane.Open(ctx, cfg, fo)
 	if err != nil {
 		log.Error("cannot start the dataplane", "err", err, "reasons", strings.Join(problems(err), "; "))
@@ -239,7 +240,7 @@ func run(ctx context.Context, args []string, e *env) error {
 	}
 	log.Info("dataplane running", "mode", d.Mode, "fell_back", d.FellBack, "preference", d.Request.Preference,
 		"strict", d.Request.Strict, "reasons", strings.Join(reasons(d.Decision), "; "), "netns", o.netns,
-		"pin_dir", fo.PinDir, "adopted", d.Adopted, "generation", d.Applied.Generation)
+		"pin_dir", fo.PinDir, "adopted", d.Adopted, "generation", d.Applied.Generation, "open_took", time.Since(opened).Round(time.Millisecond))
 
 	for _, w := range d.Applied.Warnings {
 		log.Warn("config applied with a warning", "field", w.Field, "warning", w.Message)
