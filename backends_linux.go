@@ -28,7 +28,7 @@ func registered(opts *Options) []backend {
 				if opts.EBPF != nil {
 					o = *opts.EBPF
 				}
-				o.NetNS = opts.NetNS
+				o.NetNS, o.PinDir = opts.NetNS, opts.PinDir
 				return ebpfbackend.New(ctx, &o)
 			},
 		},
@@ -54,7 +54,7 @@ func registered(opts *Options) []backend {
 				if opts.Userspace != nil {
 					o = *opts.Userspace
 				}
-				o.NetNS = opts.NetNS
+				o.NetNS, o.PinDir = opts.NetNS, opts.PinDir
 				return userspacebackend.New(ctx, &o)
 			},
 		},

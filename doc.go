@@ -38,6 +38,17 @@
 // ([Options.EBPF], [Options.Userspace]; nil means defaults), used when that
 // backend runs. docs/architecture.md ("Config or options") has the rule.
 //
+// # When the process dies
+//
+// By default the dataplane leaves with the process, and the kernel then
+// forwards unfiltered. Set [Options.PinDir] ([PinDirFor] names the usual
+// one) and it outlives the process: the eBPF backend keeps enforcing with
+// its sessions, the userspace backend's shims drop transit traffic and
+// keep the host reachable; the next Open with the same PinDir adopts it.
+// Close removes it; [dataplane.Releaser]'s Release leaves it running for
+// an upgrade; [RemovePinned] removes an orphan. docs/failure-model.md has
+// the table of what the network sees in each case.
+//
 // # Resource reports
 //
 // [dataplane.DataPlane.ResourceStats] returns one report of every bounded

@@ -37,9 +37,24 @@ type Options struct {
 	// figures. 0 means capability.DefaultMemoryShare of the host's memory.
 	MemoryBudget uint64
 
+	// PinDir, when set, pins the dataplane under this bpffs directory
+	// (PinDirFor(name) gives the conventional one) so that it outlives
+	// the process: the eBPF backend keeps enforcing the last config with
+	// its sessions, the userspace backend's shims drop transit traffic
+	// (fail closed). It is the pin directory of whichever backend runs:
+	// leave the backends' own PinDir empty. When the directory already
+	// holds a pinned dataplane, Open adopts it: its backend is the one
+	// that runs (a preference for the other one is refused, naming the
+	// directory), and if the config cannot be applied to it, it is
+	// released, still enforcing its previous config, never removed.
+	// Close removes it; dataplane.Releaser's Release leaves it. Empty (the
+	// default) pins nothing: the dataplane leaves with the process, and
+	// the kernel then forwards unfiltered. See docs/failure-model.md.
+	PinDir string
+
 	// EBPF and Userspace are the backends' own options, used when that
-	// backend runs; nil means its defaults. Their NetNS must be empty or
-	// equal to NetNS.
+	// backend runs; nil means its defaults. Their NetNS and PinDir must be
+	// empty or equal to NetNS and PinDir.
 	EBPF      *ebpfbackend.Options
 	Userspace *userspacebackend.Options
 }
@@ -77,10 +92,37 @@ func (o *Options) check() error {
 		problems = append(problems, dataplane.Problem{Field: "Options.Userspace.NetNS",
 			Message: fmt.Sprintf("%q differs from Options.NetNS %q: set Options.NetNS only", o.Userspace.NetNS, o.NetNS)})
 	}
+	if o.EBPF != nil && o.EBPF.PinDir != "" && o.EBPF.PinDir != o.PinDir {
+		problems = append(problems, dataplane.Problem{Field: "Options.EBPF.PinDir",
+			Message: fmt.Sprintf("%q differs from Options.PinDir %q: set Options.PinDir only", o.EBPF.PinDir, o.PinDir)})
+	}
+	if o.Userspace != nil && o.Userspace.PinDir != "" && o.Userspace.PinDir != o.PinDir {
+		problems = append(problems, dataplane.Problem{Field: "Options.Userspace.PinDir",
+			Message: fmt.Sprintf("%q differs from Options.PinDir %q: set Options.PinDir only", o.Userspace.PinDir, o.PinDir)})
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("fwplane options: %w", &dataplane.ConfigError{Problems: problems})
 	}
 	return nil
+}
+
+// pinned applies a dataplane pinned in PinDir to the request: its
+// backend is the one that may run (strictly: the other cannot attach over
+// it). It returns the mode found, or an error when the preference names
+// the other backend.
+func (o *Options) pinned() (dataplane.Mode, error) {
+	if o.PinDir == "" {
+		return "", nil
+	}
+	mode, ok := PinnedMode(o.PinDir)
+	if !ok {
+		return "", nil
+	}
+	if o.Backend != capability.PreferAuto && o.Backend != "" && string(o.Backend) != string(mode) {
+		return mode, fmt.Errorf("%s holds a pinned %s dataplane, which the %s backend cannot adopt: run the %s backend, or remove it first (fwd --remove NAME, or fwplane.RemovePinned): %w",
+			o.PinDir, mode, o.Backend, mode, dataplane.ErrNotSupported)
+	}
+	return mode, nil
 }
 
 // Decide probes the host (unless opts.Host is set) and decides which
@@ -95,6 +137,15 @@ func Decide(ctx context.Context, cfg *dataplane.Config, opts *Options) (capabili
 func decide(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backend) (capability.Decision, error) {
 	if err := opts.check(); err != nil {
 		return capability.Decision{}, err
+	}
+	pinnedMode, err := opts.pinned()
+	if err != nil {
+		return capability.Decision{}, err
+	}
+	if pinnedMode != "" {
+		o := *opts
+		o.Backend, o.Strict = capability.Preference(pinnedMode), true
+		opts = &o
 	}
 	if err := cfg.Validate(); err != nil {
 		return capability.Decision{}, err
@@ -122,8 +173,12 @@ func decide(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []back
 type Result struct {
 	capability.Decision
 	// Applied is the first Apply's result: generation 1 and its warnings
-	// (for example a port-mirroring output that did not resolve).
+	// (for example a port-mirroring output that did not resolve); for an
+	// adopted dataplane, the generation after the one it was running.
 	Applied dataplane.ApplyResult `json:"applied"`
+	// Adopted is true when Options.PinDir held a pinned dataplane, which
+	// Open took over (see Options.PinDir).
+	Adopted bool `json:"adopted,omitempty"`
 }
 
 // Open probes the host, decides which backend fits cfg, builds it and
@@ -152,10 +207,24 @@ func Open(ctx context.Context, cfg *dataplane.Config, opts *Options) (dataplane.
 }
 
 func open(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backend) (dataplane.DataPlane, Result, error) {
+	// Read before deciding: a pinned dataplane decides the backend, and
+	// one whose new config fails is released, never removed.
+	_, adopting := PinnedMode(opts.PinDir)
 	dec, err := decide(ctx, cfg, opts, bs)
-	res := Result{Decision: dec}
+	res := Result{Decision: dec, Adopted: adopting}
 	if err != nil {
 		return nil, res, err
+	}
+	if opts.PinDir != "" {
+		note := "pinned in " + opts.PinDir + ": outlives this process (a crash leaves it enforcing)"
+		if adopting {
+			note = "adopts the dataplane pinned in " + opts.PinDir
+		}
+		for i := range res.Verdicts {
+			if res.Verdicts[i].Considered {
+				res.Verdicts[i].Notes = append(res.Verdicts[i].Notes, note)
+			}
+		}
 	}
 	byMode := map[dataplane.Mode]backend{}
 	for _, b := range bs {
@@ -173,7 +242,7 @@ func open(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backen
 		if !ok {
 			continue
 		}
-		dp, applied, err := openApply(ctx, b, cfg)
+		dp, applied, err := openApply(ctx, b, cfg, adopting)
 		if err == nil {
 			if v.Mode != res.Mode {
 				v.Notes = append(v.Notes, "chosen after Apply refused the config on the "+strings.Join(refused, ", ")+" backend")
@@ -219,8 +288,9 @@ func open(ctx context.Context, cfg *dataplane.Config, opts *Options, bs []backen
 }
 
 // openApply builds one backend and applies cfg; on error nothing of it is
-// left.
-func openApply(ctx context.Context, b backend, cfg *dataplane.Config) (dataplane.DataPlane, dataplane.ApplyResult, error) {
+// left, except an adopted pinned dataplane, which is released: it goes on
+// enforcing the config it had.
+func openApply(ctx context.Context, b backend, cfg *dataplane.Config, adopted bool) (dataplane.DataPlane, dataplane.ApplyResult, error) {
 	mode := b.decl.Mode
 	dp, err := b.open(ctx)
 	if err != nil {
@@ -228,6 +298,10 @@ func openApply(ctx context.Context, b backend, cfg *dataplane.Config) (dataplane
 	}
 	applied, err := dp.Apply(ctx, cfg)
 	if err != nil {
+		if r, ok := dp.(dataplane.Releaser); ok && adopted {
+			r.Release()
+			return nil, dataplane.ApplyResult{}, fmt.Errorf("apply config to the adopted %s dataplane (released: it keeps its previous config): %w", mode, capability.ExplainPermission(err))
+		}
 		dp.Close()
 		return nil, dataplane.ApplyResult{}, fmt.Errorf("apply config to %s backend: %w", mode, capability.ExplainPermission(err))
 	}

@@ -19,7 +19,11 @@ type fakeDP struct {
 	mode     dataplane.Mode
 	applyErr error
 	closed   bool
+	released bool
 }
+
+// Release makes fakeDP a dataplane.Releaser, as both real backends are.
+func (f *fakeDP) Release() error { f.released = true; return nil }
 
 func (f *fakeDP) Mode() dataplane.Mode { return f.mode }
 func (f *fakeDP) Apply(context.Context, *dataplane.Config) (dataplane.ApplyResult, error) {

@@ -15,6 +15,7 @@
  *     frame: see "Address translation" below      -> XSKMAP    (redirected)
  *   - any other IP frame                          -> XSKMAP    (redirected)
  *     ... unless no ready socket serves the queue -> XDP_DROP  (drop_no_socket)
+ *     ... or the queue's heartbeat is stale       -> XDP_DROP  (drop_heartbeat_stale)
  *
  * Why a local-address map and not a FIB lookup: the firewall's own addresses
  * are few, known to the control plane, and change rarely; a hash lookup is
@@ -26,7 +27,20 @@
  * passing it, so the kernel never forwards or answers for flows the firewall
  * owns while the userspace side is (re)starting. "Ready" is a separate flag
  * because an XSKMAP entry exists as soon as the socket is inserted, before its
- * fill ring is primed; Go sets the flag last and clears it first. */
+ * fill ring is primed; Go sets the flag last and clears it first.
+ *
+ * Fail closed when the process dies: the shim's bpf_link and maps can be
+ * pinned (Options.PinDir), so the shim stays attached when the process that
+ * owns the sockets dies. Its sockets close with it (the kernel removes them
+ * from xsks), and the worker of each queue stops writing its heartbeat: once
+ * heartbeat[queue] is older than conf.heartbeat_limit_ns, transit frames are
+ * dropped and counted as drop_heartbeat_stale, while ARP, ND and frames to
+ * the firewall's own addresses still go to the kernel (the box stays
+ * reachable for management). A worker that is alive but stuck looks the same.
+ * The heartbeat is CLOCK_MONOTONIC nanoseconds; the shim compares it with
+ * bpf_ktime_get_coarse_ns (the same clock at tick resolution, kernel 5.11):
+ * 3 ns per frame where bpf_ktime_get_ns cost 25 here, and a tick (1-4 ms)
+ * is nothing against a limit of hundreds of milliseconds. */
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -48,6 +62,7 @@ enum xsk_counter {
 	XSK_CNT_PASS_ND,
 	XSK_CNT_PASS_LOCAL,
 	XSK_CNT_DROP_NO_SOCKET,
+	XSK_CNT_DROP_HEARTBEAT_STALE,
 	XSK_CNT_MAX,
 };
 
@@ -221,6 +236,35 @@ static __always_inline int nat_steer(struct xdp_md *ctx, struct iphdr *ip, __u32
 }
 
 /* ---- end of address translation ------------------------------------------ */
+/* What Go sets when it loads or adopts the shim. */
+struct xsk_conf {
+	/* Transit frames are dropped once the queue's heartbeat is older than
+	 * this; 0 turns the check off. */
+	__u64 heartbeat_limit_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xsk_conf);
+} conf SEC(".maps");
+
+/* heartbeat[queue]: when the queue's worker last made progress. Mmapable:
+ * the worker writes it as memory, without a system call. One cache line per
+ * queue, so two workers never write the same line. */
+struct xsk_heartbeat {
+	__u64 ns;
+	__u64 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, XSK_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, struct xsk_heartbeat);
+} heartbeat SEC(".maps");
 
 struct vlan_hdr {
 	__be16 tci;
@@ -242,6 +286,26 @@ static __always_inline int is_local(struct xsk_local_key *k)
 	return bpf_map_lookup_elem(&local_addrs, k) != NULL;
 }
 
+/* stale reports whether queue q's worker has not beaten within the limit.
+ * A heartbeat ahead of now (the coarse clock lags the one Go writes by up to
+ * a tick) is fresh. */
+static __always_inline int stale(__u32 q)
+{
+	__u32 zero = 0;
+	struct xsk_conf *c = bpf_map_lookup_elem(&conf, &zero);
+	struct xsk_heartbeat *h;
+	__u64 last, now;
+
+	if (!c || !c->heartbeat_limit_ns)
+		return 0;
+	h = bpf_map_lookup_elem(&heartbeat, &q);
+	if (!h)
+		return 1;
+	last = *(volatile __u64 *)&h->ns;
+	now = bpf_ktime_get_coarse_ns();
+	return now > last && now - last > c->heartbeat_limit_ns;
+}
+
 static __always_inline int to_socket(struct xdp_md *ctx)
 {
 	__u32 q = ctx->rx_queue_index;
@@ -249,6 +313,8 @@ static __always_inline int to_socket(struct xdp_md *ctx)
 
 	if (!r || !*r)
 		return count(XSK_CNT_DROP_NO_SOCKET, XDP_DROP);
+	if (stale(q))
+		return count(XSK_CNT_DROP_HEARTBEAT_STALE, XDP_DROP);
 	/* The low bits of flags are the action when xsks[q] is empty: a socket
 	 * removed between the flag check and here is still a drop. */
 	if (bpf_redirect_map(&xsks, q, XDP_DROP) == XDP_REDIRECT)

@@ -17,6 +17,13 @@ var (
 	ErrInvalidConfig = errors.New("invalid config")
 )
 
+// Pinned dataplanes (a backend's PinDir option).
+var (
+	// ErrPinnedInUse means another live process holds the pinned
+	// dataplane (the pin directory): it is neither adopted nor removed.
+	ErrPinnedInUse = errors.New("pinned dataplane in use by another process")
+)
+
 // Problem is one validation failure, located by its JSON field path.
 type Problem struct {
 	// Field is the JSON path of the offending value, e.g.

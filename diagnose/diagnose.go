@@ -275,7 +275,7 @@ func (d *deltas) handed(name string) (uint64, bool) {
 	}
 	var n uint64
 	found := false
-	for _, c := range []string{"shim_redirected", "shim_pass_non_ip", "shim_pass_nd", "shim_pass_local", "shim_drop_no_socket"} {
+	for _, c := range []string{"shim_redirected", "shim_pass_non_ip", "shim_pass_nd", "shim_pass_local", "shim_drop_no_socket", "shim_drop_heartbeat_stale"} {
 		if _, ok := d.after[[2]string{c, name}]; ok {
 			found = true
 		}
@@ -320,6 +320,11 @@ func checkReach(d *deltas) Check {
 				c.Verdict = worst(c.Verdict, Failing)
 				c.Figures = append(c.Figures, fmt.Sprintf("%s: %s dropped by the shim, no socket ready on the queue", name, d.rate(nd)))
 				c.Next = "bindings are not live on every queue of " + name + ": see the bindings check"
+			}
+			if ns := d.delta("shim_drop_heartbeat_stale", name); ns > 0 {
+				c.Verdict = worst(c.Verdict, Failing)
+				c.Figures = append(c.Figures, fmt.Sprintf("%s: %s dropped by the shim, a worker's heartbeat was stale (stuck or starved)", name, d.rate(ns)))
+				c.Next = "a worker of " + name + " stopped making progress: see the bindings check (worker panics) and the host's CPU load"
 			}
 		} else {
 			c.Figures = append(c.Figures, fmt.Sprintf("%s: received %s", name, d.rate(rx)))

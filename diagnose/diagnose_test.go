@@ -50,7 +50,7 @@ func usRows(fillEmpty uint64) []dataplane.Resource {
 func usCounters() map[[2]string]uint64 {
 	return map[[2]string]uint64{
 		{"forwarded", "global"}: 1000, {"dropped_policy", "global"}: 3, {"dropped_sessions_full", "global"}: 0, {"sessions_refused", "global"}: 0,
-		{"shim_redirected", "fwc"}: 500, {"shim_redirected", "fws"}: 500, {"shim_drop_no_socket", "fwc"}: 0,
+		{"shim_redirected", "fwc"}: 500, {"shim_redirected", "fws"}: 500, {"shim_drop_no_socket", "fwc"}: 0, {"shim_drop_heartbeat_stale", "fwc"}: 0,
 		{"xdp_rx_fill_ring_empty_descs", "fwc/q0"}: 0, {"xdp_rx_dropped", "fwc/q0"}: 0,
 		{"dropped_egress_down", "global"}: 0, {"backpressure_drops", "global"}: 0, {"tx_ring_full", "global"}: 0,
 	}
@@ -99,6 +99,8 @@ func TestEachFaultNamedByItsQuestion(t *testing.T) {
 				l[1] = append(l[1], Link{Name: "fwk", Up: true, Carrier: true, RXPackets: 505})
 				return l
 			}(), "reach", "fwk (not managed): received 500"},
+		{"worker stuck", usRows(0), map[[2]string]uint64{{"shim_drop_heartbeat_stale", "fwc"}: 300, {"shim_redirected", "fwc"}: 10},
+			healthyLinks(310), "reach", "fwc: 300 in 2s (150/s) dropped by the shim, a worker's heartbeat was stale"},
 		{"session table full", usRows(0), map[[2]string]uint64{{"dropped_sessions_full", "global"}: 136, {"sessions_refused", "global"}: 136},
 			healthyLinks(200), "sessions", "new flows dropped, table full: 136"},
 	}

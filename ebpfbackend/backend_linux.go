@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/mapcount"
 	"github.com/fwplane/fwplane/internal/netnsutil"
+	"github.com/fwplane/fwplane/internal/pindir"
 	"github.com/fwplane/fwplane/internal/policy"
 )
 
@@ -69,7 +71,10 @@ type Backend struct {
 	// this build, and whether the running dataplane was adopted.
 	meta        *ebpf.Map
 	fingerprint [32]byte
-	adopted     bool
+	// pinLock holds Options.PinDir while this Backend runs (see
+	// internal/pindir): one process at a time owns a pinned dataplane.
+	pinLock *pindir.Lock
+	adopted bool
 }
 
 type attachment struct {
@@ -123,13 +128,21 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 // openPinned prepares Options.PinDir: adopts the dataplane pinned there,
 // or replaces an incompatible one when asked to, or leaves a fresh
 // directory for the first Apply.
-func (b *Backend) openPinned() error {
+func (b *Backend) openPinned() (err error) {
 	dir := b.opts.PinDir
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("make pin directory %s: %w", dir, err)
-	}
-	if err := checkBPFFS(dir); err != nil {
+	lock, err := pindir.Acquire(dir)
+	if err != nil {
 		return err
+	}
+	defer func() {
+		if err != nil {
+			lock.Unlock()
+		} else {
+			b.pinLock = lock
+		}
+	}()
+	if _, err := os.Stat(filepath.Join(dir, userspaceMetaName)); err == nil {
+		return fmt.Errorf("pin directory %s holds a pinned userspace dataplane, not an eBPF one: run the userspace backend, or remove it first (fwd --remove, or fwplane.RemovePinned)", dir)
 	}
 	if hasPinnedDataplane(dir) {
 		err := b.adopt()
@@ -780,6 +793,14 @@ func (b *Backend) shutdown(keepPins bool) error {
 		if err := b.counter.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close map counter: %w", err))
 		}
+	}
+	if b.pinLock != nil {
+		if !keepPins {
+			// Nothing was ever applied: the directory is empty.
+			_ = os.Remove(b.opts.PinDir)
+		}
+		errs = append(errs, b.pinLock.Unlock())
+		b.pinLock = nil
 	}
 	return errors.Join(errs...)
 }

@@ -248,6 +248,32 @@
 // be unavailable Apply sleeps 50 ms instead. It also means that when Apply
 // returns, every packet runs the new configuration.
 //
+// # Outliving the process
+//
+// With Options.PinDir (fwd sets it by default; library users who ask for
+// nothing get no pinning) every map is pinned under the directory, every
+// interface's bpf_link under PinDir/links, and a meta map (fw_meta) records
+// the layout version, a fingerprint of the map shapes, the generation and
+// the zone ids. A process that dies (kill -9, OOM, a panic) leaves the
+// kernel enforcing the last applied config with its sessions; the
+// in-kernel bpf_timer sweep keeps expiring idle sessions, so the table
+// does not only fill. The directory is held with a flock while a Backend
+// runs it (internal/pindir): a second New with it fails with
+// dataplane.ErrPinnedInUse naming the holder's pid, and the kernel drops
+// the hold when the holder dies.
+//
+// New with the same PinDir adopts it: the layout is checked first (a
+// different layout version or map shapes fail with ErrIncompatiblePin
+// naming what differs, and nothing running changes; ReplaceIncompatible
+// replaces it instead, losing its sessions), then this build's programs
+// are loaded over the pinned maps and every pinned link is moved to them
+// with one atomic update each, so no packet meets an unfiltered interface.
+// Sessions, counters and the generation continue; port mirroring is
+// cleared until the next Apply reprograms it. Close removes the pins (and
+// so detaches everything); Release leaves them, enforcing, for an upgrade;
+// RemovePinned removes an orphan. docs/failure-model.md has the whole
+// table.
+//
 // # Errors
 //
 //   - An invalid config: the *dataplane.ConfigError from Validate, unchanged.
@@ -278,6 +304,8 @@
 // ResourceStats and Sessions run concurrently with Apply and with the
 // datapath (they read maps, the program takes no lock). Close waits for a
 // running Apply, then detaches everything; it is idempotent and safe on a
-// nil *Backend. Nothing is pinned to bpffs, so a crashed process leaves no
-// program attached: the bpf_links die with it.
+// nil *Backend. Without Options.PinDir nothing is pinned, so a crashed
+// process leaves no program attached (the bpf_links die with it) and the
+// kernel then forwards unfiltered; with it the dataplane outlives the
+// process (see "Outliving the process").
 package ebpfbackend

@@ -14,10 +14,10 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
 	"github.com/fwplane/fwplane/internal/netnsutil"
+	"github.com/fwplane/fwplane/internal/pindir"
 )
 
 // A dataplane that outlives its process (Options.PinDir): every map is
@@ -81,29 +81,16 @@ func layoutFingerprint(spec *ebpf.CollectionSpec) [32]byte {
 	return sha256.Sum256([]byte(b.String()))
 }
 
-// checkBPFFS fails unless dir's parent filesystem is a bpffs.
-func checkBPFFS(dir string) error {
-	var st unix.Statfs_t
-	probe := dir
-	for {
-		if err := unix.Statfs(probe, &st); err == nil {
-			break
-		}
-		parent := filepath.Dir(probe)
-		if parent == probe {
-			return fmt.Errorf("pin directory %s: no filesystem found", dir)
-		}
-		probe = parent
-	}
-	if st.Type != unix.BPF_FS_MAGIC {
-		return fmt.Errorf("pin directory %s is not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf): %w", dir, dataplane.ErrNotSupported)
-	}
-	return nil
-}
+// userspaceMetaName is the userspace backend's meta pin: a directory
+// holding it is that backend's, never this one's.
+const userspaceMetaName = "xsk_meta"
 
 func metaPath(dir string) string   { return filepath.Join(dir, metaName) }
 func linksDir(dir string) string   { return filepath.Join(dir, "links") }
 func linkPin(dir, n string) string { return filepath.Join(linksDir(dir), n) }
+
+// HasPinned reports whether dir holds a pinned eBPF dataplane.
+func HasPinned(dir string) bool { return hasPinnedDataplane(dir) }
 
 // hasPinnedDataplane reports whether dir holds a dataplane to adopt.
 func hasPinnedDataplane(dir string) bool {
@@ -420,12 +407,18 @@ func (a *attachment) pinned() bool {
 // RemovePinned removes a pinned eBPF dataplane that no process holds (an
 // orphan left by `fwd --keep-dataplane` or a crash): it unpins and so
 // detaches every link, and removes the maps' pins and the directory. The
-// interfaces then carry no program of the dataplane. A directory without a
-// pinned dataplane is an error wrapping os.ErrNotExist.
+// interfaces then carry no program of the dataplane. A directory a live
+// backend holds is refused (dataplane.ErrPinnedInUse, naming its pid); one
+// without a pinned dataplane is an error wrapping os.ErrNotExist.
 func RemovePinned(dir string) error {
 	if !hasPinnedDataplane(dir) {
 		return fmt.Errorf("no pinned eBPF dataplane in %s: %w", dir, os.ErrNotExist)
 	}
+	lock, err := pindir.Acquire(dir)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
 	return removePins(dir)
 }
 

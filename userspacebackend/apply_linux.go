@@ -364,7 +364,7 @@ func (b *Backend) buildPort(p *applyPlan, it resolvedIface, nx *nextGen, undo *u
 		pt = nil
 	}
 	if pt == nil {
-		shim, err := xsk.LoadShim(it.ifindex, &xsk.ShimOptions{ForceGeneric: b.opts.ForceGenericXDP})
+		shim, err := xsk.LoadShim(it.ifindex, b.shimOptions(it.name, it.ifindex))
 		if err != nil {
 			return portPlan{}, fmt.Errorf("attach shim to %s: %w", it.name, err)
 		}
@@ -374,6 +374,10 @@ func (b *Backend) buildPort(p *applyPlan, it resolvedIface, nx *nextGen, undo *u
 				Message: fmt.Sprintf("native XDP failed on %s (%v): the shim runs in generic mode, which is much slower", it.name, shim.NativeError())})
 		}
 		pt = &port{name: it.name, ifindex: it.ifindex, shim: shim}
+		pt.linkUp.Store(it.up)
+	} else if b.snap.Load() == nil {
+		// Adopted from a pinned dataplane (see adopt): no watcher has
+		// followed its link yet.
 		pt.linkUp.Store(it.up)
 	}
 	// Current either way: the running generation may use them at once.
@@ -491,6 +495,10 @@ func (b *Backend) commit(p *applyPlan, nx *nextGen) dataplane.ApplyResult {
 	b.nat.retireExcept(func(a [4]byte) bool { return p.nat != nil && p.nat.pools[a] })
 	b.followMasquerade(ns)
 	b.startBackground()
+	if err := b.writeMeta(); err != nil {
+		nx.res.Warnings = append(nx.res.Warnings, dataplane.Warning{Field: "(pin)",
+			Message: fmt.Sprintf("the pinned dataplane's meta was not updated (%v): a restart continues from generation %d", err, gen-1)})
+	}
 	nx.res.Generation = gen
 	return nx.res
 }

@@ -77,6 +77,11 @@ type Backend struct {
 	nat natRegistry
 	// steer is the NAT steering last programmed into the shims (applyMu).
 	steer map[netip.Addr]uint8
+	// pin is the pinned dataplane (Options.PinDir); nil unpinned.
+	pin *pinned
+	// beatEvery is how often a worker writes its heartbeat (an eighth of
+	// the limit); 0 when the check is off.
+	beatEvery int64
 }
 
 var (
@@ -108,10 +113,25 @@ func New(ctx context.Context, opts *Options) (*Backend, error) {
 	if o.SessionExpireInterval == 0 {
 		o.SessionExpireInterval = time.Second
 	}
+	if o.HeartbeatLimit == 0 {
+		o.HeartbeatLimit = DefaultHeartbeatLimit
+	}
+	if o.HeartbeatLimit > 0 && o.IdlePoll*2 >= o.HeartbeatLimit {
+		return nil, fmt.Errorf("userspace options: %w", &dataplane.ConfigError{Problems: []dataplane.Problem{{Field: "HeartbeatLimit",
+			Message: fmt.Sprintf("%v must be more than twice IdlePoll (%v): an idle worker beats once per IdlePoll", o.HeartbeatLimit, o.IdlePoll)}}})
+	}
 	if err := netnsutil.Do(o.NetNS, func() error { return nil }); err != nil {
 		return nil, fmt.Errorf("open netns: %w", err)
 	}
 	b := &Backend{opts: o, start: time.Now(), ports: map[string]*port{}}
+	if o.HeartbeatLimit > 0 {
+		b.beatEvery = int64(o.HeartbeatLimit / 8)
+	}
+	if o.PinDir != "" {
+		if err := b.openPinned(); err != nil {
+			return nil, err
+		}
+	}
 	return b, nil
 }
 
@@ -266,8 +286,23 @@ func protoName(p uint8) string {
 }
 
 // Close stops the workers, clears every ready flag, closes every socket
-// and detaches every shim. It is idempotent and safe on nil.
+// and detaches every shim; with Options.PinDir it also removes every pin
+// and the directory. It is idempotent and safe on nil.
 func (b *Backend) Close() error {
+	return b.shutdown(false)
+}
+
+// Release ends this process's hold on a pinned dataplane
+// (dataplane.Releaser): the workers stop and the sockets close, but every
+// shim stays attached and pinned, dropping transit frames and passing
+// ARP, ND and the firewall's own traffic to the kernel, until a New with
+// the same Options.PinDir adopts it (an upgrade, a restart). Sessions are
+// lost. Without PinDir Release is Close. The backend is closed afterwards.
+func (b *Backend) Release() error {
+	return b.shutdown(b != nil && b.opts.PinDir != "")
+}
+
+func (b *Backend) shutdown(keepPins bool) error {
 	if b == nil {
 		return nil
 	}
@@ -296,7 +331,13 @@ func (b *Backend) Close() error {
 	}
 	b.spans = nil
 	for name, p := range b.ports {
-		if err := p.shim.Close(); err != nil {
+		var err error
+		if keepPins {
+			err = p.shim.Release()
+		} else {
+			err = p.shim.Close()
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("detach shim from %s: %w", name, err))
 		}
 	}
@@ -308,6 +349,9 @@ func (b *Backend) Close() error {
 	}
 	if b.router != nil {
 		errs = append(errs, b.router.Close())
+	}
+	if err := b.closePinned(!keepPins); err != nil {
+		errs = append(errs, fmt.Errorf("remove pins: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -99,6 +99,11 @@ func (bd *binding) open() error {
 	bd.mu.Unlock()
 	bd.live.Store(xb)
 	bd.state.Store(stateUp)
+	if !bd.span && bd.be.beatEvery > 0 {
+		// The worker beats from its first loop on; until then the queue is
+		// alive too (a new socket of this process).
+		bd.port.shim.Beat(uint32(bd.queue))
+	}
 	return nil
 }
 

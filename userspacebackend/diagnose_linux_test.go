@@ -20,7 +20,10 @@ import (
 func TestIntegrationDiagnoseFillRingNotRefilled(t *testing.T) {
 	e := newLabEnv(t, 0)
 	l := e.l
-	b := newBackend(t, e, nil, netlabConfig(l))
+	// The heartbeat check off: with it, the shim drops a stalled worker's
+	// frames after the heartbeat limit (TestIntegrationStuckWorkerDropsAtShim), and the
+	// fault this test injects is the fill ring itself.
+	b := newBackend(t, e, &Options{HeartbeatLimit: -1}, netlabConfig(l))
 	if err := udpRT(l, 0, l.ServerAddr4, portUDP, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}

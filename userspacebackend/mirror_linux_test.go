@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -299,6 +300,7 @@ func primaryRun(t testing.TB, e *mirrorEnv, b *Backend, n uint64) (mc [numMirror
 	rx := bindingReceived(t, b, scope) - rx0
 	if mc[mSelected] != rx || rx < n {
 		t.Errorf("selected %d, ingress received %d, sent %d", mc[mSelected], rx, n)
+		logDropCounters(t, b)
 	}
 	extra = rx - min(rx, n)
 	// Clones queued on the TX ring reach the sink shortly after.
@@ -498,4 +500,15 @@ func TestIntegrationMirrorApply(t *testing.T) {
 	}
 	waitDrained(t, b)
 	checkUMEM(t, b, true)
+}
+
+// logDropCounters logs every non-zero counter that names a drop, to say
+// where frames the ingress socket never received went.
+func logDropCounters(t testing.TB, b *Backend) {
+	t.Helper()
+	for _, c := range report(t, b).Counters {
+		if c.Value != 0 && (strings.Contains(c.Name, "drop") || strings.Contains(c.Name, "full") || strings.Contains(c.Name, "invalid")) {
+			t.Logf("counter %s %s = %d", c.Name, c.Scope, c.Value)
+		}
+	}
 }

@@ -34,18 +34,6 @@ func poolUsed(t testing.TB, b *Backend, scope string) uint64 {
 	return *r.Used
 }
 
-// waitFor polls cond until it holds or 5 s pass.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 5 s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestIntegrationNATSlotRelease: a pool slot returns when its session is
 // cleared and when a policy change ends it; the slots then serve new
 // flows (a pool of 4 ports is reused twice over).
@@ -251,7 +239,7 @@ func TestIntegrationMasqueradeFollowsAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the old address's session ends", func() bool {
+	waitFor(t, "the old address's session ends", 5*time.Second, func() bool {
 		v, _ := report(t, b).Counter("nat_masquerade_sessions_ended", "global")
 		return v == 1 && translatedTo(31000) == ""
 	})

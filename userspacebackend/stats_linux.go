@@ -329,6 +329,7 @@ func (r *reportRows) shimCounters() {
 		sh.PassND += c.PassND
 		sh.PassLocal += c.PassLocal
 		sh.DropNoSocket += c.DropNoSocket
+		sh.DropHeartbeatStale += c.DropHeartbeatStale
 		r.cnt = append(r.cnt, shimCounters(c, p.name, true)...)
 	}
 	r.cnt = append(r.cnt, shimCounters(sh, scopeGlobal, false)...)
@@ -426,6 +427,7 @@ func shimCounters(c xsk.ShimCounters, scope string, detail bool) []dataplane.Cou
 		{Name: "shim_pass_nd", Scope: scope, Detail: detail, Value: c.PassND},
 		{Name: "shim_pass_local", Scope: scope, Detail: detail, Value: c.PassLocal},
 		{Name: "shim_drop_no_socket", Scope: scope, Detail: detail, Value: c.DropNoSocket},
+		{Name: "shim_drop_heartbeat_stale", Scope: scope, Detail: detail, Value: c.DropHeartbeatStale},
 	}
 }
 
@@ -434,8 +436,15 @@ func shimCounters(c xsk.ShimCounters, scope string, detail bool) []dataplane.Cou
 func interfaceRows(out []dataplane.InterfaceStatus, s *snapshot) []dataplane.InterfaceStatus {
 	for _, p := range s.ports {
 		st := dataplane.InterfaceStatus{Name: p.name, Ifindex: p.ifindex, Attach: dataplane.AttachedXDP, Reason: "AF_XDP shim"}
+		pinned := p.shim.Pinned()
+		if pinned {
+			st.Reason = "AF_XDP shim, pinned (fails closed if the process dies)"
+		}
 		if p.shim.Mode() == xsk.AttachGeneric {
 			st.Attach, st.Reason = dataplane.AttachedXDPGeneric, "AF_XDP shim in generic mode (native XDP failed, or forced)"
+			if pinned {
+				st.Reason = "AF_XDP shim in generic mode (native XDP failed, or forced), pinned (fails closed if the process dies)"
+			}
 		}
 		out = append(out, st)
 	}

@@ -64,6 +64,8 @@ type worker struct {
 	mtx  []xsk.Desc
 	// napTXCons is the socket's TX consumer index at the last nap.
 	napTXCons uint32
+	// lastBeat is when the worker last wrote its heartbeat (Backend.now).
+	lastBeat int64
 	// ICMP errors generated in this batch: frames, lengths, count, and
 	// the IPv4 identification of the next one.
 	gen    [][genSlot]byte
@@ -128,6 +130,7 @@ func (w *worker) loop() (reason exitReason) {
 	}
 	idle := 0
 	for {
+		w.heartbeat()
 		if w.bd.stopReq.Load() {
 			return exitStop
 		}
@@ -152,6 +155,20 @@ func (w *worker) loop() (reason exitReason) {
 		if w.xb != nil {
 			w.nap()
 		}
+	}
+}
+
+// heartbeat tells the shim this queue's worker is alive, once per
+// Backend.beatEvery (an eighth of the heartbeat limit): a clock read per
+// loop, a store into the mapped heartbeat map per beat.
+func (w *worker) heartbeat() {
+	every := w.bd.be.beatEvery
+	if every == 0 {
+		return
+	}
+	if now := w.bd.be.now(); now-w.lastBeat >= every {
+		w.lastBeat = now
+		w.bd.port.shim.Beat(uint32(w.bd.queue))
 	}
 }
 

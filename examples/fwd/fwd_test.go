@@ -93,6 +93,9 @@ func TestFlags(t *testing.T) {
 		{[]string{"--config", "x", "--backend", "fpga"}, `backend preference "fpga"`},
 		{[]string{"--config", "x", "extra"}, "unexpected arguments: extra"},
 		{[]string{"--config", filepath.Join(t.TempDir(), "missing.json")}, "read config"},
+		{[]string{"--config", "x", "--pin=false", "--keep-dataplane"}, "--keep-dataplane needs a pinned dataplane"},
+		{[]string{"--config", "x", "--name", "a/b"}, `--name: dataplane name "a/b"`},
+		{[]string{"--remove", "x", "--pin-dir", filepath.Join(t.TempDir(), "none")}, "no pinned dataplane in"},
 	}
 	for _, tt := range tests {
 		var stderr syncBuffer

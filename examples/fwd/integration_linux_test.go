@@ -161,6 +161,7 @@ func TestIntegrationDaemon(t *testing.T) {
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "fw.json")
 	sock := filepath.Join(dir, "run", "fwd.sock")
+	pinDir := netlab.PinDir(t)
 	writeConfig(t, cfgPath, labConfig(l, 7000))
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -170,7 +171,7 @@ func TestIntegrationDaemon(t *testing.T) {
 	readyc := make(chan readyInfo, 1)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- run(ctx, []string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", sock, "--metrics", "127.0.0.1:0"},
+		errc <- run(ctx, []string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", sock, "--metrics", "127.0.0.1:0", "--pin-dir", pinDir},
 			&env{stderr: &logs, signals: sig, ready: func(ri readyInfo) { readyc <- ri }})
 	}()
 	var ri readyInfo
@@ -330,6 +331,18 @@ func TestIntegrationDaemon(t *testing.T) {
 	if !errors.Is(err, control.ErrInUse) {
 		t.Errorf("second fwd: %v, want ErrInUse\n%s", err, logs2.String())
 	}
+	// One with its own socket but the same pinned dataplane is refused
+	// too, naming the holder; so is removing it.
+	var logs3 syncBuffer
+	err = run(context.Background(), []string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", filepath.Join(dir, "other.sock"),
+		"--metrics", "", "--pin-dir", pinDir}, &env{stderr: &logs3})
+	if !errors.Is(err, dataplane.ErrPinnedInUse) || !strings.Contains(logs3.String(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Errorf("fwd on a held pinned dataplane: %v, want ErrPinnedInUse naming pid %d\n%s", err, os.Getpid(), logs3.String())
+	}
+	var logs4 syncBuffer
+	if err := run(context.Background(), []string{"--remove", "x", "--pin-dir", pinDir}, &env{stderr: &logs4}); !errors.Is(err, dataplane.ErrPinnedInUse) {
+		t.Errorf("fwd --remove of a live dataplane: %v, want ErrPinnedInUse\n%s", err, logs4.String())
+	}
 	if err := roundTrip(l, 7000); err != nil {
 		t.Errorf("first fwd stopped forwarding after a second one was refused: %v", err)
 	}
@@ -350,6 +363,9 @@ func TestIntegrationDaemon(t *testing.T) {
 	}
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left after shutdown: %v", err)
+	}
+	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin directory left after shutdown without --keep-dataplane: %v", err)
 	}
 	_, errOut, code = fwctl(t, "--socket", sock, "show", "system", "buffers")
 	if code != 1 || !strings.Contains(errOut, "no daemon listening on "+sock) {
@@ -419,7 +435,7 @@ func TestIntegrationDaemonExec(t *testing.T) {
 	writeConfig(t, cfgPath, labConfig(l, 7000))
 
 	var logs syncBuffer
-	cmd := exec.Command(bin, "--config", cfgPath, "--netns", l.Firewall.Path, "--socket", sock, "--metrics", "")
+	cmd := exec.Command(bin, "--config", cfgPath, "--netns", l.Firewall.Path, "--socket", sock, "--metrics", "", "--pin-dir", netlab.PinDir(t))
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,22 @@
 //
 //	fwd --config FILE [--backend auto|ebpf|userspace] [--strict]
 //	    [--netns PATH] [--socket PATH] [--metrics ADDR]
+//	    [--name NAME] [--pin=false] [--pin-dir DIR] [--keep-dataplane]
 //	    [--history-interval D] [--history-retention D]
+//	fwd --remove NAME [--pin-dir DIR]
+//
+// The dataplane is pinned by default (--name NAME, default "default",
+// pins under /sys/fs/bpf/fwplane/NAME; --pin-dir names another
+// directory), so a fwd that dies (kill -9, OOM, a crash) never opens the
+// firewall: the eBPF backend keeps enforcing the last config with its
+// sessions, the userspace backend's shims drop transit traffic and keep
+// the box reachable. A fwd started with the same name adopts it (see
+// docs/failure-model.md). SIGTERM and SIGINT remove it (Close), unless
+// --keep-dataplane: then fwd releases it, still enforcing, for an upgrade.
+// `fwd --remove NAME` removes an orphaned pinned dataplane of either
+// backend and exits; it refuses one a live fwd holds, naming its pid.
+// --pin=false pins nothing: the dataplane then leaves with the process,
+// and the kernel forwards unfiltered after a crash.
 //
 // The daemon samples the resource report every --history-interval
 // (default 1s; 0 turns history off) and keeps a bounded history (package
@@ -84,7 +99,15 @@ type options struct {
 	config, backend, netns, socket, metrics string
 	strict                                  bool
 	historyInterval, historyRetention       time.Duration
+	// Pinning: the dataplane's name, whether to pin, the directory
+	// (default fwplane.PinDirFor(name)), release instead of close on
+	// SIGTERM, and --remove's name.
+	name, pinDir, remove string
+	pin, keep            bool
 }
+
+// DefaultName is the dataplane's name unless --name says otherwise.
+const DefaultName = "default"
 
 func parseFlags(args []string, stderr io.Writer) (options, capability.Preference, error) {
 	var o options
@@ -98,17 +121,49 @@ func parseFlags(args []string, stderr io.Writer) (options, capability.Preference
 	fs.StringVar(&o.metrics, "metrics", DefaultMetrics, `Prometheus listen address ("" disables)`)
 	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history)")
 	fs.DurationVar(&o.historyRetention, "history-retention", history.DefaultRetention, "how far back the per-minute history goes")
+	fs.StringVar(&o.name, "name", DefaultName, "the dataplane's name: it is pinned under "+fwplane.DefaultPinRoot+"/NAME")
+	fs.BoolVar(&o.pin, "pin", true, "pin the dataplane so that it outlives fwd (a crash never opens the firewall; a restart adopts it)")
+	fs.StringVar(&o.pinDir, "pin-dir", "", "pin directory (default "+fwplane.DefaultPinRoot+"/NAME)")
+	fs.BoolVar(&o.keep, "keep-dataplane", false, "on SIGTERM/SIGINT release the pinned dataplane (it keeps enforcing) instead of removing it")
+	fs.StringVar(&o.remove, "remove", "", "remove the orphaned pinned dataplane NAME (either backend) and exit")
 	if err := fs.Parse(args); err != nil {
 		return o, "", err
 	}
 	if fs.NArg() > 0 {
 		return o, "", fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
+	if o.remove != "" {
+		o.name = o.remove
+	}
+	if o.pinDir == "" {
+		dir, err := fwplane.PinDirFor(o.name)
+		if err != nil {
+			return o, "", fmt.Errorf("--name: %w", err)
+		}
+		o.pinDir = dir
+	}
+	if o.remove != "" {
+		return o, "", nil
+	}
 	if o.config == "" {
 		return o, "", errors.New("--config is required")
 	}
+	if o.keep && !o.pin {
+		return o, "", errors.New("--keep-dataplane needs a pinned dataplane: drop --pin=false")
+	}
 	pref, err := capability.ParsePreference(o.backend)
 	return o, pref, err
+}
+
+// removePinned is `fwd --remove NAME`.
+func removePinned(o options, stderr io.Writer) error {
+	mode, err := fwplane.RemovePinned(o.pinDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "fwd: remove %s: %v\n", o.pinDir, err)
+		return err
+	}
+	fmt.Fprintf(stderr, "fwd: removed the pinned %s dataplane %s (%s): its interfaces carry none of its programs now\n", mode, o.name, o.pinDir)
+	return nil
 }
 
 // readConfig reads and validates the config file.
@@ -146,6 +201,9 @@ func run(ctx context.Context, args []string, e *env) error {
 		}
 		return err
 	}
+	if o.remove != "" {
+		return removePinned(o, e.stderr)
+	}
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
 
 	cfg, err := readConfig(o.config)
@@ -167,7 +225,12 @@ func run(ctx context.Context, args []string, e *env) error {
 	}
 	defer ln.Close()
 
-	dp, d, err := fwplane.Open(ctx, cfg, &fwplane.Options{Backend: pref, Strict: o.strict, NetNS: o.netns})
+	fo := &fwplane.Options{Backend: pref, Strict: o.strict, NetNS: o.netns}
+	if o.pin {
+		fo.PinDir = o.pinDir
+	}
+	opened := time.Now()
+	dp, d, err := fwplane.Open(ctx, cfg, fo)
 	if err != nil {
 		log.Error("cannot start the dataplane", "err", err, "reasons", strings.Join(problems(err), "; "))
 		if len(d.Verdicts) > 0 {
@@ -176,12 +239,14 @@ func run(ctx context.Context, args []string, e *env) error {
 		return err
 	}
 	log.Info("dataplane running", "mode", d.Mode, "fell_back", d.FellBack, "preference", d.Request.Preference,
-		"strict", d.Request.Strict, "reasons", strings.Join(reasons(d.Decision), "; "), "netns", o.netns)
+		"strict", d.Request.Strict, "reasons", strings.Join(reasons(d.Decision), "; "), "netns", o.netns,
+		"pin_dir", fo.PinDir, "adopted", d.Adopted, "generation", d.Applied.Generation, "open_took", time.Since(opened).Round(time.Millisecond))
 
 	for _, w := range d.Applied.Warnings {
 		log.Warn("config applied with a warning", "field", w.Field, "warning", w.Message)
 	}
-	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation, turn: make(chan struct{}, 1), managed: names(cfg)}
+	dm := &daemon{log: log, file: o.config, dp: dp, generation: d.Applied.Generation, turn: make(chan struct{}, 1), managed: names(cfg),
+		pinDir: fo.PinDir, keep: o.keep}
 
 	var rec *history.Recorder
 	histDone := make(chan struct{})
@@ -293,6 +358,11 @@ type daemon struct {
 	managed []string   // interfaces of the config in force
 
 	stopHistory func()
+
+	// pinDir is where the dataplane is pinned ("" = not pinned); keep
+	// makes stop release it instead of closing it.
+	pinDir string
+	keep   bool
 }
 
 // names lists the interfaces of cfg.
@@ -351,8 +421,9 @@ func (dm *daemon) reload(ctx context.Context) (dataplane.ApplyResult, error) {
 }
 
 // stop shuts everything down in order: no new control requests, no more
-// scrapes, then the dataplane (which detaches its programs); the socket
-// is removed by the control server.
+// scrapes, then the dataplane (closed: its programs detached and its pins
+// removed; or released, see below); the socket is removed by the control
+// server.
 func (dm *daemon) stop(srv *control.Server, msrv *http.Server, cause error) error {
 	errs := []error{cause}
 	errs = append(errs, srv.Close())
@@ -364,13 +435,29 @@ func (dm *daemon) stop(srv *control.Server, msrv *http.Server, cause error) erro
 		errs = append(errs, msrv.Shutdown(ctx))
 		cancel()
 	}
-	if err := dm.dp.Close(); err != nil {
+	// A pinned dataplane is released, still enforcing, when asked to
+	// (--keep-dataplane) and when fwd fails after starting it: a daemon
+	// that cannot serve must not open the firewall on its way out.
+	released := false
+	if r, ok := dm.dp.(dataplane.Releaser); ok && dm.pinDir != "" && (dm.keep || cause != nil) {
+		if err := r.Release(); err != nil {
+			errs = append(errs, fmt.Errorf("release dataplane: %w", err))
+		}
+		released = true
+	} else if err := dm.dp.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("close dataplane: %w", err))
 	}
 	err := errors.Join(errs...)
-	if err != nil && cause == nil {
+	switch {
+	case err != nil && cause == nil:
 		dm.log.Error("stopped with errors", "err", err)
-	} else if cause == nil {
+	case cause != nil && released:
+		dm.log.Error("stopped on an error: the pinned dataplane was released and keeps enforcing its config", "pin_dir", dm.pinDir, "err", cause)
+	case cause != nil:
+	case released:
+		dm.log.Info("stopped: dataplane released, still enforcing its config (a fwd with the same --name adopts it; fwd --remove removes it), control socket removed",
+			"pin_dir", dm.pinDir)
+	default:
 		dm.log.Info("stopped: dataplane closed, control socket removed")
 	}
 	return err

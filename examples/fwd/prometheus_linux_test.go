@@ -30,7 +30,7 @@ func startDaemon(t *testing.T, l *netlab.Lab, cfg *dataplane.Config, extra ...st
 	logs := &syncBuffer{}
 	readyc := make(chan readyInfo, 1)
 	errc := make(chan error, 1)
-	args := append([]string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", filepath.Join(dir, "fwd.sock"), "--metrics", "127.0.0.1:0"}, extra...)
+	args := append([]string{"--config", cfgPath, "--netns", l.Firewall.Path, "--socket", filepath.Join(dir, "fwd.sock"), "--metrics", "127.0.0.1:0", "--pin-dir", netlab.PinDir(t)}, extra...)
 	go func() {
 		errc <- run(ctx, args, &env{stderr: logs, signals: make(chan os.Signal), ready: func(ri readyInfo) { readyc <- ri }})
 	}()

@@ -5,7 +5,7 @@
 // removes everything on exit or Ctrl-C.
 //
 //	sudo go run ./examples/lab [--backend auto|ebpf|userspace] [--flows N]
-//	    [--duration D] [--veth-defaults] [--detail] [--json] [--hold] [--socket PATH]
+//	    [--duration D] [--veth-defaults] [--detail] [--json] [--hold] [--socket PATH] [--pin]
 //
 // Traffic: N allowed flows (UDP and TCP, IPv4 and IPv6, one session each)
 // that must get their echo back, denied flows (to ports that have a server
@@ -28,6 +28,11 @@
 // control socket (package control), so fwctl works against it:
 //
 //	go run ./examples/fwctl --socket /run/fwplane/lab.sock show system buffers
+//
+// --pin pins the dataplane (fwplane.Options.PinDir) in a directory named
+// with the lab's pid, as fwd does by default: kill -9 the lab while it
+// holds and the dataplane keeps enforcing in its namespaces (see
+// docs/failure-model.md); the next lab start removes both.
 //
 // The lab lives in examples/ and so may use fwplane's internal/netlab to
 // build the topology; the dataplane itself is driven through exported API
@@ -82,6 +87,8 @@ type options struct {
 	json     bool
 	hold     bool
 	socket   string
+	// pin pins the dataplane under netlab.PinRoot (owner-named).
+	pin bool
 	// vethDefaults keeps the kernel's veth defaults.
 	vethDefaults bool
 
@@ -104,6 +111,7 @@ func main() {
 	fs.BoolVar(&o.json, "json", false, "print a machine-readable summary and the resource report")
 	fs.BoolVar(&o.hold, "hold", false, "keep running after the verdict and serve the control socket until interrupted")
 	fs.StringVar(&o.socket, "socket", DefaultSocket, "control socket for --hold")
+	fs.BoolVar(&o.pin, "pin", false, "pin the dataplane so that it outlives the lab process (as fwd does): kill -9 the lab and it keeps enforcing")
 	fs.Parse(os.Args[1:])
 	pref, err := capability.ParsePreference(backend)
 	if err != nil {
@@ -416,6 +424,22 @@ func run(ctx context.Context, o options) (sum Summary, err error) {
 		sum.Mirroring = fmt.Sprintf("omitted: the %s backend does not implement port mirroring yet, so the sink stays idle", d.Mode)
 	}
 
+	if o.pin {
+		dir, err := netlab.MakePinDir()
+		if err != nil {
+			return sum, fmt.Errorf("pin directory: %w", err)
+		}
+		// Close removes what is pinned; the (then empty) directory goes
+		// after it.
+		cleanups = append(cleanups, func() error {
+			if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
+		})
+		fwOpts.PinDir = dir
+		logf("pinned in %s: a lab killed with kill -9 leaves the dataplane enforcing; the next lab start removes it", dir)
+	}
 	dp, res, err := fwplane.Open(ctx, cfg, fwOpts)
 	d = res.Decision
 	if err != nil {

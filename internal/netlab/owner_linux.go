@@ -120,19 +120,8 @@ var pinDirRE = regexp.MustCompile(`^([0-9]+)-([0-9]+)-[0-9a-f]{8}$`)
 // mounted: other processes may pin in it.
 func PinDir(tb testing.TB) string {
 	tb.Helper()
-	o, err := Self()
+	dir, err := MakePinDir()
 	if err != nil {
-		tb.Fatalf("pin dir: %v", err)
-	}
-	if err := ensureBPFFS(filepath.Dir(PinRoot)); err != nil {
-		tb.Fatalf("pin dir: %v", err)
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		tb.Fatal(err)
-	}
-	dir := filepath.Join(PinRoot, fmt.Sprintf("%s-%s", o, hex.EncodeToString(rnd[:])))
-	if err := os.MkdirAll(dir, 0o700); err != nil {
 		tb.Fatalf("pin dir: %v", err)
 	}
 	tb.Cleanup(func() {
@@ -141,6 +130,28 @@ func PinDir(tb testing.TB) string {
 		}
 	})
 	return dir
+}
+
+// MakePinDir is [PinDir] for a program (examples/lab --pin): it makes the
+// directory, named with the calling process as its owner, and leaves its
+// removal to the caller, or to the next [Sweep] once the process is dead.
+func MakePinDir() (string, error) {
+	o, err := Self()
+	if err != nil {
+		return "", err
+	}
+	if err := ensureBPFFS(filepath.Dir(PinRoot)); err != nil {
+		return "", err
+	}
+	var rnd [4]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(PinRoot, fmt.Sprintf("%s-%s", o, hex.EncodeToString(rnd[:])))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return dir, nil
 }
 
 // ensureBPFFS mounts a bpffs at dir unless one is there already. A lock

@@ -7,13 +7,24 @@
 // [LoadShim] attaches bpf/xsk_shim.c to an interface through a bpf_link
 // (cilium/ebpf link.AttachXDP), native mode first, generic as a reported
 // fallback ([Shim.Mode]). A bpf_link never replaces another program (attach
-// fails with EBUSY instead), and is released when its last file descriptor
-// closes, so a crashed process cannot leave the interface black-holed.
+// fails with EBUSY instead), and, unless pinned, is released when its last
+// file descriptor closes.
 // IPv4/IPv6 frames (untagged or with one 802.1Q/802.1ad tag) go to the
 // socket of the queue they arrived on; ARP and other non-IP, IPv6 neighbour
 // discovery (ICMPv6 133-137) and frames to the firewall's own addresses
 // ([Shim.SetLocalAddrs]) go to the kernel. A queue without a ready socket
 // drops IP frames (fail closed). [Shim.Counters] reports each verdict.
+//
+// With [ShimOptions.PinDir] the shim's maps and its link are pinned, so it
+// stays attached when the process dies; its sockets close with the process
+// and the kernel removes them from the XSKMAP, so transit frames are
+// dropped. Each queue's worker calls [Shim.Beat] (a store into the mmapped
+// heartbeat map); a served queue whose heartbeat is older than
+// [ShimOptions.HeartbeatLimit] drops its transit frames too
+// (drop_heartbeat_stale), which covers a process that is alive but stuck.
+// [PrepareAdopt] and [Adoption.Commit] take a pinned shim over (the link is
+// moved to this build's program in one atomic update), [Shim.Release]
+// leaves it pinned, [Shim.Close] and [RemovePinnedShim] remove it.
 //
 // # Binding
 //

@@ -13,9 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type xskShimXskConf struct {
+	_                structs.HostLayout
+	HeartbeatLimitNs uint64
+}
+
 type xskShimXskCpuCounters struct {
 	_ structs.HostLayout
 	C [8]uint64
+}
+
+type xskShimXskHeartbeat struct {
+	_   structs.HostLayout
+	Ns  uint64
+	Pad [7]uint64
 }
 
 type xskShimXskLocalKey struct {
@@ -27,7 +38,9 @@ type xskShimXskLocalKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	xskShimMapConf       = "conf"
 	xskShimMapCounters   = "counters"
+	xskShimMapHeartbeat  = "heartbeat"
 	xskShimMapLocalAddrs = "local_addrs"
 	xskShimMapNatAddrs   = "nat_addrs"
 	xskShimMapReady      = "ready"
@@ -84,7 +97,9 @@ type xskShimProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xskShimMapSpecs struct {
+	Conf       *ebpf.MapSpec `ebpf:"conf"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	Heartbeat  *ebpf.MapSpec `ebpf:"heartbeat"`
 	LocalAddrs *ebpf.MapSpec `ebpf:"local_addrs"`
 	NatAddrs   *ebpf.MapSpec `ebpf:"nat_addrs"`
 	Ready      *ebpf.MapSpec `ebpf:"ready"`
@@ -117,7 +132,9 @@ func (o *xskShimObjects) Close() error {
 //
 // It can be passed to loadXskShimObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xskShimMaps struct {
+	Conf       *ebpf.Map `ebpf:"conf"`
 	Counters   *ebpf.Map `ebpf:"counters"`
+	Heartbeat  *ebpf.Map `ebpf:"heartbeat"`
 	LocalAddrs *ebpf.Map `ebpf:"local_addrs"`
 	NatAddrs   *ebpf.Map `ebpf:"nat_addrs"`
 	Ready      *ebpf.Map `ebpf:"ready"`
@@ -126,7 +143,9 @@ type xskShimMaps struct {
 
 func (m *xskShimMaps) Close() error {
 	return _XskShimClose(
+		m.Conf,
 		m.Counters,
+		m.Heartbeat,
 		m.LocalAddrs,
 		m.NatAddrs,
 		m.Ready,
