@@ -217,6 +217,13 @@ func (b *Backend) adopt() (err error) {
 	for _, a := range attached {
 		b.attached[a.name] = a.att
 	}
+	// The NAT rules are the next Apply's to name, but their epoch goes
+	// on from the running one, so that sessions made under the old rules
+	// are never named after new rules that reuse their numbers.
+	var set fwFwSettings
+	if objs.FwSettingsMap.Lookup(b.slot, &set) == nil {
+		b.nat.epoch = set.NatEpoch
+	}
 	b.adopted = true
 	b.mu.Unlock()
 	if outer, inner, gerr := newGraceMaps(); gerr == nil {
