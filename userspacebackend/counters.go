@@ -44,6 +44,7 @@ const (
 	cDropTooBig
 	cFragmented
 	cChecksumsCompleted
+	cPassNoNeighbor
 	numCounters
 )
 
@@ -86,6 +87,7 @@ var counterNames = [numCounters]string{
 	cDropTooBig:          "dropped_too_big",
 	cFragmented:          "fragmented",
 	cChecksumsCompleted:  "checksums_completed",
+	cPassNoNeighbor:      "passed_no_neighbor",
 }
 
 // counterSet is written by one worker (batched, once per RX batch) and

@@ -303,6 +303,7 @@ func (r *reportRows) tableCounters(b *Backend) {
 		dataplane.Counter{Name: "sessions_expired", Scope: g, Value: st.Expired()},
 		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
 		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},
+		dataplane.Counter{Name: "passed_no_neighbor_refused", Scope: g, Value: b.kpass.Refused()},
 	)
 }
 

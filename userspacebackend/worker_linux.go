@@ -362,17 +362,37 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	}
 	mac, ok := snap.neigh.Lookup(out, nh)
 	if !ok {
-		// The kernel resolves; the flow's next packet finds the entry.
-		// Dropping (not passing to the kernel) keeps the kernel from
-		// forwarding around the dataplane.
+		// The kernel resolves; the flow's next packets find the entry.
 		snap.neigh.RequestResolve(out, nh)
-		w.c[cDropNoNeighbor]++
-		return fwd{}, false
+		return w.passToKernel(in, eg, frame, now)
 	}
 	if !icmpErr && settled(&res, t.Proto, info.TCPFlags) {
 		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir})
 	}
 	return w.finish(in, fwd{vlan: info.Flags&pkt.FlagVLAN != 0, dmac: mac, smac: eg.mac, eg: eg}, frame, now)
+}
+
+// passToKernel finishes a judged packet whose next hop is not resolved
+// (TTL, MTU, checksum, as for forwarding) and hands the IP packet to the
+// kernel, which sends it out of eg once it has resolved the next hop
+// (kernelPass). The packet leaves through the kernel's output path, not
+// its forwarding path, so the kernel cannot route it around the
+// dataplane: the egress is the one the worker chose. An ICMP error
+// finish answers with goes back as usual; a packet that would need
+// fragmenting, or that finds the hand-off full, is dropped and counted.
+func (w *worker) passToKernel(in, eg *portView, frame []byte, now int64) (fwd, bool) {
+	r, ok := w.finish(in, fwd{eg: eg}, frame, now)
+	if !ok || r.op == opICMP {
+		return r, ok
+	}
+	info := &w.info
+	end := int(info.L3Off) + int(info.IPLen)
+	if r.op == opForward && end <= len(frame) && w.bd.be.kpass.pass(eg.ifindex, info.Tuple.DstAddr(), frame[info.L3Off:end]) {
+		w.c[cPassNoNeighbor]++
+	} else {
+		w.c[cDropNoNeighbor]++
+	}
+	return fwd{}, false
 }
 
 // newSession judges the first packet of a flow, sp, arriving on in and

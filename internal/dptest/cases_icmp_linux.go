@@ -196,10 +196,18 @@ func unresolvedNeighbour(t testing.TB, e *Env) {
 		t.Cleanup(stop)
 		fresh = append(fresh, a)
 	}
+	before := e.Settle(t, "passed_no_neighbor", "dropped_no_neighbor")
 	Expect(t,
 		e.UDPFlow("udp4 to a next hop never resolved", fresh[0], PortUDP, Answered),
 		e.UDPFlow("udp6 to a next hop never resolved", fresh[1], PortUDP, Answered),
 	)
+	// Both backends hand the first packet to the kernel, which resolves
+	// the next hop and sends it: counted as passed, never dropped.
+	d := e.DeltaAtLeast(t, before, map[string]uint64{"passed_no_neighbor": 2})
+	if d["passed_no_neighbor"] < 2 || d["dropped_no_neighbor"] != 0 {
+		t.Errorf("passed_no_neighbor +%d (want >= 2: the first packet of each flow), dropped_no_neighbor +%d (want 0)",
+			d["passed_no_neighbor"], d["dropped_no_neighbor"])
+	}
 }
 
 func icmpOrigin(a netip.Addr) uint8 {
