@@ -213,11 +213,11 @@ func TestIntegrationMirrorSampling(t *testing.T) {
 	const rate, n = 10, 100_000
 	b := newBackend(t, e.labEnv, nil, mirrorConfig(l, rate))
 	flood(t, l, floodFrame(l, 40000), 1) // session and flow cache warm
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	scope := l.FwClientIf + "/q0"
 	rx0, sink0, c0 := bindingReceived(t, b, scope), sinkCount(t, e.sinkCnt), mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 1024)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	rx := bindingReceived(t, b, scope) - rx0
 	c1 := mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	var c [numMirror]uint64
@@ -283,7 +283,7 @@ func primaryRun(t testing.TB, e *mirrorEnv, b *Backend, n uint64) (mc [numMirror
 	c0, rx0 := mirrorStats(t, b, l.FwClientIf, l.FwSinkIf), bindingReceived(t, b, scope)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 256)
 	srv := waitSink(t, e.serverCnt, srv0+n) - srv0
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	fwd := counter(t, b, "forwarded") - fwd0
 	if srv != fwd || fwd != n {
 		t.Errorf("primary: sent %d, forwarded %d, server counted %d", n, fwd, srv)
@@ -315,7 +315,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 	l := e.l
 	b := newBackend(t, e.labEnv, nil, sinkConfig(l))
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	const n = 20_000
 	// Without mirroring first: the baseline primaryRun asserts is lossless.
 	fwd0, srv0 := counter(t, b, "forwarded"), sinkCount(t, e.serverCnt)
@@ -374,7 +374,7 @@ func TestIntegrationMirrorSaturated(t *testing.T) {
 	l := e.l
 	b := newBackend(t, e.labEnv, &Options{MirrorReserve: 4}, mirrorConfig(l, 1))
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	mc, sink, _ := primaryRun(t, e, b, 20_000)
 	t.Logf("budget 4: %v, sink %d", mc, sink)
 	if mc[mDropNoFrame] == 0 {
@@ -428,7 +428,7 @@ func TestIntegrationMirrorApply(t *testing.T) {
 	// Client side is not mirrored (its rule was skipped).
 	s1 := sinkCount(t, e.sinkCnt)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 250)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	if got := sinkCount(t, e.sinkCnt) - s1; got != 0 {
 		t.Errorf("client side mirrored %d frames with its rule skipped", got)
 	}
@@ -457,11 +457,11 @@ func TestIntegrationMirrorApply(t *testing.T) {
 		t.Error("the SPAN binding outlived its last rule")
 	}
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	srv0, sink0 := sinkCount(t, e.serverCnt), sinkCount(t, e.sinkCnt)
 	c0, rx0 := mirrorStats(t, b, l.FwClientIf, l.FwServerIf), bindingReceived(t, b, l.FwClientIf+"/q0")
 	pacedFlood(t, l, floodFrame(l, 40000), n, 250)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	c1 := mirrorStats(t, b, l.FwClientIf, l.FwServerIf)
 	extra := bindingReceived(t, b, l.FwClientIf+"/q0") - rx0 - n
 	var mc [numMirror]uint64
@@ -487,7 +487,7 @@ func TestIntegrationMirrorApply(t *testing.T) {
 	if got := waitSink(t, e.serverCnt, srv0+n) - srv0; got != n {
 		t.Errorf("after removing mirroring the server counted %d, want %d", got, n)
 	}
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	if got := sinkCount(t, e.serverCnt) - srv0; got != n {
 		t.Errorf("after removing mirroring the server counted %d, want %d", got, n)
 	}

@@ -220,12 +220,14 @@ func (w *worker) iterate() bool {
 	bd.mu.Unlock()
 
 	w.process(snap, epoch, xb, batch[:n])
+	// Publish the batch's counts before its frames go back: a reader
+	// that sees nothing held by the worker sees every count of it.
+	bd.cnt.add(&w.c)
 
 	bd.mu.Lock()
 	_ = xb.Release(batch[:n])
 	xb.Refill()
 	bd.mu.Unlock()
-	bd.cnt.add(&w.c)
 	return true
 }
 
