@@ -213,7 +213,7 @@ func TestIntegrationMirrorSampling(t *testing.T) {
 	const rate, n = 10, 100_000
 	b := newBackend(t, e.labEnv, nil, mirrorConfig(l, rate))
 	flood(t, l, floodFrame(l, 40000), 1) // session and flow cache warm
-	waitDrained(t, b) // the worker has judged every frame and published its counters
+	waitDrained(t, b)                    // the worker has judged every frame and published its counters
 	scope := l.FwClientIf + "/q0"
 	rx0, sink0, c0 := bindingReceived(t, b, scope), sinkCount(t, e.sinkCnt), mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 1024)
