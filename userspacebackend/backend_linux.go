@@ -234,6 +234,11 @@ func (b *Backend) Sessions(ctx context.Context, limit int) ([]dataplane.Session,
 	now := b.now()
 	var out []dataplane.Session
 	for _, e := range t.Snapshot(limit) {
+		if now-e.LastSeen > t.TimeoutOf(e.Tuple.Proto, e.State) {
+			// Expired, not yet reclaimed: it matches no packet, so it is
+			// not listed (as the eBPF backend does).
+			continue
+		}
 		out = append(out, dataplane.Session{
 			Protocol:    protoName(e.Tuple.Proto),
 			Source:      netip.AddrPortFrom(e.Tuple.SrcAddr(), e.Tuple.SrcPort).String(),

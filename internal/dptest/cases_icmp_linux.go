@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -130,6 +131,15 @@ func aboveMTU(t testing.TB, e *Env) {
 				t.Errorf("restore mtu: %v", err)
 			}
 		})
+	}
+	// A backend learns the new MTU from the kernel's link notification
+	// (the userspace backend: netlink), a moment after the change: wait
+	// until a datagram too big for it is answered, 3 s at most.
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		p := UDP(l.Lab.Client, netip.AddrPortFrom(l.ServerAddr4, PortUDP), UDPOptions{SrcPort: e.Port(), Size: 1400, DF: true, Timeout: 300 * time.Millisecond})
+		if p.Outcome == ICMPError || time.Now().After(deadline) {
+			break
+		}
 	}
 	probe := func(name string, dst, fw netip.Addr, typ, code uint8) Flow {
 		f := e.UDPFlowWith(name, dst, PortUDP, ICMPError, UDPOptions{Size: 1400, DF: true})

@@ -21,6 +21,7 @@ func init() {
 	Register(
 		Case{Name: "sessions/tcp syn check and pickup", Run: synCheck},
 		Case{Name: "sessions/tcp states", Config: tcpStatesConfig, Run: tcpStates},
+		Case{Name: "sessions/tcp reopen", Config: tcpStatesConfig, Run: tcpReopen},
 		Case{Name: "sessions/timeouts by state", Config: anyConfig, Run: timeoutsByState},
 		Case{Name: "sessions/zone mismatch", Config: sinkZoneConfig, Run: zoneMismatch},
 		Case{Name: "sessions/policy change", Run: policyChange},
@@ -118,8 +119,7 @@ func tcpStatesConfig(e *Env) *dataplane.Config {
 // tcpStates walks real connections through the TCP states: the handshake
 // makes an established, assured session between the two zones; a FIN
 // from the client makes it closing, one from the server closed; an RST
-// closes at once; a closed session leaves after tcp_closed while the
-// others stay; a SYN reusing a closed session's tuple starts a new one.
+// closes at once; a closed session leaves after tcp_closed, not before.
 func tcpStates(t testing.TB, e *Env) {
 	h := e.StartHolder(t)
 	closed := time.Duration(e.Applied.Timeouts.TCPClosed)
@@ -136,7 +136,8 @@ func tcpStates(t testing.TB, e *Env) {
 		t.Helper()
 		e.WaitSession(t, "tcp", src, conn+" ended by tcp_closed", closed+SweepSlack,
 			func(_ dataplane.Session, ok bool) bool { return !ok })
-		if d := time.Since(since); d < closed {
+		// (Less a little: the eBPF backend's clock is the coarse one.)
+		if d := time.Since(since); d < closed-10*time.Millisecond {
 			t.Errorf("%s: the closed session left %s after it closed, before its %s timeout", conn, d, closed)
 		}
 	}
@@ -147,23 +148,35 @@ func tcpStates(t testing.TB, e *Env) {
 		t.Fatal(err)
 	}
 	state("fin", fin, dataplane.StateClosing)
+	finClosed := time.Now() // the last packets (FIN, ACK) follow this
 	h.Close(t, fin, false)
 	state("fin", fin, dataplane.StateClosed)
-	finClosed := time.Now()
 
 	rstConn, rst := h.Dial(t, e)
 	state("rst", rst, dataplane.StateEstablished)
+	rstClosed := time.Now()
 	rstConn.SetLinger(0)
 	rstConn.Close()
 	state("rst", rst, dataplane.StateClosed)
-	rstClosed := time.Now()
 
-	// A new connection from the reset one's port: its SYN meets the closed
-	// session, which ends; the SYN opens a new one.
-	reopened := e.Counters(t, "sessions_reopened")
+	gone("fin", fin, finClosed)
+	gone("rst", rst, rstClosed)
+}
+
+// tcpReopen: a new connection from the port of one just reset reuses its
+// tuple: its SYN meets the closed session, which ends
+// (sessions_reopened), and opens a new one that its handshake makes
+// established and assured. The reconnect follows the reset at once, as
+// a client's retry would.
+func tcpReopen(t testing.TB, e *Env) {
+	h := e.StartHolder(t)
+	reopened := e.Counters(t, "sessions_reopened") // moved only by reopening
+	conn, src := h.Dial(t, e)                      // handshake and data: established
+	conn.SetLinger(0)
+	conn.Close()
 	var again *net.TCPConn
 	err := e.Lab.Lab.Client.Do(func() error {
-		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(rst)}
+		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(src)}
 		c, err := d.Dial("tcp", netip.AddrPortFrom(e.Lab.ServerAddr4, PortHold).String())
 		if err == nil {
 			again = c.(*net.TCPConn)
@@ -171,22 +184,19 @@ func tcpStates(t testing.TB, e *Env) {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("reconnect from %s: %v", rst, err)
+		t.Fatalf("reconnect from %s: %v", src, err)
 	}
 	defer func() { again.SetLinger(0); again.Close() }()
-	s := e.WaitSession(t, "tcp", rst, "reopened", 3*time.Second, func(s dataplane.Session, ok bool) bool {
+	if err := echo(again); err != nil { // the Holder echoes 4 bytes
+		t.Fatalf("exchange on the new connection: %v", err)
+	}
+	s := e.WaitSession(t, "tcp", src, "reopened", 3*time.Second, func(s dataplane.Session, ok bool) bool {
 		return ok && s.State == dataplane.StateEstablished
 	})
 	if !s.Assured {
 		t.Errorf("reopened session not assured after its handshake: %+v", s)
 	}
 	e.Exactly(t, reopened, map[string]uint64{"sessions_reopened": 1})
-
-	gone("fin", fin, finClosed)
-	_ = rstClosed // the rst session was reopened: it stays established
-	if _, ok := SessionOf(e.Sessions(t), "tcp", rst); !ok {
-		t.Error("the reopened connection's session left with the closed one")
-	}
 }
 
 // timeoutsByState: each unassured or closing state has its own idle
