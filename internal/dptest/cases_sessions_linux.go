@@ -168,21 +168,41 @@ func tcpStates(t testing.TB, e *Env) {
 // (sessions_reopened), and opens a new one that its handshake makes
 // established and assured. The reconnect follows the reset at once, as
 // a client's retry would.
+//
+// The first connection binds its port explicitly (port 0: the kernel
+// picks one no socket holds), not by connect: connect may hand out a
+// port that a TIME_WAIT socket of an earlier case's connection to
+// another destination still holds (netlab.Handshakes turns on
+// tcp_tw_reuse in the client's namespace), and binding that port again
+// for the reconnect then fails with EADDRINUSE. An explicitly bound port
+// is never shared by connect, and the reset leaves no TIME_WAIT socket.
 func tcpReopen(t testing.TB, e *Env) {
-	h := e.StartHolder(t)
+	e.StartHolder(t)                               // closed by the test's cleanup
 	reopened := e.Counters(t, "sessions_reopened") // moved only by reopening
-	conn, src := h.Dial(t, e)                      // handshake and data: established
+	dial := func(local netip.AddrPort) (*net.TCPConn, error) {
+		var c *net.TCPConn
+		err := e.Lab.Lab.Client.Do(func() error {
+			d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(local)}
+			nc, err := d.Dial("tcp", netip.AddrPortFrom(e.Lab.ServerAddr4, PortHold).String())
+			if err == nil {
+				c = nc.(*net.TCPConn)
+			}
+			return err
+		})
+		return c, err
+	}
+	conn, err := dial(netip.AddrPortFrom(e.Lab.ClientAddr4, 0))
+	if err != nil {
+		t.Fatalf("connect to the holder: %v", err)
+	}
+	src := netip.MustParseAddrPort(conn.LocalAddr().String())
+	err = echo(conn) // handshake and data: established
 	conn.SetLinger(0)
 	conn.Close()
-	var again *net.TCPConn
-	err := e.Lab.Lab.Client.Do(func() error {
-		d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(src)}
-		c, err := d.Dial("tcp", netip.AddrPortFrom(e.Lab.ServerAddr4, PortHold).String())
-		if err == nil {
-			again = c.(*net.TCPConn)
-		}
-		return err
-	})
+	if err != nil {
+		t.Fatalf("exchange on the first connection: %v", err)
+	}
+	again, err := dial(src)
 	if err != nil {
 		t.Fatalf("reconnect from %s: %v", src, err)
 	}
