@@ -306,6 +306,22 @@ func primaryRun(t testing.TB, e *mirrorEnv, b *Backend, n uint64) (mc [numMirror
 	return mc, sink, extra
 }
 
+// checkOutputUp: with the output up, every clone made reaches the sink
+// (extra: the client kernel's own frames, mirrored but not counted by the
+// sink) and no clone is dropped for the output (down or not bound). A
+// worker starved of CPU (a loaded machine) makes fewer clones by design,
+// each counted (primary_backlog, no_frame: checkMirrorAccounting), so
+// how many of the flood's frames are mirrored is not a fixed share.
+func checkOutputUp(t testing.TB, phase string, mc [numMirror]uint64, sink, extra uint64) {
+	t.Helper()
+	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || mc[mMirrored] == 0 {
+		t.Errorf("%s: sink %d, mirrored %d, extra %d (%v)", phase, sink, mc[mMirrored], extra, mc)
+	}
+	if mc[mDropDown] != 0 || mc[mDropNotBound] != 0 {
+		t.Errorf("%s: clones dropped for the output: down %d, not bound %d (%v)", phase, mc[mDropDown], mc[mDropNotBound], mc)
+	}
+}
+
 // TestIntegrationMirrorOutputDown: with the sink's link down (either end)
 // primary forwarding delivers every frame, exactly as without mirroring,
 // and the dropped clones are all accounted for; back up, mirroring
@@ -327,9 +343,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	mc, sink, extra := primaryRun(t, e, b, n)
-	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || sink < n*99/100 {
-		t.Errorf("sink up: sink %d, mirrored %d, extra %d (%v)", sink, mc[mMirrored], extra, mc)
-	}
+	checkOutputUp(t, "sink up", mc, sink, extra)
 	for _, side := range []struct {
 		ns   *netlab.NS
 		name string
@@ -359,9 +373,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	mc, sink, extra = primaryRun(t, e, b, n)
-	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || sink < n*99/100 {
-		t.Errorf("back up: sink %d, mirrored %d, extra %d (%v)", sink, mc[mMirrored], extra, mc)
-	}
+	checkOutputUp(t, "back up", mc, sink, extra)
 	waitDrained(t, b)
 	checkUMEM(t, b, true)
 }
