@@ -16,7 +16,7 @@ func registered(opts *Options) []backend {
 				Mode:     dataplane.ModeEBPF,
 				Features: ebpfbackend.Supported(),
 				Requires: []capability.ProbeName{capability.ProbeBPFSyscall, capability.ProbeXDPProgram,
-					capability.ProbeXDPLink, capability.ProbeFIBLookup, capability.ProbeDevMap, capability.ProbeLRUHash},
+					capability.ProbeXDPLink, capability.ProbeFIBLookup, capability.ProbeDevMap, capability.ProbeBPFTimer},
 				Limits: ebpfbackend.Limits(),
 				Memory: func(cfg *dataplane.Config, _ *capability.Host) (dataplane.MemoryCost, error) {
 					return ebpfbackend.MemoryCost(cfg)

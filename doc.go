@@ -6,10 +6,11 @@
 // enforces the policy statefully and reports every bounded resource it
 // uses, whichever backend runs:
 //
-//   - ebpfbackend forwards in the kernel: an XDP program on every managed
-//     interface keeps sessions in LRU maps, evaluates the policy on the
-//     first packet of a flow and redirects through a devmap, with the
-//     kernel's FIB and neighbour table choosing the next hop.
+//   - ebpfbackend forwards in the kernel: an XDP or TC program on every
+//     managed interface keeps sessions in hash tables (swept in the
+//     kernel), evaluates the policy on the first packet of a flow and
+//     redirects through a devmap, with the kernel's FIB and neighbour table
+//     choosing the next hop.
 //   - userspacebackend forwards in Go over AF_XDP sockets: a small XDP shim
 //     steers IP traffic to one socket per interface queue, and workers keep
 //     a sharded session table, a flow cache and a neighbour table fed from

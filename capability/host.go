@@ -22,6 +22,7 @@ const (
 	ProbeFIBLookup     ProbeName = "xdp_fib_lookup"
 	ProbeDevMap        ProbeName = "devmap"
 	ProbeLRUHash       ProbeName = "lru_hash"
+	ProbeBPFTimer      ProbeName = "bpf_timer"
 	ProbeBatchOps      ProbeName = "map_batch_ops"
 	ProbeMapIterKfunc  ProbeName = "map_iter_elem_count_kfunc"
 	ProbeXSKMap        ProbeName = "xskmap"
@@ -38,6 +39,7 @@ var MinKernel = map[ProbeName]string{
 	ProbeFIBLookup:     "4.18",
 	ProbeDevMap:        "4.14",
 	ProbeLRUHash:       "4.10",
+	ProbeBPFTimer:      "5.15",
 	ProbeBatchOps:      "5.6",
 	ProbeMapIterKfunc:  "6.6",
 	ProbeXSKMap:        "4.18",

@@ -44,6 +44,9 @@ var probes = []struct {
 	{ProbeFIBLookup, func() error { return features.HaveProgramHelper(ebpf.XDP, asm.FnFibLookup) }},
 	{ProbeDevMap, func() error { return features.HaveMapType(ebpf.DevMap) }},
 	{ProbeLRUHash, func() error { return features.HaveMapType(ebpf.LRUHash) }},
+	// The eBPF backend's session sweep is a bpf_timer armed by an XDP
+	// program: expiry in the kernel, with or without a process.
+	{ProbeBPFTimer, func() error { return features.HaveProgramHelper(ebpf.XDP, asm.FnTimerInit) }},
 	{ProbeBatchOps, probeBatchOps},
 	{ProbeMapIterKfunc, probeMapIterKfunc},
 	{ProbeXSKMap, func() error { return features.HaveMapType(ebpf.XSKMap) }},

@@ -64,7 +64,7 @@ func TestIntegrationProbeInterfaces(t *testing.T) {
 		t.Fatalf("interface %s not found in its namespace: %+v", l.FwClientIf, c)
 	}
 	// veth advertises XDP (basic, redirect, ndo-xmit) on 6.3+; never
-	// zero-copy (kernel-facts: XDP_ZEROCOPY bind fails on veth).
+	// zero-copy (an XDP_ZEROCOPY bind fails on veth with EOPNOTSUPP).
 	if c.Features == nil {
 		if testutil.Required() {
 			t.Fatalf("no xdp-features for a veth on this kernel: %s", c.FeaturesErr)

@@ -34,8 +34,9 @@ import (
 //     never matches a policy with ports.
 //   - An allowed packet that starts a flow creates a session; packets of
 //     that flow in either direction then pass without a policy lookup until
-//     the session idles out. Sessions created under an old policy survive a
-//     policy change until they idle out, as in any stateful firewall.
+//     the session ends (session.go: TCP states, timeouts per state, a full
+//     table). An Apply ends the sessions its policy would deny, unless
+//     sessions.keep_on_policy_change keeps them until they idle out.
 //   - Non-IP traffic (ARP, IPv6 neighbour discovery) and traffic addressed
 //     to the firewall itself go to the kernel.
 type Config struct {
@@ -210,9 +211,10 @@ const (
 )
 
 // Tables sizes the bounded tables. Zero means the default. Sessions is the
-// session table's capacity in flows; the eBPF backend keeps one LRU table
-// of that size per address family, so an IPv6 flood cannot evict IPv4
-// sessions.
+// session table's capacity in flows; the eBPF backend keeps one hash table
+// of that size per address family (so an IPv6 flood cannot take IPv4
+// sessions' room), the userspace backend one table for both families,
+// split in userspace.session_shards shards that fill independently.
 type Tables struct {
 	Sessions  uint32 `json:"sessions,omitempty"`
 	FlowCache uint32 `json:"flow_cache,omitempty"`

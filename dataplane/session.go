@@ -22,7 +22,10 @@ import (
 //     [StateOpening]. Any other TCP packet without a session is dropped and
 //     counted ([CounterDropTCPNotSYN]), unless [SessionOpts.TCPPickup] is
 //     set: then a non-RST packet the policy allows creates a session in
-//     [StateEstablished], not yet assured.
+//     [StateEstablished], not yet assured; the first packet in the reply
+//     direction that leaves it established (neither FIN nor RST) makes it
+//     assured. An RST or FIN answering a picked-up packet completes
+//     nothing.
 //   - Opening: once a packet has been seen in the reply direction (the
 //     SYN-ACK), a packet from the initiator with ACK set and SYN clear
 //     completes the handshake: [StateEstablished], and the session becomes

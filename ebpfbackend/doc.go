@@ -1,7 +1,14 @@
-// Package ebpfbackend is fwplane's in-kernel dataplane: one XDP program
-// (bpf/xdp_fw.c) attached to every managed interface does the zone policy,
-// the session table and the forwarding, and this package loads it, programs
-// its maps from a [dataplane.Config] and reports how full they are.
+// Package ebpfbackend is fwplane's in-kernel dataplane: one program
+// (bpf/xdp_fw.c, compiled as an XDP and a TC program from the same C)
+// attached to every managed interface does the zone policy, the session
+// table and the forwarding, and this package loads it, programs its maps
+// from a [dataplane.Config] and reports how full they are. Each interface
+// gets XDP or TC as interfaces[].attach says, or as the capability gate
+// chooses for it (TC on veths, which carry GSO aggregates and partial
+// checksums; see capability/attach.go); the report says which and why.
+//
+// Figures (rates, costs) are in docs/benchmarks.md, with the commands
+// that measured them; this documentation only says what was compared.
 //
 // # Datapath
 //
@@ -24,22 +31,33 @@
 // per-packet path (it was the largest cost in the benchmark). The
 // fib_lookups counter shows how often the FIB is asked.
 //
-// Sessions live in two LRU hashes, one per address family, each with
-// tables.sessions entries (so an IPv6 flood cannot evict IPv4 sessions).
-// Keys are canonical (the lower endpoint first), so both directions of a
-// flow find the same entry and one flow is one entry: each map's element
-// count is the number of flows of its family, which is what the sessions
-// figures report, counted by internal/mapcount (kfunc by default: one
-// iterator read, exact under churn). An entry idle for longer than its
-// protocol's timeout is treated as a miss and the flow is evaluated again;
-// if it is now denied the stale entry is deleted. A reaper goroutine
-// (Options.SessionReapInterval) deletes idle entries that see no more
-// traffic, so the counts are live flows within one interval. Time is the
-// coarse monotonic clock (a few milliseconds of resolution). Sessions
-// created under an old policy survive a policy change, like in any
-// stateful firewall; they end when they idle out (or are evicted when the
-// table is full). TCP state (SYN/FIN/RST) is not tracked: a TCP session is
-// an idle timer like any other.
+// Sessions follow the session model of dataplane/session.go (TCP states
+// from flags with the SYN check, a timeout per state, assured sessions,
+// early drop, early aging, zones), in two plain hash tables, one per
+// address family, each with tables.sessions entries (so an IPv6 flood
+// cannot take IPv4 sessions' room). Keys are canonical (the lower endpoint
+// first), so both directions of a flow find the same entry and one flow is
+// one entry: each map's element count is the number of flows of its
+// family, which is what the sessions figures report, counted by
+// internal/mapcount (kfunc by default: one iterator read, exact under
+// churn). Not LRU maps: an LRU map evicts before it is full, whatever it
+// likes, and counts nothing, where the model needs "never an assured
+// session, every refusal counted".
+//
+// Expiry runs in the kernel: a bpf_timer sweep (Options.SessionSweepInterval)
+// deletes sessions idle beyond their state's timeout, counts the unassured
+// ones and switches early aging (on at 80 % of a table, off below 75 %), so
+// expiry goes on while no process runs (a pinned dataplane). A session
+// idle beyond its timeout is a miss even before the sweep removes it. When
+// an insert finds its table full, the program takes the slot of an
+// expired or unassured session from a ring of recently created keys
+// shared by every CPU (session_early_drop), or drops the new flow
+// (session_table_full). Time is the coarse monotonic clock (a few
+// milliseconds of resolution). Sessions record their zones: a packet of a
+// session arriving from another zone is dropped (dropped_zone_mismatch).
+// Apply ends the sessions the new policy denies (sessions_ended_by_policy)
+// unless sessions.keep_on_policy_change; [Backend.ClearSessions] ends
+// sessions on demand.
 //
 // Session packet and byte totals are plain, non-atomic increments: a flow
 // is normally handled by one CPU, and exactness of these informational
@@ -49,7 +67,7 @@
 //
 // In front of the session tables sits a per-CPU, direct-mapped flow cache
 // (fw_flow_cache, FW_FLOW_CACHE_SLOTS entries per CPU) keyed by the
-// directional 5-tuple. An LRU lookup hashes its key in a helper call; a
+// directional 5-tuple. A hash-table lookup hashes its key in a helper call; a
 // per-CPU array lookup is inlined by the verifier, so an established flow's
 // packet (untagged IPv4 without options or IPv6, TCP or UDP) is forwarded
 // from the headers and the cache entry alone: no session lookup, no clock
@@ -76,10 +94,15 @@
 //   - the session counts are untouched (cache entries are not sessions),
 //   - a session's last-seen lags its traffic by at most the refresh
 //     interval: a flow idle for between 7/8 of its timeout and its timeout
-//     may already be treated as expired (evaluated again, or reaped),
-//   - a session evicted from a full LRU table, or deleted by the reaper,
-//     keeps forwarding from a cached entry for at most the refresh interval
-//     before the general path sees it is gone and evaluates the flow again.
+//     may already be treated as expired (evaluated again, or swept),
+//   - a session ended (early drop, the sweep, Apply, ClearSessions) keeps
+//     forwarding from a cached entry for at most the refresh interval
+//     before the general path sees it is gone and evaluates the flow
+//     again (Apply and ClearSessions invalidate every cache at once);
+//   - known gap (dptest.Divergences): a SYN that reopens a closed
+//     session's tuple does not invalidate the old connection's entries,
+//     so for up to that interval the new connection's ACK and data skip
+//     state tracking.
 //
 // flow_cache_hits counts the packets the cache forwarded; session_hits
 // includes them.
@@ -102,6 +125,27 @@
 // TX checksum offload off; physical NICs finish the sum in hardware. And a
 // veth only receives redirected frames when its peer runs NAPI (here:
 // when the peer has an XDP program attached).
+//
+// # Address translation
+//
+// Config.NAT (dataplane/nat.go) is IPv4 source NAT (masquerade or address
+// pools) and destination NAT (port forwarding), in XDP and TC alike. For a
+// new flow the first matching destination rule translates the destination
+// before routing and policy; after routing the first matching source rule
+// takes a pool slot (address, port), probing at most 64 slots from a
+// random start (fw_nat_ports; no slot: dropped, nat_pool_exhausted). The
+// session value holds the translated tuple; replies find the session
+// through fw_nat_rev, and both directions are rewritten from the session
+// with incremental checksum updates (a zero UDP checksum stays zero; in TC
+// the helpers keep a checksum left to offload exact). ICMP echo ids are
+// translated like ports, and ICMP errors about a translated flow have
+// their quote translated back. Slots return when the datapath or the
+// in-kernel sweep ends a session, and the sweep takes back slots whose
+// session the Go side deleted. Masquerade follows the egress interface's
+// primary IPv4 address through a netlink address subscription (an Apply of
+// the running config), and sessions translated to an address the host lost
+// end. ResourceStats has a nat_pool row per source-NAT pool (used from
+// per-address allocation counts) and one per address in detail.
 //
 // # Port mirroring
 //
@@ -142,19 +186,15 @@
 //
 // Why not TC bpf_clone_redirect: frames XDP forwards never reach TC, so the
 // mirrored ingress would have to forward in TC (skb) mode. Measured on the
-// netlab veth lab (2 vCPUs, 64-byte UDP, BenchmarkMirrorTCClone,
-// BenchmarkMirrorForwarding, busy machine): a bare TC forwarder (MAC
-// rewrite only) does 2.7-4.1 Mpps, 1.5-1.9 Mpps with a clone per frame;
-// this firewall does 6.7-10 Mpps without mirroring and 2.9-4.4 Mpps
-// mirroring every frame. The broadcast copy is a page allocation and a
-// copy per frame in the kernel (the program's own cost rises from about 34
-// to 54 ns per frame; the sink's receive is a small part): rate-1
-// mirroring runs at 0.38-0.48 of the unmirrored rate, rate 10 at
-// 0.60-0.86.
+// netlab veth lab (BenchmarkMirrorTCClone against BenchmarkMirrorForwarding,
+// docs/benchmarks.md), a bare TC forwarder cloning every frame is
+// slower than this program's XDP path mirroring every frame. The
+// broadcast copy is a page allocation and a copy per frame in the kernel,
+// which is where mirroring's cost goes (the program's own share is small).
 //
 // The mirror stage. Made on the CPU that received the frame, the clone
-// doubles the transmit work there: rate-1 mirroring ran at 0.40-0.43 of the
-// unmirrored rate. So a rule that samples 1 in 4 or more densely hands its
+// doubles the transmit work there (rate-1 mirroring inline: well under
+// half the unmirrored rate, docs/benchmarks.md). So a rule that samples 1 in 4 or more densely hands its
 // ingress to a stage: every online CPU gets a cpumap queue of 4096 frames
 // running xdp_fw_stage (SEC("xdp/cpumap")), and each CPU hands the frames
 // of a mirrored ingress to the next online CPU, whose kthread forwards them
@@ -170,12 +210,12 @@
 // for the mirror's sake. Frames of one flow take one path, except across
 // those overload transitions, where frames forwarded on the receiving CPU
 // may overtake up to 3072 frames still queued. Sparser sampling is cloned
-// inline (1 in 10: 0.75-0.82 of the unmirrored rate), because handing over
-// only the sampled frames would reorder every flow. The datapath never
+// inline, because handing over only the sampled frames would reorder every
+// flow. The datapath never
 // writes off a frame it handed over: a stage starved of CPU keeps its
 // frames counted in flight (an earlier version wrote them off after 10 ms
-// without progress, and a starved kthread then overflowed its queue: 8 200
-// primary frames lost in a loaded test run). Go writes off what was never
+// without progress, and a starved kthread then overflowed its queue,
+// losing primary frames in a loaded test run). Go writes off what was never
 // taken when it makes the queues afresh (mirror_stage_lost_packets).
 // Queues exist only while a rule uses the stage. Inline clones instead: on
 // one online CPU, with Options.MirrorInline, and when the kernel refuses a
@@ -184,13 +224,13 @@
 // redirect hands the devmap program an skb without the XDP metadata, so no
 // clone could be restored (measured: none arrived), and Apply fails with
 // dataplane.ErrNotSupported naming the input. The stage program loads with the rest of the collection:
-// cpumap programs need kernel 5.9, which bpf_link XDP attachment needs too. Measured with
-// BenchmarkMirrorForwarding at saturation (a flood faster than either CPU
-// forwards): primary forwarding at 0.83-1.06 of the unmirrored rate, with
-// the stage behind and shedding most clones (6-8 % delivered); inline, every
-// clone is delivered and primary forwarding falls to 0.43. Below
-// saturation both deliver every clone (TestMirrorStage: a 1000-frame burst,
-// all handed over, none shed). Counters, scope "mirror": mirror_stage_cpus,
+// cpumap programs need kernel 5.9, which bpf_link XDP attachment needs too.
+// At saturation (a flood faster than either CPU forwards,
+// BenchmarkMirrorForwarding) primary forwarding keeps about its unmirrored
+// rate while the stage sheds most clones; inline, every clone is
+// delivered and primary forwarding falls by more than half (figures in
+// docs/benchmarks.md). Below saturation both deliver every clone
+// (TestMirrorStage: a 1000-frame burst, all handed over, none shed). Counters, scope "mirror": mirror_stage_cpus,
 // mirror_stage_handed_packets, mirror_stage_forwarded_inline_packets,
 // mirror_stage_lost_packets, mirror_stage_in_flight.
 //
@@ -198,7 +238,8 @@
 // refuses the clone in the kernel, after the program returned; the primary
 // copy is a separate frame queued to its own device. In the lab, with the
 // mirror port's receive in a thread so that it competes like a slow remote
-// port, a port taking 4 % of the clones cost the primary nothing. One
+// port, a port taking a small share of the clones cost the primary nothing
+// (TestMirrorSinkSaturated). One
 // shared fate remains: if the kernel cannot allocate the page for the copy,
 // the broadcast fails and the primary frame is lost too (memory pressure
 // only).
@@ -243,9 +284,9 @@
 // old value has finished, so that the next Apply can rewrite that slot: XDP
 // runs inside an RCU read-side section, and updating an element of a
 // one-element map-in-map (created for this, not used by the program) makes
-// the kernel synchronize_rcu() before the syscall returns. That costs about
-// 0.1 ms on an idle machine (tens of ms under load); should the map-in-map
-// be unavailable Apply sleeps 50 ms instead. It also means that when Apply
+// the kernel synchronize_rcu() before the syscall returns: one RCU grace
+// period, short on an idle machine, longer under load; should the
+// map-in-map be unavailable Apply sleeps 50 ms instead. It also means that when Apply
 // returns, every packet runs the new configuration.
 //
 // # Outliving the process
@@ -302,10 +343,12 @@
 //
 // A *Backend is safe for concurrent use. Apply calls are serialised;
 // ResourceStats and Sessions run concurrently with Apply and with the
-// datapath (they read maps, the program takes no lock). Close waits for a
-// running Apply, then detaches everything; it is idempotent and safe on a
+// datapath (they read maps, the program takes no lock); ClearSessions is
+// serialised with Apply. Close waits for a running Apply, then detaches
+// everything and removes what it pinned; it is idempotent and safe on a
 // nil *Backend. Without Options.PinDir nothing is pinned, so a crashed
 // process leaves no program attached (the bpf_links die with it) and the
-// kernel then forwards unfiltered; with it the dataplane outlives the
-// process (see "Outliving the process").
+// kernel then forwards unfiltered: fail open, which is why fwd pins by
+// default; with it the dataplane outlives the process (see "Outliving the
+// process").
 package ebpfbackend

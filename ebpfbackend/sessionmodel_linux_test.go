@@ -16,8 +16,13 @@ import (
 )
 
 // The session model (dataplane/session.go) driven with crafted frames
-// through the kernel's test-run, for both program types: TCP states from
-// flags, timeouts per state, assured sessions, early drop, zones.
+// through the kernel's test-run. The shared conformance suite
+// (internal/dptest, "sessions/*") checks the model with real traffic on
+// both backends; on veths the eBPF backend attaches its TC program, so
+// what stays here is what the suite cannot see: the XDP program's copy of
+// the state machine (TCP states, pickup, UDP and zones, through xdpOnly),
+// exact early-drop arithmetic with the sweep switched off (both programs)
+// and early drop across CPUs.
 
 type smLab struct {
 	l    *fibLab
@@ -113,12 +118,18 @@ func forBothPrograms(t *testing.T, fn func(t *testing.T, tc bool)) {
 	t.Run("tc", func(t *testing.T) { fn(t, true) })
 }
 
+// xdpOnly runs fn on the XDP program: the conformance suite runs the TC
+// program with real traffic.
+func xdpOnly(t *testing.T, fn func(t *testing.T, tc bool)) {
+	t.Run("xdp", func(t *testing.T) { fn(t, false) })
+}
+
 // TestSessionModelTCP: only a SYN opens a TCP session; the handshake makes
 // it established and assured; FIN from each side closes it; RST closes at
 // once; a SYN on a closed session starts a new one; closed sessions leave
 // after their short timeout.
 func TestSessionModelTCP(t *testing.T) {
-	forBothPrograms(t, func(t *testing.T, tc bool) {
+	xdpOnly(t, func(t *testing.T, tc bool) {
 		s := newSMLab(t, tc, func(c *dataplane.Config) {
 			c.Timeouts.TCPClosed = dataplane.Duration(time.Second)
 		}, Options{SessionSweepInterval: 100 * time.Millisecond})
@@ -204,7 +215,7 @@ func TestSessionModelTCP(t *testing.T) {
 // opens an established, unassured session (an RST never does); the reply
 // makes it assured.
 func TestSessionModelPickup(t *testing.T) {
-	forBothPrograms(t, func(t *testing.T, tc bool) {
+	xdpOnly(t, func(t *testing.T, tc bool) {
 		s := newSMLab(t, tc, func(c *dataplane.Config) { c.Sessions.TCPPickup = true }, Options{})
 		if got := s.tcp(t, true, 40200, 80, packet.TCPRst); got != xdpDrop {
 			t.Errorf("rst with pickup: %s, want DROP", actionNames[got])
@@ -224,7 +235,7 @@ func TestSessionModelPickup(t *testing.T) {
 // the session arriving from an interface of another zone is dropped and
 // counted, and changes nothing.
 func TestSessionModelUDPAndZones(t *testing.T) {
-	forBothPrograms(t, func(t *testing.T, tc bool) {
+	xdpOnly(t, func(t *testing.T, tc bool) {
 		s := newSMLab(t, tc, nil, Options{})
 		if got := s.udp(t, true, 40300, 53); got != xdpRedirect {
 			t.Fatalf("udp: %s", actionNames[got])
@@ -324,28 +335,6 @@ func TestSessionModelFullTable(t *testing.T) {
 			t.Errorf("sessions %d, want the full %d", c.IPv4, size)
 		}
 	})
-}
-
-// TestClearSessions ends the sessions a filter selects, and nothing else.
-func TestClearSessions(t *testing.T) {
-	s := newSMLab(t, false, nil, Options{})
-	for p := uint16(5000); p < 5010; p++ {
-		s.udp(t, true, p, 53)
-	}
-	s.tcp(t, true, 6000, 80, packet.TCPSyn)
-	if _, err := s.b.ClearSessions(context.Background(), dataplane.SessionFilter{Protocol: "sctpx"}); err == nil {
-		t.Error("a bad filter was accepted")
-	}
-	n, err := s.b.ClearSessions(context.Background(), dataplane.SessionFilter{Protocol: "udp", Port: 53, Zone: "inside"})
-	if err != nil || n != 10 {
-		t.Fatalf("ClearSessions = %d, %v; want 10", n, err)
-	}
-	if c := sessionCounts(t, s.b); c.Total != 1 {
-		t.Errorf("sessions left %d, want the tcp one", c.Total)
-	}
-	if v := counterOf(t, s.b, dataplane.CounterSessionsCleared); v != 10 {
-		t.Errorf("%s = %d, want 10", dataplane.CounterSessionsCleared, v)
-	}
 }
 
 // TestSessionModelEarlyDropAcrossCPUs: a flood created on one CPU is

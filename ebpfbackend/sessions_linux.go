@@ -112,7 +112,7 @@ const walkChunk = 1024
 
 // walkSessions reads both session tables with BPF_MAP_LOOKUP_BATCH (the
 // cursor is a bucket index, so churn does not restart the walk as a
-// next-key walk would: seeds/004, internal/mapcount) and calls fn for each
+// next-key walk would: see internal/mapcount) and calls fn for each
 // entry. fn says whether to delete the entry (done in batches after each
 // chunk) and whether to stop.
 func walkSessions(ctx context.Context, objs *fwObjects, fn func(e *sessionEntry) (del, stop bool)) (deleted int, err error) {

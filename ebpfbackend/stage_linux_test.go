@@ -131,12 +131,12 @@ func TestMirrorStage(t *testing.T) {
 	// through it, none shed.
 	frame := m.udp4(40000, mirrorPort, 18)
 	m.flood(t, frame, 100)
-	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	s0, v0 := m.settle(t, m.sink), m.settle(t, m.server)
 	c0, _ := m.counts(t)
 	_, h0, i0, _, _ := m.stageState(t)
 	const n = 1000
 	m.flood(t, frame, n)
-	sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0
+	sink, server := m.settle(t, m.sink)-s0, m.settle(t, m.server)-v0
 	c1, _ := m.counts(t)
 	_, h1, i1, _, _ := m.stageState(t)
 	t.Logf("burst of %d: server %d, sink %d, handed to the stage %d, forwarded inline %d, shed %d", n, server, sink, h1-h0, i1-i0, c1.Backlog-c0.Backlog)
@@ -155,7 +155,7 @@ func TestMirrorStage(t *testing.T) {
 	}
 	_, h0, _, _, _ = m.stageState(t)
 	m.flood(t, frame, n)
-	settle(t, m.server)
+	m.settle(t, m.server)
 	if _, h1, _, _, _ = m.stageState(t); h1 != h0 {
 		t.Errorf("rate 10: %d frames handed to the stage, want 0", h1-h0)
 	}
@@ -178,9 +178,9 @@ func TestMirrorInlineOption(t *testing.T) {
 	m.applyRate1(t)
 	frame := m.udp4(40000, mirrorPort, 18)
 	m.flood(t, frame, 100)
-	s0 := settle(t, m.sink)
+	s0 := m.settle(t, m.sink)
 	m.flood(t, frame, 1000)
-	if n := settle(t, m.sink) - s0; n != 1000 {
+	if n := m.settle(t, m.sink) - s0; n != 1000 {
 		t.Errorf("sink received %d of 1000 clones", n)
 	}
 	cpus, handed, _, queues, targets := m.stageState(t)
@@ -205,7 +205,7 @@ func TestMirrorStageStarved(t *testing.T) {
 	m.applyRate1(t)
 	frame := m.udp4(40000, mirrorPort, 18)
 	m.flood(t, frame, 100)
-	settle(t, m.server)
+	m.settle(t, m.server)
 
 	// Pretend every CPU handed over 3500 frames the stage never took:
 	// more than FW_STAGE_LIMIT in flight.
@@ -235,6 +235,8 @@ func TestMirrorStageStarved(t *testing.T) {
 	lost0 := lost()
 
 	for round := range 2 {
+		// Plain settles: the phantom frames never leave the stage's
+		// count, and these frames are forwarded inline.
 		s0, v0 := settle(t, m.sink), settle(t, m.server)
 		c0, _ := m.counts(t)
 		_, h0, i0, _, _ := m.stageState(t)
@@ -264,10 +266,10 @@ func TestMirrorStageStarved(t *testing.T) {
 	if _, err := m.b.Apply(ctx, m.config(1)); err != nil {
 		t.Fatalf("Apply with mirroring: %v", err)
 	}
-	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	s0, v0 := m.settle(t, m.sink), m.settle(t, m.server)
 	_, h0, _, _, _ := m.stageState(t)
 	m.flood(t, frame, 1000)
-	sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0
+	sink, server := m.settle(t, m.sink)-s0, m.settle(t, m.server)-v0
 	_, h1, _, _, _ := m.stageState(t)
 	t.Logf("after new queues: written off %d, handed %d, server %d, sink %d", lost()-lost0, h1-h0, server, sink)
 	// The phantoms were written into live per-CPU state: a stray ND or
@@ -327,9 +329,9 @@ func TestMirrorRefusedOnGenericXDP(t *testing.T) {
 	}
 	frame := m.udp4(40000, mirrorPort, 18)
 	m.flood(t, frame, 100)
-	s0, v0 := settle(t, m.sink), settle(t, m.server)
+	s0, v0 := m.settle(t, m.sink), m.settle(t, m.server)
 	m.flood(t, frame, 1000)
-	if sink, server := settle(t, m.sink)-s0, settle(t, m.server)-v0; server != 1000 || sink != 0 {
+	if sink, server := m.settle(t, m.sink)-s0, m.settle(t, m.server)-v0; server != 1000 || sink != 0 {
 		t.Errorf("after the refused Apply: server %d (want 1000), sink %d (want 0)", server, sink)
 	}
 	if _, _, _, queues, targets := m.stageState(t); queues != 0 || len(targets) != 0 {

@@ -51,6 +51,7 @@ const (
 	cNATUntranslated
 	cNATClash
 	cNATICMPTranslated
+	cPassNoNeighbor
 	numCounters
 )
 
@@ -100,6 +101,7 @@ var counterNames = [numCounters]string{
 	cNATUntranslated:     "dropped_nat_untranslated",
 	cNATClash:            "dropped_nat_clash",
 	cNATICMPTranslated:   "nat_icmp_errors_translated",
+	cPassNoNeighbor:      "passed_no_neighbor",
 }
 
 // counterSet is written by one worker (batched, once per RX batch) and

@@ -26,9 +26,14 @@
 // bypass the policy), and for a new flow ask policy.Set.Decide and insert
 // the session. The next hop's MAC comes from the neighbour table
 // (internal/neigh, a netlink-fed mirror of the kernel's); without an entry
-// the worker asks the kernel to resolve it and drops the frame
-// (dropped_no_neighbor): passing it to the kernel would let the kernel
-// forward around the dataplane, and the flow's next packet finds the entry.
+// the worker finishes the packet as for forwarding and writes it to a raw
+// socket bound to the chosen egress (kernelpass_linux.go,
+// passed_no_neighbor): the kernel resolves the next hop, holds the packet
+// meanwhile and sends it, as it does for the eBPF backend's XDP_PASS, so
+// a flow's first packet is not lost. The kernel's output path only
+// routes it out of that egress; it never judges or forwards it around
+// the dataplane. When the hand-off queue is full the packet is dropped
+// (dropped_no_neighbor); the flow's next packets find the entry.
 // Non-first fragments are dropped (no ports to check). A VLAN tag is
 // removed on the way out: egress is the routed, untagged interface.
 //

@@ -200,7 +200,7 @@ func checkUMEM(t testing.TB, b *Backend, drained bool) {
 // ring (TX completions are reaped by the next loop iterations).
 func waitDrained(t testing.TB, b *Backend) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		ok := true
 		for _, r := range report(t, b).Resources {

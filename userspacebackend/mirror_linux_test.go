@@ -214,11 +214,11 @@ func TestIntegrationMirrorSampling(t *testing.T) {
 	const rate, n = 10, 100_000
 	b := newBackend(t, e.labEnv, nil, mirrorConfig(l, rate))
 	flood(t, l, floodFrame(l, 40000), 1) // session and flow cache warm
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b)                    // the worker has judged every frame and published its counters
 	scope := l.FwClientIf + "/q0"
 	rx0, sink0, c0 := bindingReceived(t, b, scope), sinkCount(t, e.sinkCnt), mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 1024)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	rx := bindingReceived(t, b, scope) - rx0
 	c1 := mirrorStats(t, b, l.FwClientIf, l.FwSinkIf)
 	var c [numMirror]uint64
@@ -284,7 +284,7 @@ func primaryRun(t testing.TB, e *mirrorEnv, b *Backend, n uint64) (mc [numMirror
 	c0, rx0 := mirrorStats(t, b, l.FwClientIf, l.FwSinkIf), bindingReceived(t, b, scope)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 256)
 	srv := waitSink(t, e.serverCnt, srv0+n) - srv0
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	fwd := counter(t, b, "forwarded") - fwd0
 	if srv != fwd || fwd != n {
 		t.Errorf("primary: sent %d, forwarded %d, server counted %d", n, fwd, srv)
@@ -308,6 +308,22 @@ func primaryRun(t testing.TB, e *mirrorEnv, b *Backend, n uint64) (mc [numMirror
 	return mc, sink, extra
 }
 
+// checkOutputUp: with the output up, every clone made reaches the sink
+// (extra: the client kernel's own frames, mirrored but not counted by the
+// sink) and no clone is dropped for the output (down or not bound). A
+// worker starved of CPU (a loaded machine) makes fewer clones by design,
+// each counted (primary_backlog, no_frame: checkMirrorAccounting), so
+// how many of the flood's frames are mirrored is not a fixed share.
+func checkOutputUp(t testing.TB, phase string, mc [numMirror]uint64, sink, extra uint64) {
+	t.Helper()
+	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || mc[mMirrored] == 0 {
+		t.Errorf("%s: sink %d, mirrored %d, extra %d (%v)", phase, sink, mc[mMirrored], extra, mc)
+	}
+	if mc[mDropDown] != 0 || mc[mDropNotBound] != 0 {
+		t.Errorf("%s: clones dropped for the output: down %d, not bound %d (%v)", phase, mc[mDropDown], mc[mDropNotBound], mc)
+	}
+}
+
 // TestIntegrationMirrorOutputDown: with the sink's link down (either end)
 // primary forwarding delivers every frame, exactly as without mirroring,
 // and the dropped clones are all accounted for; back up, mirroring
@@ -317,7 +333,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 	l := e.l
 	b := newBackend(t, e.labEnv, nil, sinkConfig(l))
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	const n = 20_000
 	// Without mirroring first: the baseline primaryRun asserts is lossless.
 	fwd0, srv0 := counter(t, b, "forwarded"), sinkCount(t, e.serverCnt)
@@ -329,9 +345,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	mc, sink, extra := primaryRun(t, e, b, n)
-	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || sink < n*99/100 {
-		t.Errorf("sink up: sink %d, mirrored %d, extra %d (%v)", sink, mc[mMirrored], extra, mc)
-	}
+	checkOutputUp(t, "sink up", mc, sink, extra)
 	for _, side := range []struct {
 		ns   *netlab.NS
 		name string
@@ -361,9 +375,7 @@ func TestIntegrationMirrorOutputDown(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	mc, sink, extra = primaryRun(t, e, b, n)
-	if sink > mc[mMirrored] || sink+extra < mc[mMirrored] || sink < n*99/100 {
-		t.Errorf("back up: sink %d, mirrored %d, extra %d (%v)", sink, mc[mMirrored], extra, mc)
-	}
+	checkOutputUp(t, "back up", mc, sink, extra)
 	waitDrained(t, b)
 	checkUMEM(t, b, true)
 }
@@ -376,7 +388,7 @@ func TestIntegrationMirrorSaturated(t *testing.T) {
 	l := e.l
 	b := newBackend(t, e.labEnv, &Options{MirrorReserve: 4}, mirrorConfig(l, 1))
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	mc, sink, _ := primaryRun(t, e, b, 20_000)
 	t.Logf("budget 4: %v, sink %d", mc, sink)
 	if mc[mDropNoFrame] == 0 {
@@ -430,7 +442,7 @@ func TestIntegrationMirrorApply(t *testing.T) {
 	// Client side is not mirrored (its rule was skipped).
 	s1 := sinkCount(t, e.sinkCnt)
 	pacedFlood(t, l, floodFrame(l, 40000), n, 250)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	if got := sinkCount(t, e.sinkCnt) - s1; got != 0 {
 		t.Errorf("client side mirrored %d frames with its rule skipped", got)
 	}
@@ -459,11 +471,11 @@ func TestIntegrationMirrorApply(t *testing.T) {
 		t.Error("the SPAN binding outlived its last rule")
 	}
 	flood(t, l, floodFrame(l, 40000), 1)
-	time.Sleep(50 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	srv0, sink0 := sinkCount(t, e.serverCnt), sinkCount(t, e.sinkCnt)
 	c0, rx0 := mirrorStats(t, b, l.FwClientIf, l.FwServerIf), bindingReceived(t, b, l.FwClientIf+"/q0")
 	pacedFlood(t, l, floodFrame(l, 40000), n, 250)
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	c1 := mirrorStats(t, b, l.FwClientIf, l.FwServerIf)
 	extra := bindingReceived(t, b, l.FwClientIf+"/q0") - rx0 - n
 	var mc [numMirror]uint64
@@ -489,7 +501,7 @@ func TestIntegrationMirrorApply(t *testing.T) {
 	if got := waitSink(t, e.serverCnt, srv0+n) - srv0; got != n {
 		t.Errorf("after removing mirroring the server counted %d, want %d", got, n)
 	}
-	time.Sleep(100 * time.Millisecond)
+	waitDrained(t, b) // the worker has judged every frame and published its counters
 	if got := sinkCount(t, e.serverCnt) - srv0; got != n {
 		t.Errorf("after removing mirroring the server counted %d, want %d", got, n)
 	}

@@ -306,6 +306,7 @@ func (r *reportRows) tableCounters(b *Backend) {
 		dataplane.Counter{Name: "neighbors_refused", Scope: g, Value: nt.Refused()},
 		dataplane.Counter{Name: "neighbor_resolves_dropped", Scope: g, Value: nt.ResolveDropped()},
 		dataplane.Counter{Name: "nat_masquerade_sessions_ended", Scope: g, Value: b.nat.masqEnded.Load()},
+		dataplane.Counter{Name: "passed_no_neighbor_refused", Scope: g, Value: b.kpass.Refused()},
 	)
 }
 

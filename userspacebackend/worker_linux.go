@@ -241,12 +241,14 @@ func (w *worker) iterate() bool {
 	bd.mu.Unlock()
 
 	w.process(snap, epoch, xb, batch[:n])
+	// Publish the batch's counts before its frames go back: a reader
+	// that sees nothing held by the worker sees every count of it.
+	bd.cnt.add(&w.c)
 
 	bd.mu.Lock()
 	_ = xb.Release(batch[:n])
 	xb.Refill()
 	bd.mu.Unlock()
-	bd.cnt.add(&w.c)
 	return true
 }
 
@@ -433,12 +435,9 @@ func (w *worker) classify(snap *snapshot, epoch uint64, in *portView, frame []by
 	}
 	mac, ok := snap.neigh.Lookup(out, nh)
 	if !ok {
-		// The kernel resolves; the flow's next packet finds the entry.
-		// Dropping (not passing to the kernel) keeps the kernel from
-		// forwarding around the dataplane.
+		// The kernel resolves; the flow's next packets find the entry.
 		snap.neigh.RequestResolve(out, nh)
-		w.c[cDropNoNeighbor]++
-		return fwd{}, false
+		return w.passToKernel(in, eg, frame, now)
 	}
 	if !icmpErr && settled(&res, t.Proto, info.TCPFlags) {
 		w.fc.Insert(in.ifindex, t, epoch, flowcache.Decision{Egress: uint32(out), DstMAC: mac, SrcMAC: eg.mac, Session: res.Ref, Dir: res.Dir, NAT: res.NAT})
@@ -457,6 +456,31 @@ func (w *worker) cachedNAT(snap *snapshot, d *flowcache.Decision, now int64, siz
 	w.xl.kind = xlPacket
 	w.xl.pkt = natRewrite{src: x.Src, sport: x.SrcPort, dst: x.Dst, dport: x.DstPort}
 	return true
+}
+
+// passToKernel finishes a judged packet whose next hop is not resolved
+// (TTL, MTU, checksum, as for forwarding) and hands the IP packet to the
+// kernel, which sends it out of eg once it has resolved the next hop
+// (kernelPass). The packet leaves through the kernel's output path, not
+// its forwarding path, so the kernel cannot route it around the
+// dataplane: the egress is the one the worker chose. An ICMP error
+// finish answers with goes back as usual; a packet that would need
+// fragmenting, or that finds the hand-off full, is dropped and counted.
+func (w *worker) passToKernel(in, eg *portView, frame []byte, now int64) (fwd, bool) {
+	r, ok := w.finish(in, fwd{eg: eg}, frame, now)
+	if !ok || r.op == opICMP {
+		return r, ok
+	}
+	info := &w.info
+	end := int(info.L3Off) + int(info.IPLen)
+	// The destination as the packet now has it: finish applied any
+	// destination NAT to the frame, not to the parsed tuple.
+	if r.op == opForward && end <= len(frame) && w.bd.be.kpass.pass(eg.ifindex, packetDst(frame[info.L3Off:end]), frame[info.L3Off:end]) {
+		w.c[cPassNoNeighbor]++
+	} else {
+		w.c[cDropNoNeighbor]++
+	}
+	return fwd{}, false
 }
 
 // newSession judges the first packet of a flow, sp, arriving on in and
@@ -753,4 +777,16 @@ func releaseOnPanic(exb *xsk.Binding, descs *[]xsk.Desc, handed *int) {
 		}
 		panic(r)
 	}
+}
+
+// packetDst is the destination address of an IPv4 or IPv6 packet (the
+// zero Addr when it is too short).
+func packetDst(ip []byte) netip.Addr {
+	if len(ip) >= 20 && ip[0]>>4 == 4 {
+		return netip.AddrFrom4([4]byte(ip[16:20]))
+	}
+	if len(ip) >= 40 && ip[0]>>4 == 6 {
+		return netip.AddrFrom16([16]byte(ip[24:40]))
+	}
+	return netip.Addr{}
 }

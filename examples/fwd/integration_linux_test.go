@@ -211,6 +211,23 @@ func TestIntegrationDaemon(t *testing.T) {
 	if err := roundTrip(l, 7001); err == nil {
 		t.Fatal("denied flow got through")
 	}
+	// The eBPF backend counts unassured sessions in its in-kernel sweep
+	// (once a second): until a sweep runs after the reply, the flow is
+	// still counted unassured (or, before the first sweep, the row has
+	// no count). Wait for that count, so that the two reads below see
+	// the same settled figures.
+	waitFor(t, "the sweep to count the replied flow as assured", 5*time.Second, func() bool {
+		rep, err := ri.dp.ResourceStats(context.Background())
+		if err != nil || rep.Sessions == nil || rep.Sessions.Unassured != 0 {
+			return false
+		}
+		for _, r := range rep.Resources {
+			if r.Name == dataplane.ResourceSessionsUnassured && (r.Used == nil || *r.Used != 0) {
+				return false
+			}
+		}
+		return true
+	})
 
 	// fwctl show system buffers --json against a direct read.
 	out, errOut, code := fwctl(t, "--socket", sock, "show", "system", "buffers", "--json")

@@ -319,7 +319,10 @@ func expires(field string) fieldCheck {
 		if err != nil {
 			t.Fatalf("tcp session: %v", err)
 		}
-		defer conn.Close()
+		// Reset, not closed: its session may have expired by then, and a
+		// FIN without a session is dropped and retransmitted for minutes
+		// into later cases' counters; an RST is one packet.
+		defer func() { conn.(*net.TCPConn).SetLinger(0); conn.Close() }()
 		if p := Ping(l.Lab.Client, l.ServerAddr4, e.Port(), 2*time.Second); p.Outcome != Answered {
 			t.Fatalf("icmp session: %s", p)
 		}

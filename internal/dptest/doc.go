@@ -34,7 +34,18 @@
 // [Divergences] lists where a backend does not yet do what a case checks
 // (case, backend, issue). The case still runs there: a failure is reported
 // as a skip naming the divergence, and a pass fails the test, so the entry
-// is removed with the fix. [Fields] lists every field of dataplane.Config
+// is removed with the fix (unless the entry is Intermittent: its showing
+// depends on timing, and a pass is logged).
+//
+// # Exact counts on a shared lab
+//
+// Counters are global and earlier cases may leave packets in flight (a
+// retransmission, an RST of a closed test server). A case that needs an
+// exact count reads its baseline with [Env.Settle] (counters still for
+// 300 ms) and checks with [Env.Exactly] (the rise, then still again);
+// [Env.ClearAll] starts a case's listing from nothing. Cases close test
+// connections with an RST where the session may already be gone, so that
+// nothing retransmits into a later case. [Fields] lists every field of dataplane.Config
 // with what each backend does with it; the "config/fields" case observes
 // it, and TestFieldsCoverConfig fails when a field has no entry.
 //

@@ -60,8 +60,6 @@ func both(w Want) map[dataplane.Mode]Want { return map[dataplane.Mode]Want{ebpfM
 // natWant: both backends translate; the nat/* cases observe each field.
 var natWant = both(Honoured)
 
-const sessionModel = "session model: the lead (eBPF datapath) and the userspace helper are implementing it (dataplane/session.go); its cases will observe this field"
-
 // Fields is the table of every config field.
 var Fields = []Field{
 	{Path: "interfaces[].name"},
@@ -89,15 +87,15 @@ var Fields = []Field{
 	{Path: "timeouts.udp"},
 	{Path: "timeouts.icmp"},
 	{Path: "timeouts.other"},
-	{Path: "timeouts.tcp_opening", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.tcp_closing", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.tcp_closed", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.udp_unreplied", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.icmp_unreplied", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.other_unreplied", Want: both(Pending), Note: sessionModel},
-	{Path: "timeouts.early_aging_factor", Want: both(Pending), Note: sessionModel},
-	{Path: "sessions.tcp_pickup", Want: both(Pending), Note: sessionModel},
-	{Path: "sessions.keep_on_policy_change", Want: both(Pending), Note: sessionModel},
+	{Path: "timeouts.tcp_opening", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.tcp_closing", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.tcp_closed", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.udp_unreplied", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.icmp_unreplied", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.other_unreplied", Case: "sessions/timeouts by state"},
+	{Path: "timeouts.early_aging_factor", Case: "sessions/early aging"},
+	{Path: "sessions.tcp_pickup", Case: "sessions/tcp syn check and pickup"},
+	{Path: "sessions.keep_on_policy_change", Case: "sessions/policy change"},
 	{Path: "port_mirroring[].input", Case: "mirror/clones"},
 	{Path: "port_mirroring[].output", Case: "mirror/clones"},
 	{Path: "port_mirroring[].rate", Case: "mirror/clones"},

@@ -372,6 +372,10 @@ func runCase(t *testing.T, e *Env, c Case) {
 	}()
 	<-done
 	if !r.Failed() {
+		if d.Intermittent {
+			t.Logf("known intermittent divergence (%s) did not show on the %s backend this run: %s", d.Issue, e.Mode, d.Why)
+			return
+		}
 		t.Errorf("known divergence (%s) no longer diverges on the %s backend: remove it from dptest.Divergences", d.Issue, e.Mode)
 		return
 	}

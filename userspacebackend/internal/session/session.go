@@ -315,6 +315,16 @@ func (t *Table) timeoutOf(k4 uint64) int64 {
 	return tt.norm[c][st]
 }
 
+// TimeoutOf returns the idle timeout, in nanoseconds, of a session of
+// IP protocol proto in state st now (early aging included).
+func (t *Table) TimeoutOf(proto uint8, st dataplane.SessionState) int64 {
+	tt := t.tt.Load()
+	if t.aging.Load() {
+		return tt.aged[protoClass(proto)][st&7]
+	}
+	return tt.norm[protoClass(proto)][st&7]
+}
+
 // grow adds d (+1 or -1) to the table's fill and flips early aging when
 // the fill crosses 80 %.
 func (t *Table) grow(d int64) {

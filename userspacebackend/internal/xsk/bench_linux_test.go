@@ -14,8 +14,8 @@ import (
 )
 
 // BenchmarkRX receives b.N frames from a live-frames flood in a busy loop,
-// returning each batch to the fill ring at once (the shape of the
-// kernel-facts "AF_XDP receive, busy loop" row).
+// returning each batch to the fill ring at once: the receive ceiling a
+// busy-looping AF_XDP socket reaches on this kernel.
 func BenchmarkRX(b *testing.B) {
 	f := newFixture(b)
 	bd := f.open(b, &Options{Shim: f.shim})
