@@ -181,6 +181,18 @@ struct {
 	__type(value, struct fw_flow);
 } fw_flow_cache SEC(".maps");
 
+/* A generation per flow-cache slot, shared by every CPU: a SYN that
+ * reopens a closed session's tuple bumps its slots, so the old
+ * connection's entries on every CPU miss (they would forward the new
+ * handshake's packets past the session's state tracking). Read on every
+ * cache hit, written only on a reopen. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} fw_flow_gen SEC(".maps");
+
 /* Port mirroring. fw_mirror_on holds the number of rules: a non-mirroring
  * config costs one inlined array load per packet. */
 struct {
@@ -703,7 +715,7 @@ static __always_inline __u32 sess_state(__u8 proto, __u32 f)
 static __always_inline int sess_assured(__u8 proto, __u32 f)
 {
 	if (proto == IPPROTO_TCP)
-		return (f & (FW_SF_ESTABLISHED | FW_SF_REPLY)) == (FW_SF_ESTABLISHED | FW_SF_REPLY);
+		return (f & FW_SF_ASSURED) != 0;
 	return (f & FW_SF_REPLY) != 0;
 }
 
@@ -1624,14 +1636,17 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
  * same config flip, not expired, the interface the session's zones allow
  * for this direction, no bigger than what the FIB's MTU check accepted,
  * and, for XDP, an egress that takes XDP redirects. */
-static __always_inline int fast_valid(const struct fw_flow *fc, __u32 len, __u32 in, const int tc)
+static __always_inline int fast_valid(const struct fw_flow *fc, __u32 idx, __u32 len, __u32 in, const int tc)
 {
 	__u32 zero = 0;
 	__u32 *activep = bpf_map_lookup_elem(&fw_active, &zero);
 	if (!activep)
 		return 0;
-	return fc->active == *activep && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && len && len <= fc->len_ok &&
-	       fc->in_ifindex == in && (tc || fc->xdp_tx);
+	__u32 *gen = bpf_map_lookup_elem(&fw_flow_gen, &idx);
+	if (!gen)
+		return 0;
+	return fc->active == *activep && fc->gen == *gen && (__s64)(fc->expire_j - bpf_jiffies64()) > 0 && len &&
+	       len <= fc->len_ok && fc->in_ifindex == in && (tc || fc->xdp_tx);
 }
 
 static __always_inline int fast_hit(struct fw_flow *fc, __u64 bytes, __u8 family, struct fw_out *o)
@@ -1700,7 +1715,7 @@ static __always_inline int fast4(void *ctx, const int tc, struct ethhdr *eth, vo
 	w4 = RELOAD32(l4) | ((__u64)iph->protocol << 32) | (4ULL << 40);
 	if (((k[0] ^ RELOAD32(&iph->saddr)) | k[1] | (k[2] ^ RELOAD32(&iph->daddr)) | k[3] | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
+	if (!fast_valid(fc, idx, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
 	return fast_hit(fc, ctx_len(ctx, tc), 4, o);
 }
@@ -1745,7 +1760,7 @@ static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, vo
 	if (((k[0] ^ addr_word(&ip6->saddr, 0)) | (k[1] ^ addr_word(&ip6->saddr, 1)) |
 	     (k[2] ^ addr_word(&ip6->daddr, 0)) | (k[3] ^ addr_word(&ip6->daddr, 1)) | (k[4] ^ w4)) != 0)
 		return -1;
-	if (!fast_valid(fc, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
+	if (!fast_valid(fc, idx, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
 		return -1;
 	return fast_hit(fc, ctx_len(ctx, tc), 6, o);
 }
@@ -1877,7 +1892,29 @@ struct fw_env {
 	struct fw_flow *fc;
 	int fc_same;
 	int cache_pkt;
+	__u32 gen; /* fw_flow_gen of the packet's slot */
 };
+
+/* Bumps the flow-cache generation of both directions' slots of a tuple
+ * (as the packets carry it): entries filled before miss on every CPU. */
+static __always_inline void flow_gen_bump(const struct fw_flow_key *k)
+{
+	struct fw_flow_key r = {};
+	__builtin_memcpy(r.saddr, k->daddr, sizeof(r.saddr));
+	__builtin_memcpy(r.daddr, k->saddr, sizeof(r.daddr));
+	r.sport = k->dport;
+	r.dport = k->sport;
+	r.proto = k->proto;
+	r.family = k->family;
+	__u32 idx = flow_slot(k);
+	__u32 *g = bpf_map_lookup_elem(&fw_flow_gen, &idx);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+	idx = flow_slot(&r);
+	g = bpf_map_lookup_elem(&fw_flow_gen, &idx);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
 
 /* Fills the CPU's flow cache slot with hop for a bounded time: at most the
  * refresh interval (so the session's last-seen and totals lag by no more)
@@ -1904,6 +1941,7 @@ static __always_inline void fw_cache_fill(struct fw_env *e, const struct pkt *p,
 	fc->packets = 0;
 	fc->bytes = 0;
 	fc->active = e->active;
+	fc->gen = e->gen;
 	fc->ifindex = hop->ifindex;
 	__builtin_memcpy(fc->smac, hop->smac, ETH_ALEN);
 	__builtin_memcpy(fc->dmac, hop->dmac, ETH_ALEN);
@@ -1982,6 +2020,14 @@ static __noinline void sess_touch(struct fw_sess_val *sv, const struct pkt *p, i
 			add |= from_init ? FW_SF_FIN_INIT : FW_SF_FIN_RESP;
 		if (from_init && ((f | add) & FW_SF_REPLY) && (tf & TCP_ACK) && !(tf & TCP_SYN))
 			add |= FW_SF_ESTABLISHED;
+		/* Assured once a packet in the reply direction has been seen
+		 * and the session is established, by a packet that leaves it so
+		 * (neither FIN nor RST, none seen before): the handshake's last
+		 * ACK, or a picked-up session's first ordinary reply. */
+		__u32 nf = f | add;
+		if (!(tf & (TCP_RST | TCP_FIN)) && (nf & (FW_SF_REPLY | FW_SF_ESTABLISHED)) == (FW_SF_REPLY | FW_SF_ESTABLISHED) &&
+		    !(nf & (FW_SF_RST | FW_SF_FIN_INIT | FW_SF_FIN_RESP)))
+			add |= FW_SF_ASSURED;
 	}
 	add &= ~f;
 	if (add)
@@ -2038,7 +2084,11 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 		return FWV_ABORT;
 	struct fw_flow *fc = e.fc;
 	e.fc_same = e.cache_pkt && flow_key_eq(&fc->key, &p->k);
-	if (e.fc_same && fc->active == e.active && (__s64)(fc->expire_j - e.now_j) > 0 && p->tot_len <= fc->len_ok &&
+	__u32 *genp = bpf_map_lookup_elem(&fw_flow_gen, &fidx);
+	if (!genp)
+		return FWV_ABORT;
+	e.gen = *genp;
+	if (e.fc_same && fc->active == e.active && fc->gen == e.gen && (__s64)(fc->expire_j - e.now_j) > 0 && p->tot_len <= fc->len_ok &&
 	    fc->in_ifindex == e.in_ifindex && (tc || fc->xdp_tx)) {
 		fc->packets += 1;
 		fc->bytes += e.bytes;
@@ -2103,6 +2153,7 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 			else
 				bpf_map_delete_elem(&fw_sessions_v6, key);
 			cnt->c[FW_CNT_SESSION_REOPENED] += 1;
+			flow_gen_bump(&p->wire);
 			sv = NULL;
 			live = 0;
 			goto route;

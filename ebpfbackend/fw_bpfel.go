@@ -86,6 +86,8 @@ type fwFwFlow struct {
 	NatSport  uint16
 	NatDport  uint16
 	Xlate     uint32
+	Gen       uint32
+	Pad2      uint32
 	_         [4]byte
 }
 
@@ -414,6 +416,7 @@ const (
 	fwMapFwCpus          = "fw_cpus"
 	fwMapFwDnatRules     = "fw_dnat_rules"
 	fwMapFwFlowCache     = "fw_flow_cache"
+	fwMapFwFlowGen       = "fw_flow_gen"
 	fwMapFwIfZone        = "fw_if_zone"
 	fwMapFwMirrorCounts  = "fw_mirror_counts"
 	fwMapFwMirrorOn      = "fw_mirror_on"
@@ -508,6 +511,7 @@ type fwMapSpecs struct {
 	FwCpus          *ebpf.MapSpec `ebpf:"fw_cpus"`
 	FwDnatRules     *ebpf.MapSpec `ebpf:"fw_dnat_rules"`
 	FwFlowCache     *ebpf.MapSpec `ebpf:"fw_flow_cache"`
+	FwFlowGen       *ebpf.MapSpec `ebpf:"fw_flow_gen"`
 	FwIfZone        *ebpf.MapSpec `ebpf:"fw_if_zone"`
 	FwMirrorCounts  *ebpf.MapSpec `ebpf:"fw_mirror_counts"`
 	FwMirrorOn      *ebpf.MapSpec `ebpf:"fw_mirror_on"`
@@ -570,6 +574,7 @@ type fwMaps struct {
 	FwCpus          *ebpf.Map `ebpf:"fw_cpus"`
 	FwDnatRules     *ebpf.Map `ebpf:"fw_dnat_rules"`
 	FwFlowCache     *ebpf.Map `ebpf:"fw_flow_cache"`
+	FwFlowGen       *ebpf.Map `ebpf:"fw_flow_gen"`
 	FwIfZone        *ebpf.Map `ebpf:"fw_if_zone"`
 	FwMirrorCounts  *ebpf.Map `ebpf:"fw_mirror_counts"`
 	FwMirrorOn      *ebpf.Map `ebpf:"fw_mirror_on"`
@@ -608,6 +613,7 @@ func (m *fwMaps) Close() error {
 		m.FwCpus,
 		m.FwDnatRules,
 		m.FwFlowCache,
+		m.FwFlowGen,
 		m.FwIfZone,
 		m.FwMirrorCounts,
 		m.FwMirrorOn,

@@ -22,6 +22,7 @@ const (
 	sfFinInit     = 0x04
 	sfFinResp     = 0x08
 	sfRST         = 0x10
+	sfAssured     = 0x20
 )
 
 // sessState is the datapath's sess_state: a session's state follows from
@@ -47,7 +48,7 @@ func sessState(proto uint8, f uint32) dataplane.SessionState {
 // sessAssured is the datapath's sess_assured.
 func sessAssured(proto uint8, f uint32) bool {
 	if proto == 6 {
-		return f&(sfEstablished|sfReply) == sfEstablished|sfReply
+		return f&sfAssured != 0
 	}
 	return f&sfReply != 0
 }

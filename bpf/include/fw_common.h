@@ -94,6 +94,7 @@ enum fw_proto_class {
 #define FW_SF_FIN_INIT 0x04    /* TCP: FIN from the initiator */
 #define FW_SF_FIN_RESP 0x08    /* TCP: FIN from the responder */
 #define FW_SF_RST 0x10         /* TCP: RST from either side */
+#define FW_SF_ASSURED 0x20     /* TCP: a reply left it established (sess_touch) */
 
 /* Session states, as dataplane.SessionState numbers them. */
 enum fw_sess_state {
@@ -375,6 +376,8 @@ struct fw_flow {
 	__u16 nat_sport;
 	__u16 nat_dport;
 	__u32 xlate;
+	__u32 gen;       /* fw_flow_gen[slot] it was filled under */
+	__u32 pad2;
 };
 
 /* Port mirroring. A rule is keyed by its ingress ifindex; stats are per
