@@ -44,6 +44,7 @@ func synCheck(t testing.TB, e *Env) {
 		t.Fatal(err)
 	}
 	defer cap.Close()
+	e.QuiesceTCP(t)
 	before := e.Settle(t, notSYN, "dropped_policy")
 	var frames [][]byte
 	for _, f := range []uint8{packet.TCPAck, packet.TCPSyn | packet.TCPAck, packet.TCPFin | packet.TCPAck,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/netlab"
 	"github.com/fwplane/fwplane/internal/packet"
 )
 
@@ -377,4 +379,20 @@ func describe(list []dataplane.Session) string {
 		s += fmt.Sprintf("\n  %s %s -> %s %s assured=%v %s->%s", se.Protocol, se.Source, se.Destination, se.State, se.Assured, se.FromZone, se.ToZone)
 	}
 	return s
+}
+
+// QuiesceTCP aborts every TCP connection of the lab's client and server
+// (`ss -K`, SOCK_DESTROY: each sends an RST) and lets the counters
+// settle. Earlier cases' connections whose sessions a config change ended
+// retransmit their FINs and data for minutes with growing gaps, each a
+// packet without a SYN the dataplane drops and counts; a case that counts
+// such drops exactly starts from a quiet lab instead of hoping for one.
+func (e *Env) QuiesceTCP(t testing.TB) {
+	t.Helper()
+	for _, ns := range []*netlab.NS{e.Lab.Lab.Client, e.Lab.Lab.Server} {
+		out, err := exec.Command("ip", "netns", "exec", ns.Name, "ss", "-K", "-t", "state", "connected").CombinedOutput()
+		if err != nil {
+			t.Fatalf("abort TCP connections in %s: %v: %s", ns.Name, err, out)
+		}
+	}
 }
