@@ -34,11 +34,22 @@
 // # Trend and time to full
 //
 // [Recorder.Trends] fits a least-squares line through the last
-// Options.TrendWindow of fine samples (default 60 s) of each row. The
-// change per minute is the slope times 60, shown once the window holds at
-// least 10 samples spanning half the window. "Full in" (capacity minus
-// the last count, over the slope) is shown only while the row is rising
-// steadily:
+// Options.TrendWindow of fine samples of each row. The change per minute
+// is the slope times 60, shown once the window holds at least 10 samples
+// spanning half the window. So that a long sampling interval cannot
+// silently disable trends, the window scales with the interval:
+//
+//	window = min(max(TrendWindow, 12 × Interval), Fine × Interval)
+//
+// With the defaults (60 s, 1 s, 300) that is 60 s; at a 10 s interval
+// 2 min, at 1 min 12 min (12 intervals: the 10 samples and two to spare
+// for a late tick). At a short interval the window is capped at the fine
+// ring's span (100 ms × 300 = 30 s), which still holds 300 samples.
+// Fine is raised to at least 12. [Recorder.Options] and [Stats] give the
+// window in force; [Trend].Window the span actually fitted.
+//
+// "Full in" (capacity minus the last count, over the slope) is shown only
+// while the row is rising steadily:
 //
 //   - the fitted rise over the window is at least 1 entry and at least
 //     0.1 % of the capacity (else the row is "flat", or "falling" when

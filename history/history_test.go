@@ -123,6 +123,50 @@ func TestTrendWarmsUpAndFull(t *testing.T) {
 	}
 }
 
+// The trend window scales with the sampling interval, so a long interval
+// still gives trends (a fixed 60 s window holds 6 samples at 10 s, fewer
+// than the 10 a trend needs), and a short one is capped at the fine ring.
+func TestTrendWindowScalesWithInterval(t *testing.T) {
+	tests := []struct {
+		interval   time.Duration
+		fine       int
+		wantWindow time.Duration
+	}{
+		{time.Second, 0, time.Minute},
+		{6 * time.Second, 0, 72 * time.Second},
+		{10 * time.Second, 0, 2 * time.Minute},
+		{time.Minute, 0, 12 * time.Minute},
+		{100 * time.Millisecond, 0, 30 * time.Second}, // capped at 300 fine samples
+		{time.Second, 5, 12 * time.Second},            // Fine raised to 12
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/fine%d", tt.interval, tt.fine), func(t *testing.T) {
+			r := New(nil, &Options{Interval: tt.interval, Fine: tt.fine})
+			if got := r.Options().TrendWindow; got != tt.wantWindow {
+				t.Errorf("trend window %s, want %s", got, tt.wantWindow)
+			}
+			if got := r.Stats().TrendWindow; got != tt.wantWindow {
+				t.Errorf("Stats().TrendWindow %s, want %s", got, tt.wantWindow)
+			}
+			// A row rising 1000 entries per sample, sampled at
+			// the interval for as long as the window.
+			const capacity = 10_000_000
+			n := int(tt.wantWindow / tt.interval)
+			for i := range n {
+				r.Record(report(tableRow("sessions", capacity, uint64(1000+1000*i))), t0.Add(time.Duration(i)*tt.interval))
+			}
+			tr, _ := r.Trend("sessions", "global")
+			if tr.Estimate != EstimateRising || tr.PerMinute == nil {
+				t.Fatalf("after %d samples at %s: %+v, want rising", n, tt.interval, tr)
+			}
+			want := 1000 * float64(time.Minute) / float64(tt.interval)
+			if !within(*tr.PerMinute, want, 0.05) {
+				t.Errorf("per minute %.1f, want %.1f", *tr.PerMinute, want)
+			}
+		})
+	}
+}
+
 type logBuf struct {
 	mu sync.Mutex
 	b  bytes.Buffer

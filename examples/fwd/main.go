@@ -96,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (options, capability.Preference
 	fs.StringVar(&o.netns, "netns", "", "network namespace path to run the dataplane in (default: the current one)")
 	fs.StringVar(&o.socket, "socket", control.DefaultSocket, "control socket path")
 	fs.StringVar(&o.metrics, "metrics", DefaultMetrics, `Prometheus listen address ("" disables)`)
-	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history)")
+	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history); trends are fitted over max(1m, 12 intervals), capped at 300 intervals")
 	fs.DurationVar(&o.historyRetention, "history-retention", history.DefaultRetention, "how far back the per-minute history goes")
 	if err := fs.Parse(args); err != nil {
 		return o, "", err
