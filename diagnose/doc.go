@@ -15,7 +15,11 @@
 //	fill      Is a fill ring draining to zero; are RX buffer allocations
 //	          failing (XDP_STATISTICS)?
 //	tx        Is TX backpressure dropping frames or starving the fill
-//	          ring; are completions reaped; is an egress down?
+//	          ring; are completions reaped; is an egress down? Judged on
+//	          growth over the window (pending TX in the first snapshot vs
+//	          the last; completions held at both ends), not on one level.
+//	          On the eBPF backend TX is the kernel's: link state and the
+//	          kernel's TX drop counters only.
 //	sessions  Is the session table full or early-dropping?
 //	mirror    Is port mirroring shedding clones?
 //	drops     Drops by reason, largest first.
