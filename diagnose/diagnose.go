@@ -326,12 +326,7 @@ func checkReach(d *deltas) Check {
 		}
 	}
 	if !d.userspace() {
-		seen := d.seenByProgram()
-		c.Figures = append(c.Figures, fmt.Sprintf("the eBPF program judged %s", d.rate(seen)))
-		if managedRX >= 10 && seen == 0 {
-			c.Verdict = Failing
-			c.Next = "the managed interfaces receive but the program sees nothing: is it attached (bpftool net)?"
-		}
+		d.reachEBPF(&c, managedRX)
 	}
 	for _, name := range sortedKeys(d.links) {
 		p := d.links[name]
@@ -351,6 +346,43 @@ func checkReach(d *deltas) Check {
 		c.Next = "traffic arrives on " + name + ", which the dataplane does not manage: the kernel forwards or drops it unfiltered; add it to the config or take it down"
 	}
 	return c
+}
+
+// reachEBPF adds the eBPF program's side to the reach check. The eBPF
+// backend counts the program's verdicts for all interfaces together (one
+// per-CPU array, no per-interface counters), so received vs handed is
+// compared per interface only for what exists per interface: the
+// kernel's received packets (netlink, the dataplane's namespace) and
+// whether the program is attached there; the verdicts are compared in
+// total, and the check says so rather than split them.
+func (d *deltas) reachEBPF(c *Check, managedRX uint64) {
+	attached := map[string]string{}
+	for _, is := range d.in.After.Report.Interfaces {
+		attached[is.Name] = is.Attach
+	}
+	for _, name := range d.in.Managed {
+		rx := d.linkDelta(name, func(l *Link) uint64 { return l.RXPackets })
+		if mode, ok := attached[name]; ok || len(attached) == 0 {
+			if ok {
+				c.Figures = append(c.Figures, fmt.Sprintf("%s: program attached (%s)", name, mode))
+			}
+			continue
+		}
+		c.Figures = append(c.Figures, fmt.Sprintf("%s: no program attached (not among the backend's interfaces)", name))
+		if rx >= 10 {
+			c.Verdict = Failing
+			c.Figures = append(c.Figures, fmt.Sprintf("%s: received %s that no program judged", name, d.rate(rx)))
+			c.Next = "the program is not attached to " + name + ": check the attach reasons (fwctl show capability) and bpftool net"
+		}
+	}
+	seen := d.seenByProgram()
+	c.Figures = append(c.Figures,
+		fmt.Sprintf("the eBPF program judged %s in total, against %d received on the managed interfaces", d.rate(seen), managedRX),
+		"per-interface judged counts: not available (the eBPF backend counts its verdicts for all interfaces together)")
+	if managedRX >= 10 && seen == 0 {
+		c.Verdict = Failing
+		c.Next = "the managed interfaces receive but the program sees nothing: is it attached (bpftool net)?"
+	}
 }
 
 func checkBindings(d *deltas) Check {

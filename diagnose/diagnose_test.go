@@ -193,3 +193,42 @@ func TestTXCheckJudgesGrowth(t *testing.T) {
 		t.Errorf("filling TX ring: %s %q (next %q), want failing naming the growth", c.Verdict, c.Figures, c.Next)
 	}
 }
+
+// On the eBPF backend the program's verdicts are counted for all
+// interfaces together: the reach check compares them in total, says that
+// per-interface judged counts do not exist, and judges per interface only
+// what exists per interface (the kernel's received packets, and whether
+// the program is attached there).
+func TestReachOnEBPF(t *testing.T) {
+	counters := map[[2]string]uint64{{"forwarded", "global"}: 10, {"dropped_policy", "global"}: 0, {"passed_non_ip", "global"}: 0}
+	run := func(ifs []dataplane.InterfaceStatus, delta map[[2]string]uint64) Check {
+		in := pair(dataplane.ModeEBPF, nil, counters, delta, healthyLinks(150))
+		in.After.Report.Interfaces = ifs
+		c, _ := Run(in).Check("reach")
+		return c
+	}
+	both := []dataplane.InterfaceStatus{{Name: "fwc", Attach: dataplane.AttachedXDP}, {Name: "fws", Attach: dataplane.AttachedTC}}
+	c := run(both, map[[2]string]uint64{{"forwarded", "global"}: 280, {"dropped_policy", "global"}: 15, {"passed_non_ip", "global"}: 5})
+	figs := strings.Join(c.Figures, "\n")
+	for _, want := range []string{"fwc: received 150", "fws: received 150", "fwc: program attached (xdp)", "fws: program attached (tc)",
+		"the eBPF program judged 300 in 2s (150/s) in total, against 300 received on the managed interfaces",
+		"per-interface judged counts: not available"} {
+		if !strings.Contains(figs, want) {
+			t.Errorf("reach figures lack %q:\n%s", want, figs)
+		}
+	}
+	if c.Verdict != OK {
+		t.Errorf("healthy eBPF reach: %s, want ok:\n%s", c.Verdict, figs)
+	}
+
+	c = run(both[:1], map[[2]string]uint64{{"forwarded", "global"}: 150})
+	if figs := strings.Join(c.Figures, "\n"); c.Verdict != Failing || !strings.Contains(figs, "fws: received 150 in 2s (75/s) that no program judged") ||
+		!strings.Contains(c.Next, "not attached to fws") {
+		t.Errorf("fws without a program: %s %q (next %q), want failing naming fws", c.Verdict, c.Figures, c.Next)
+	}
+
+	c = run(both, nil)
+	if c.Verdict != Failing || !strings.Contains(c.Next, "program sees nothing") {
+		t.Errorf("program judging nothing: %s (next %q), want failing", c.Verdict, c.Next)
+	}
+}

@@ -10,7 +10,13 @@
 //	backend   Which backend and attach mode are in force, and why?
 //	reach     Are packets reaching the dataplane (per interface, received
 //	          vs handed to it)? Is traffic arriving on interfaces it does
-//	          not manage?
+//	          not manage? Received is the kernel's count (netlink, in the
+//	          dataplane's namespace). Handed is the shim's per-interface
+//	          count on the userspace backend; the eBPF backend counts its
+//	          program's verdicts for all interfaces together, so there the
+//	          check compares them in total, checks per interface only that
+//	          the program is attached, and says that per-interface judged
+//	          counts are not available.
 //	bindings  Are the AF_XDP bindings live on every queue?
 //	fill      Is a fill ring draining to zero; are RX buffer allocations
 //	          failing (XDP_STATISTICS)?
