@@ -21,13 +21,17 @@
 //   - coarse: one bucket per minute (min, max, last) over
 //     Options.Retention (default 1 h), 32 bytes each.
 //
-// With the defaults a row costs 300*8 + 60*32 = 4 320 bytes, and at most
-// Options.MaxRows rows (default 4096) are kept: about 17.7 MB at most.
+// With the defaults a row's rings take 300*8 + 60*32 = 4 320 bytes; on
+// the heap a row costs about 5 000 bytes, measured (BenchmarkRowMemory:
+// the row struct, its map entry and the allocator's size classes come on
+// top; docs/benchmarks.md). At most Options.MaxRows rows (default 4096)
+// are kept: about 19.5 MiB at most.
 // Rows beyond MaxRows are not recorded and are counted
 // ([Stats].RowsRefused). A row not seen for the retention is forgotten. A
 // row whose capacity changes (a reload resized a table) starts its
 // history afresh: samples of another capacity would mislead the trend.
-// [Recorder.Stats] reports the rows kept and the bytes their rings use.
+// [Recorder.Stats] reports the rows kept and the bytes their rings use
+// (the rings only: about 14 % below the heap they cost).
 // [Recorder.Series] answers from the fine samples when they cover the
 // request (or while they are all there is), else from the minute buckets.
 //

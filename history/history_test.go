@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -415,4 +416,47 @@ func BenchmarkRecord(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(rows)), "rows")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(rows)), "ns/row")
+}
+
+// BenchmarkRowMemory measures what a row costs on the heap, not what its
+// rings should cost: it fills MaxRows (4096) rows with the default options
+// for the whole retention (an hour of one-second samples, so every ring
+// and bucket has been written), and reads HeapAlloc after a GC before and
+// after. The figure includes the row struct, its map entry, the slices'
+// headers and the allocator's size classes; ring-B/row is the recorder's
+// own account (Stats.MemoryBytes) for comparison.
+// scripts/bench-history.sh runs it with -benchtime 1x.
+func BenchmarkRowMemory(b *testing.B) {
+	const rows = DefaultMaxRows
+	res := make([]dataplane.Resource, rows)
+	for i := range res {
+		res[i] = dataplane.Resource{Name: "sessions", Scope: fmt.Sprintf("shard/%04d", i), Detail: true, Capacity: 1 << 20, Used: dataplane.Uint64(uint64(i))}
+	}
+	rep := report(res...)
+	samples := int(DefaultRetention/DefaultInterval) + DefaultFine
+	var perRow, ringPerRow float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r := New(nil, nil)
+		now := t0
+		for range samples {
+			now = now.Add(DefaultInterval)
+			r.Record(rep, now)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		s := r.Stats()
+		if s.Rows != rows {
+			b.Fatalf("%d rows kept, want %d", s.Rows, rows)
+		}
+		perRow = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / rows
+		ringPerRow = float64(s.MemoryBytes) / rows
+		runtime.KeepAlive(r)
+	}
+	b.ReportMetric(perRow, "B/row")
+	b.ReportMetric(ringPerRow, "ring-B/row")
+	b.ReportMetric(perRow*rows/(1<<20), "MiB@4096rows")
+	b.ReportMetric(float64(samples), "samples")
 }
