@@ -331,12 +331,7 @@ func checkReach(d *deltas) Check {
 		}
 	}
 	if !d.userspace() {
-		seen := d.seenByProgram()
-		c.Figures = append(c.Figures, fmt.Sprintf("the eBPF program judged %s", d.rate(seen)))
-		if managedRX >= 10 && seen == 0 {
-			c.Verdict = Failing
-			c.Next = "the managed interfaces receive but the program sees nothing: is it attached (bpftool net)?"
-		}
+		d.reachEBPF(&c, managedRX)
 	}
 	for _, name := range sortedKeys(d.links) {
 		p := d.links[name]
@@ -356,6 +351,43 @@ func checkReach(d *deltas) Check {
 		c.Next = "traffic arrives on " + name + ", which the dataplane does not manage: the kernel forwards or drops it unfiltered; add it to the config or take it down"
 	}
 	return c
+}
+
+// reachEBPF adds the eBPF program's side to the reach check. The eBPF
+// backend counts the program's verdicts for all interfaces together (one
+// per-CPU array, no per-interface counters), so received vs handed is
+// compared per interface only for what exists per interface: the
+// kernel's received packets (netlink, the dataplane's namespace) and
+// whether the program is attached there; the verdicts are compared in
+// total, and the check says so rather than split them.
+func (d *deltas) reachEBPF(c *Check, managedRX uint64) {
+	attached := map[string]string{}
+	for _, is := range d.in.After.Report.Interfaces {
+		attached[is.Name] = is.Attach
+	}
+	for _, name := range d.in.Managed {
+		rx := d.linkDelta(name, func(l *Link) uint64 { return l.RXPackets })
+		if mode, ok := attached[name]; ok || len(attached) == 0 {
+			if ok {
+				c.Figures = append(c.Figures, fmt.Sprintf("%s: program attached (%s)", name, mode))
+			}
+			continue
+		}
+		c.Figures = append(c.Figures, fmt.Sprintf("%s: no program attached (not among the backend's interfaces)", name))
+		if rx >= 10 {
+			c.Verdict = Failing
+			c.Figures = append(c.Figures, fmt.Sprintf("%s: received %s that no program judged", name, d.rate(rx)))
+			c.Next = "the program is not attached to " + name + ": check the attach reasons (fwctl show capability) and bpftool net"
+		}
+	}
+	seen := d.seenByProgram()
+	c.Figures = append(c.Figures,
+		fmt.Sprintf("the eBPF program judged %s in total, against %d received on the managed interfaces", d.rate(seen), managedRX),
+		"per-interface judged counts: not available (the eBPF backend counts its verdicts for all interfaces together)")
+	if managedRX >= 10 && seen == 0 {
+		c.Verdict = Failing
+		c.Next = "the managed interfaces receive but the program sees nothing: is it attached (bpftool net)?"
+	}
 }
 
 func checkBindings(d *deltas) Check {
@@ -486,24 +518,120 @@ func checkTX(d *deltas) Check {
 			}
 		}
 	}
-	th := d.in.Thresholds
-	for _, r := range d.in.After.Report.Resources {
-		if !r.Detail || (r.Name != "tx_ring" && r.Name != "completion_ring") {
+	for _, rw := range d.txRings() {
+		v, fig := judgeTXRing(rw, d.in.Thresholds, d.window)
+		if v == OK {
 			continue
 		}
-		if th.Level(r) >= dataplane.LevelWarning {
-			c.Verdict = worst(c.Verdict, Suspect)
-			u, _ := r.Utilization()
-			c.Figures = append(c.Figures, fmt.Sprintf("%s %s: %.0f%% full", r.Name, r.Scope, u))
-			if c.Next == "" {
-				c.Next = "frames wait in the TX or completion ring: the egress is slow or its completions are not reaped"
-			}
+		c.Verdict = worst(c.Verdict, v)
+		c.Figures = append(c.Figures, fig)
+		if c.Next == "" {
+			c.Next = "frames wait in the TX or completion ring: the egress is slow or its completions are not reaped (fwctl show system buffers detail, history pending_tx)"
 		}
 	}
 	if c.Verdict == OK {
 		c.Figures = append(c.Figures, "no TX drops, rings draining")
 	}
 	return c
+}
+
+// ringWindow is one ring's fill at the start and at the end of the
+// diagnose window.
+type ringWindow struct {
+	// Name is tx_ring or pending_tx (frames waiting to be sent), or
+	// completion_ring (frames sent, not yet reaped by the process).
+	Name, Scope string
+	Capacity    uint64
+	// Before is unset when the ring was not in the first snapshot (a
+	// binding that came up during the window).
+	Before *uint64
+	After  uint64
+}
+
+// txRings returns the userspace backend's per-binding TX and completion
+// rings over the window, or its pending_tx total when the report has no
+// per-binding rows.
+func (d *deltas) txRings() []ringWindow {
+	before := map[[2]string]dataplane.Resource{}
+	for _, r := range d.in.Before.Report.Resources {
+		before[[2]string{r.Name, r.Scope}] = r
+	}
+	var out, total []ringWindow
+	for _, r := range d.in.After.Report.Resources {
+		isRing := r.Detail && (r.Name == "tx_ring" || r.Name == "completion_ring")
+		isTotal := !r.Detail && r.Name == "pending_tx"
+		if (!isRing && !isTotal) || r.Used == nil || r.Capacity == 0 {
+			continue
+		}
+		rw := ringWindow{Name: r.Name, Scope: r.Scope, Capacity: r.Capacity, After: *r.Used}
+		if b, ok := before[[2]string{r.Name, r.Scope}]; ok && b.Used != nil && b.Capacity == r.Capacity {
+			v := *b.Used
+			rw.Before = &v
+		}
+		if isRing {
+			out = append(out, rw)
+		} else {
+			total = append(total, rw)
+		}
+	}
+	if len(out) == 0 {
+		return total
+	}
+	return out
+}
+
+// judgeTXRing decides whether a TX-side ring shows backpressure over the
+// window. What matters is growth, not a level: a ring that is full at one
+// instant and drains is busy, not blocked.
+//
+//   - TX (tx_ring, pending_tx): grew by at least a tenth of its capacity
+//     from the first to the last snapshot: suspect; grew and ends at or
+//     above the warning level: failing (it will overflow). No growth but
+//     at or above the warning level at both ends: suspect (not draining).
+//   - completion_ring: holding completions at both ends, not fewer at the
+//     end, at least a tenth of its capacity: completions are not reaped,
+//     suspect; failing when at or above the warning level.
+//   - A ring absent from the first snapshot is judged by its level only
+//     (suspect at or above the warning level).
+//
+// It returns OK with no figure when none applies.
+func judgeTXRing(rw ringWindow, th dataplane.Thresholds, window time.Duration) (Verdict, string) {
+	level := func(v uint64) dataplane.Level {
+		return th.Level(dataplane.Resource{Capacity: rw.Capacity, Used: &v})
+	}
+	pct := func(v uint64) float64 { return float64(v) * 100 / float64(rw.Capacity) }
+	bar := max(1, rw.Capacity/10)
+	what := "pending TX"
+	if rw.Name == "completion_ring" {
+		what = "completions not reaped"
+	}
+	if rw.Before == nil {
+		if level(rw.After) >= dataplane.LevelWarning {
+			return Suspect, fmt.Sprintf("%s %s %s: %d of %d (%.0f%%) at the end of the window (not in the first snapshot: growth unknown)",
+				rw.Name, rw.Scope, what, rw.After, rw.Capacity, pct(rw.After))
+		}
+		return OK, ""
+	}
+	b, a := *rw.Before, rw.After
+	span := fmt.Sprintf("%d -> %d of %d (%.0f%% -> %.0f%%) over %s", b, a, rw.Capacity, pct(b), pct(a), window.Round(time.Millisecond))
+	if rw.Name == "completion_ring" {
+		if b > 0 && a >= b && a >= bar {
+			if level(a) >= dataplane.LevelWarning {
+				return Failing, fmt.Sprintf("%s %s: %s %s: the process does not reap them", rw.Name, rw.Scope, what, span)
+			}
+			return Suspect, fmt.Sprintf("%s %s: %s %s", rw.Name, rw.Scope, what, span)
+		}
+		return OK, ""
+	}
+	switch grew := a > b && a-b >= bar; {
+	case grew && level(a) >= dataplane.LevelWarning:
+		return Failing, fmt.Sprintf("%s %s: %s grew %s: the egress does not drain", rw.Name, rw.Scope, what, span)
+	case grew:
+		return Suspect, fmt.Sprintf("%s %s: %s grew %s", rw.Name, rw.Scope, what, span)
+	case level(b) >= dataplane.LevelWarning && level(a) >= dataplane.LevelWarning:
+		return Suspect, fmt.Sprintf("%s %s: %s stayed high %s: not draining", rw.Name, rw.Scope, what, span)
+	}
+	return OK, ""
 }
 
 // Session-table counters: the session model's names, and those the

@@ -138,3 +138,99 @@ func TestSessionsOnEBPF(t *testing.T) {
 		}
 	}
 }
+
+// TestJudgeTXRing: TX backpressure is judged on growth over the window,
+// not on the level at one instant.
+func TestJudgeTXRing(t *testing.T) {
+	const w = 2 * time.Second
+	tests := []struct {
+		name       string
+		ring       string
+		before     *uint64
+		after      uint64
+		want       Verdict
+		wantFigure string
+	}{
+		{"tx idle", "tx_ring", u(0), 0, OK, ""},
+		{"tx small wobble", "tx_ring", u(10), 60, OK, ""}, // below a tenth of 1024
+		{"tx high but draining", "tx_ring", u(1000), 100, OK, ""},
+		{"tx high at the end only, grew", "tx_ring", u(100), 900, Failing, "pending TX grew 100 -> 900 of 1024 (10% -> 88%) over 2s: the egress does not drain"},
+		{"tx growing below warning", "tx_ring", u(100), 400, Suspect, "pending TX grew 100 -> 400 of 1024"},
+		{"tx stuck high", "tx_ring", u(900), 900, Suspect, "stayed high 900 -> 900 of 1024"},
+		{"tx new binding, high", "tx_ring", nil, 900, Suspect, "growth unknown"},
+		{"tx new binding, low", "tx_ring", nil, 100, OK, ""},
+		{"completions reaped", "completion_ring", u(300), 0, OK, ""},
+		{"completions momentarily held", "completion_ring", u(0), 500, OK, ""},
+		{"completions not reaped", "completion_ring", u(200), 300, Suspect, "completions not reaped 200 -> 300 of 1024"},
+		{"completions not reaped, ring full", "completion_ring", u(850), 1000, Failing, "the process does not reap them"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, fig := judgeTXRing(ringWindow{Name: tt.ring, Scope: "fws/q0", Capacity: 1024, Before: tt.before, After: tt.after}, dataplane.Thresholds{}, w)
+			if v != tt.want || (tt.wantFigure == "") != (fig == "") || !strings.Contains(fig, tt.wantFigure) {
+				t.Errorf("verdict %s, figure %q; want %s with %q", v, fig, tt.want, tt.wantFigure)
+			}
+		})
+	}
+}
+
+// The tx check reads the rings from both snapshots: a ring that was high
+// and drained is ok; one that filled up during the window is failing.
+func TestTXCheckJudgesGrowth(t *testing.T) {
+	rows := func(tx uint64) []dataplane.Resource {
+		return append(usRows(0),
+			dataplane.Resource{Name: "tx_ring", Scope: "fws/q0", Detail: true, Capacity: 2048, Used: u(tx)},
+			dataplane.Resource{Name: "completion_ring", Scope: "fws/q0", Detail: true, Capacity: 2048, Used: u(0)})
+	}
+	run := func(before, after uint64) Check {
+		in := pair(dataplane.ModeUserspace, rows(before), usCounters(), map[[2]string]uint64{{"shim_redirected", "fwc"}: 100}, healthyLinks(100))
+		in.After.Report.Resources = rows(after)
+		c, _ := Run(in).Check("tx")
+		return c
+	}
+	if c := run(1900, 10); c.Verdict != OK {
+		t.Errorf("draining TX ring: %s %q, want ok", c.Verdict, c.Figures)
+	}
+	if c := run(10, 1900); c.Verdict != Failing || !strings.Contains(strings.Join(c.Figures, "\n"), "tx_ring fws/q0: pending TX grew 10 -> 1900 of 2048") || c.Next == "" {
+		t.Errorf("filling TX ring: %s %q (next %q), want failing naming the growth", c.Verdict, c.Figures, c.Next)
+	}
+}
+
+// On the eBPF backend the program's verdicts are counted for all
+// interfaces together: the reach check compares them in total, says that
+// per-interface judged counts do not exist, and judges per interface only
+// what exists per interface (the kernel's received packets, and whether
+// the program is attached there).
+func TestReachOnEBPF(t *testing.T) {
+	counters := map[[2]string]uint64{{"forwarded", "global"}: 10, {"dropped_policy", "global"}: 0, {"passed_non_ip", "global"}: 0}
+	run := func(ifs []dataplane.InterfaceStatus, delta map[[2]string]uint64) Check {
+		in := pair(dataplane.ModeEBPF, nil, counters, delta, healthyLinks(150))
+		in.After.Report.Interfaces = ifs
+		c, _ := Run(in).Check("reach")
+		return c
+	}
+	both := []dataplane.InterfaceStatus{{Name: "fwc", Attach: dataplane.AttachedXDP}, {Name: "fws", Attach: dataplane.AttachedTC}}
+	c := run(both, map[[2]string]uint64{{"forwarded", "global"}: 280, {"dropped_policy", "global"}: 15, {"passed_non_ip", "global"}: 5})
+	figs := strings.Join(c.Figures, "\n")
+	for _, want := range []string{"fwc: received 150", "fws: received 150", "fwc: program attached (xdp)", "fws: program attached (tc)",
+		"the eBPF program judged 300 in 2s (150/s) in total, against 300 received on the managed interfaces",
+		"per-interface judged counts: not available"} {
+		if !strings.Contains(figs, want) {
+			t.Errorf("reach figures lack %q:\n%s", want, figs)
+		}
+	}
+	if c.Verdict != OK {
+		t.Errorf("healthy eBPF reach: %s, want ok:\n%s", c.Verdict, figs)
+	}
+
+	c = run(both[:1], map[[2]string]uint64{{"forwarded", "global"}: 150})
+	if figs := strings.Join(c.Figures, "\n"); c.Verdict != Failing || !strings.Contains(figs, "fws: received 150 in 2s (75/s) that no program judged") ||
+		!strings.Contains(c.Next, "not attached to fws") {
+		t.Errorf("fws without a program: %s %q (next %q), want failing naming fws", c.Verdict, c.Figures, c.Next)
+	}
+
+	c = run(both, nil)
+	if c.Verdict != Failing || !strings.Contains(c.Next, "program sees nothing") {
+		t.Errorf("program judging nothing: %s (next %q), want failing", c.Verdict, c.Next)
+	}
+}

@@ -10,12 +10,22 @@
 //	backend   Which backend and attach mode are in force, and why?
 //	reach     Are packets reaching the dataplane (per interface, received
 //	          vs handed to it)? Is traffic arriving on interfaces it does
-//	          not manage?
+//	          not manage? Received is the kernel's count (netlink, in the
+//	          dataplane's namespace). Handed is the shim's per-interface
+//	          count on the userspace backend; the eBPF backend counts its
+//	          program's verdicts for all interfaces together, so there the
+//	          check compares them in total, checks per interface only that
+//	          the program is attached, and says that per-interface judged
+//	          counts are not available.
 //	bindings  Are the AF_XDP bindings live on every queue?
 //	fill      Is a fill ring draining to zero; are RX buffer allocations
 //	          failing (XDP_STATISTICS)?
 //	tx        Is TX backpressure dropping frames or starving the fill
-//	          ring; are completions reaped; is an egress down?
+//	          ring; are completions reaped; is an egress down? Judged on
+//	          growth over the window (pending TX in the first snapshot vs
+//	          the last; completions held at both ends), not on one level.
+//	          On the eBPF backend TX is the kernel's: link state and the
+//	          kernel's TX drop counters only.
 //	sessions  Is the session table full or early-dropping?
 //	mirror    Is port mirroring shedding clones?
 //	drops     Drops by reason, largest first.

@@ -21,24 +21,39 @@
 //   - coarse: one bucket per minute (min, max, last) over
 //     Options.Retention (default 1 h), 32 bytes each.
 //
-// With the defaults a row costs 300*8 + 60*32 = 4 320 bytes, and at most
-// Options.MaxRows rows (default 4096) are kept: about 17.7 MB at most.
+// With the defaults a row's rings take 300*8 + 60*32 = 4 320 bytes; on
+// the heap a row costs about 5 000 bytes, measured (BenchmarkRowMemory:
+// the row struct, its map entry and the allocator's size classes come on
+// top; docs/benchmarks.md). At most Options.MaxRows rows (default 4096)
+// are kept: about 19.5 MiB at most.
 // Rows beyond MaxRows are not recorded and are counted
 // ([Stats].RowsRefused). A row not seen for the retention is forgotten. A
 // row whose capacity changes (a reload resized a table) starts its
 // history afresh: samples of another capacity would mislead the trend.
-// [Recorder.Stats] reports the rows kept and the bytes their rings use.
+// [Recorder.Stats] reports the rows kept and the bytes their rings use
+// (the rings only: about 14 % below the heap they cost).
 // [Recorder.Series] answers from the fine samples when they cover the
 // request (or while they are all there is), else from the minute buckets.
 //
 // # Trend and time to full
 //
 // [Recorder.Trends] fits a least-squares line through the last
-// Options.TrendWindow of fine samples (default 60 s) of each row. The
-// change per minute is the slope times 60, shown once the window holds at
-// least 10 samples spanning half the window. "Full in" (capacity minus
-// the last count, over the slope) is shown only while the row is rising
-// steadily:
+// Options.TrendWindow of fine samples of each row. The change per minute
+// is the slope times 60, shown once the window holds at least 10 samples
+// spanning half the window. So that a long sampling interval cannot
+// silently disable trends, the window scales with the interval:
+//
+//	window = min(max(TrendWindow, 12 × Interval), Fine × Interval)
+//
+// With the defaults (60 s, 1 s, 300) that is 60 s; at a 10 s interval
+// 2 min, at 1 min 12 min (12 intervals: the 10 samples and two to spare
+// for a late tick). At a short interval the window is capped at the fine
+// ring's span (100 ms × 300 = 30 s), which still holds 300 samples.
+// Fine is raised to at least 12. [Recorder.Options] and [Stats] give the
+// window in force; [Trend].Window the span actually fitted.
+//
+// "Full in" (capacity minus the last count, over the slope) is shown only
+// while the row is rising steadily:
 //
 //   - the fitted rise over the window is at least 1 entry and at least
 //     0.1 % of the capacity (else the row is "flat", or "falling" when

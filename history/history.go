@@ -24,6 +24,11 @@ const (
 	DefaultMaxEvents   = 256
 )
 
+// TrendIntervals is the least span of the trend window, in sampling
+// intervals: the minTrendSamples (10) a trend needs, and two to spare for
+// a late or missed tick.
+const TrendIntervals = minTrendSamples + 2
+
 // bucketSpan is the width of a coarse bucket.
 const bucketSpan = time.Minute
 
@@ -52,7 +57,10 @@ type Options struct {
 	Retention time.Duration
 	// MaxRows bounds the rows kept.
 	MaxRows int
-	// TrendWindow is the span the trend is fitted over.
+	// TrendWindow is the span the trend is fitted over. New raises it to
+	// at least TrendIntervals sampling intervals (so it can hold the
+	// samples a trend needs) and caps it at what the fine ring holds
+	// (Fine intervals); Options() returns the window in force.
 	TrendWindow time.Duration
 	// Thresholds set the levels of events (80 % and 90 % by default).
 	Thresholds dataplane.Thresholds
@@ -135,6 +143,8 @@ type Stats struct {
 	Interval  time.Duration `json:"interval_ns"`
 	Fine      int           `json:"fine"`
 	Retention time.Duration `json:"retention_ns"`
+	// TrendWindow is the span trends are fitted over (see Options).
+	TrendWindow time.Duration `json:"trend_window_ns"`
 }
 
 // New returns a Recorder over src. It samples only when Run (or Record)
@@ -159,6 +169,12 @@ func New(src Source, opts *Options) *Recorder {
 	if o.TrendWindow <= 0 {
 		o.TrendWindow = DefaultTrendWindow
 	}
+	// A trend needs minTrendSamples in its window: a fixed window would
+	// hold too few at a long interval (60 s at 7 s holds 9) and trends
+	// would silently never appear; the fine ring must hold the window.
+	o.Fine = max(o.Fine, TrendIntervals)
+	o.TrendWindow = max(o.TrendWindow, TrendIntervals*o.Interval)
+	o.TrendWindow = min(o.TrendWindow, time.Duration(o.Fine)*o.Interval)
 	if o.Hysteresis <= 0 {
 		o.Hysteresis = DefaultHysteresis
 	}
@@ -374,7 +390,7 @@ func (r *Recorder) Stats() Stats {
 	s.Rows = len(r.rows)
 	s.MemoryBytes = uint64(len(r.rows))*r.rowBytes() + uint64(len(r.fineTimes)+len(r.coarseStart))*8
 	s.MaxRows = r.opts.MaxRows
-	s.Interval, s.Fine, s.Retention = r.opts.Interval, r.opts.Fine, r.opts.Retention
+	s.Interval, s.Fine, s.Retention, s.TrendWindow = r.opts.Interval, r.opts.Fine, r.opts.Retention, r.opts.TrendWindow
 	return s
 }
 

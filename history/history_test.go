@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -120,6 +121,50 @@ func TestTrendWarmsUpAndFull(t *testing.T) {
 	r.Record(report(tableRow("sessions", 100, 100)), t0.Add(5*time.Second))
 	if tr, _ := r.Trend("sessions", "global"); tr.Estimate != EstimateFull || tr.FullInSeconds == nil || *tr.FullInSeconds != 0 {
 		t.Errorf("at capacity: %+v, want full", tr)
+	}
+}
+
+// The trend window scales with the sampling interval, so a long interval
+// still gives trends (a fixed 60 s window holds 6 samples at 10 s, fewer
+// than the 10 a trend needs), and a short one is capped at the fine ring.
+func TestTrendWindowScalesWithInterval(t *testing.T) {
+	tests := []struct {
+		interval   time.Duration
+		fine       int
+		wantWindow time.Duration
+	}{
+		{time.Second, 0, time.Minute},
+		{6 * time.Second, 0, 72 * time.Second},
+		{10 * time.Second, 0, 2 * time.Minute},
+		{time.Minute, 0, 12 * time.Minute},
+		{100 * time.Millisecond, 0, 30 * time.Second}, // capped at 300 fine samples
+		{time.Second, 5, 12 * time.Second},            // Fine raised to 12
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/fine%d", tt.interval, tt.fine), func(t *testing.T) {
+			r := New(nil, &Options{Interval: tt.interval, Fine: tt.fine})
+			if got := r.Options().TrendWindow; got != tt.wantWindow {
+				t.Errorf("trend window %s, want %s", got, tt.wantWindow)
+			}
+			if got := r.Stats().TrendWindow; got != tt.wantWindow {
+				t.Errorf("Stats().TrendWindow %s, want %s", got, tt.wantWindow)
+			}
+			// A row rising 1000 entries per sample, sampled at
+			// the interval for as long as the window.
+			const capacity = 10_000_000
+			n := int(tt.wantWindow / tt.interval)
+			for i := range n {
+				r.Record(report(tableRow("sessions", capacity, uint64(1000+1000*i))), t0.Add(time.Duration(i)*tt.interval))
+			}
+			tr, _ := r.Trend("sessions", "global")
+			if tr.Estimate != EstimateRising || tr.PerMinute == nil {
+				t.Fatalf("after %d samples at %s: %+v, want rising", n, tt.interval, tr)
+			}
+			want := 1000 * float64(time.Minute) / float64(tt.interval)
+			if !within(*tr.PerMinute, want, 0.05) {
+				t.Errorf("per minute %.1f, want %.1f", *tr.PerMinute, want)
+			}
+		})
 	}
 }
 
@@ -371,4 +416,47 @@ func BenchmarkRecord(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(rows)), "rows")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(rows)), "ns/row")
+}
+
+// BenchmarkRowMemory measures what a row costs on the heap, not what its
+// rings should cost: it fills MaxRows (4096) rows with the default options
+// for the whole retention (an hour of one-second samples, so every ring
+// and bucket has been written), and reads HeapAlloc after a GC before and
+// after. The figure includes the row struct, its map entry, the slices'
+// headers and the allocator's size classes; ring-B/row is the recorder's
+// own account (Stats.MemoryBytes) for comparison.
+// scripts/bench-history.sh runs it with -benchtime 1x.
+func BenchmarkRowMemory(b *testing.B) {
+	const rows = DefaultMaxRows
+	res := make([]dataplane.Resource, rows)
+	for i := range res {
+		res[i] = dataplane.Resource{Name: "sessions", Scope: fmt.Sprintf("shard/%04d", i), Detail: true, Capacity: 1 << 20, Used: dataplane.Uint64(uint64(i))}
+	}
+	rep := report(res...)
+	samples := int(DefaultRetention/DefaultInterval) + DefaultFine
+	var perRow, ringPerRow float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r := New(nil, nil)
+		now := t0
+		for range samples {
+			now = now.Add(DefaultInterval)
+			r.Record(rep, now)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		s := r.Stats()
+		if s.Rows != rows {
+			b.Fatalf("%d rows kept, want %d", s.Rows, rows)
+		}
+		perRow = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / rows
+		ringPerRow = float64(s.MemoryBytes) / rows
+		runtime.KeepAlive(r)
+	}
+	b.ReportMetric(perRow, "B/row")
+	b.ReportMetric(ringPerRow, "ring-B/row")
+	b.ReportMetric(perRow*rows/(1<<20), "MiB@4096rows")
+	b.ReportMetric(float64(samples), "samples")
 }

@@ -118,6 +118,13 @@ func TestIntegrationDiagnoseHealthy(t *testing.T) {
 			if c, _ := r.Check("reach"); !strings.Contains(strings.Join(c.Figures, " "), "received") {
 				t.Errorf("reach check without figures: %+v", c)
 			}
+			// The eBPF backend has no per-interface verdict counters: the
+			// check must say so, and name the program attached per
+			// interface, from the real backend's report.
+			if c, _ := r.Check("reach"); be == "ebpf" && (!strings.Contains(strings.Join(c.Figures, " "), "per-interface judged counts: not available") ||
+				!strings.Contains(strings.Join(c.Figures, " "), l.FwClientIf+": program attached")) {
+				t.Errorf("eBPF reach check: %+v, want the attach per interface and per-interface judged counts named unavailable", c)
+			}
 		})
 	}
 }

@@ -119,7 +119,7 @@ func parseFlags(args []string, stderr io.Writer) (options, capability.Preference
 	fs.StringVar(&o.netns, "netns", "", "network namespace path to run the dataplane in (default: the current one)")
 	fs.StringVar(&o.socket, "socket", control.DefaultSocket, "control socket path")
 	fs.StringVar(&o.metrics, "metrics", DefaultMetrics, `Prometheus listen address ("" disables)`)
-	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history)")
+	fs.DurationVar(&o.historyInterval, "history-interval", history.DefaultInterval, "resource history sampling interval (0 disables history); trends are fitted over max(1m, 12 intervals), capped at 300 intervals")
 	fs.DurationVar(&o.historyRetention, "history-retention", history.DefaultRetention, "how far back the per-minute history goes")
 	fs.StringVar(&o.name, "name", DefaultName, "the dataplane's name: it is pinned under "+fwplane.DefaultPinRoot+"/NAME")
 	fs.BoolVar(&o.pin, "pin", true, "pin the dataplane so that it outlives fwd (a crash never opens the firewall; a restart adopts it)")

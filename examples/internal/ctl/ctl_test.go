@@ -3,7 +3,9 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -187,6 +189,121 @@ func TestHistoryEventsDiagnoseCommands(t *testing.T) {
 	if code != ExitOK || !strings.Contains(out, `"verdict": "ok"`) {
 		t.Errorf("diagnose ok --json: exit %d\n%s", code, out)
 	}
+}
+
+// TestHistoryJSON decodes `show system buffers --json` and `... history
+// NAME --json` with the field names a script relies on (not the Go types,
+// so a renamed field fails here) and checks their values against the
+// history recorded: a row rising 2 per second to 938 of 1000.
+func TestHistoryJSON(t *testing.T) {
+	rec := history.New(nil, nil)
+	start := time.Now().Add(-2 * time.Minute)
+	for i := range 120 {
+		rec.Record(&dataplane.ResourceReport{Resources: []dataplane.Resource{
+			{Name: "sessions", Scope: "global", Capacity: 1000, Used: dataplane.Uint64(uint64(700 + 2*i))},
+			{Name: "neighbors", Scope: "global", Capacity: 512, Used: dataplane.Uint64(40)}}}, start.Add(time.Duration(i)*time.Second))
+	}
+	report := dataplane.ResourceReport{Mode: dataplane.ModeUserspace, Resources: []dataplane.Resource{
+		{Name: "sessions", Kind: dataplane.KindTable, Scope: "global", Capacity: 1000, Used: dataplane.Uint64(938)}}}
+	sock := serve(t, &control.Service{DataPlane: &fakeDP{report}, History: rec})
+	run := func(args ...string) []byte {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := Run(context.Background(), append([]string{"--socket", sock, "--json"}, args...), &out, &errOut); code != ExitOK {
+			t.Fatalf("%q: exit %d: %s", args, code, errOut.String())
+		}
+		return out.Bytes()
+	}
+	type trend struct {
+		Name             string   `json:"name"`
+		Scope            string   `json:"scope"`
+		Capacity         uint64   `json:"capacity"`
+		Used             uint64   `json:"used"`
+		Samples          int      `json:"samples"`
+		WindowNS         int64    `json:"window_ns"`
+		PerMinute        *float64 `json:"per_minute"`
+		PercentPerMinute *float64 `json:"percent_per_minute"`
+		R2               *float64 `json:"r2"`
+		FullInSeconds    *float64 `json:"full_in_seconds"`
+		Estimate         string   `json:"estimate"`
+	}
+	var buf struct {
+		Mode   string  `json:"mode"`
+		Trends []trend `json:"trends"`
+	}
+	if err := json.Unmarshal(run("show", "system", "buffers"), &buf); err != nil {
+		t.Fatal(err)
+	}
+	if buf.Mode != "userspace" || len(buf.Trends) != 2 {
+		t.Fatalf("buffers --json: mode %q, %d trends, want userspace and 2: %+v", buf.Mode, len(buf.Trends), buf)
+	}
+	near := func(p *float64, want float64) bool {
+		return p != nil && math.Abs(*p-want) <= 1e-6*math.Max(1, math.Abs(want))
+	}
+	// Trends are sorted by name: neighbors, then sessions.
+	nb, ss := buf.Trends[0], buf.Trends[1]
+	if nb.Name != "neighbors" || nb.Estimate != history.EstimateFlat || !near(nb.PerMinute, 0) || nb.FullInSeconds != nil {
+		t.Errorf("neighbors trend %+v, want flat at 0/min without a time to full", nb)
+	}
+	if ss.Name != "sessions" || ss.Scope != "global" || ss.Capacity != 1000 || ss.Used != 938 || ss.Samples != 60 ||
+		time.Duration(ss.WindowNS) != 59*time.Second || ss.Estimate != history.EstimateRising {
+		t.Errorf("sessions trend %+v, want 938 of 1000 rising over 60 samples in 59 s", ss)
+	}
+	if !near(ss.PerMinute, 120) || !near(ss.PercentPerMinute, 12) || !near(ss.R2, 1) || !near(ss.FullInSeconds, 31) {
+		t.Errorf("sessions trend: per minute %v, %%/min %v, r2 %v, full in %v s; want 120, 12, 1, 31",
+			deref(ss.PerMinute), deref(ss.PercentPerMinute), deref(ss.R2), deref(ss.FullInSeconds))
+	}
+
+	var hist struct {
+		Series struct {
+			Name     string `json:"name"`
+			Scope    string `json:"scope"`
+			Capacity uint64 `json:"capacity"`
+			StepNS   int64  `json:"step_ns"`
+			Points   []struct {
+				Time time.Time `json:"time"`
+				Used uint64    `json:"used"`
+				Min  uint64    `json:"min"`
+				Max  uint64    `json:"max"`
+			} `json:"points"`
+		} `json:"series"`
+		Stats struct {
+			Rows          int   `json:"rows"`
+			Samples       int   `json:"samples"`
+			IntervalNS    int64 `json:"interval_ns"`
+			TrendWindowNS int64 `json:"trend_window_ns"`
+		} `json:"stats"`
+	}
+	if err := json.Unmarshal(run("show", "system", "buffers", "history", "sessions", "--since", "30s"), &hist); err != nil {
+		t.Fatal(err)
+	}
+	s := hist.Series
+	if s.Name != "sessions" || s.Scope != "global" || s.Capacity != 1000 || time.Duration(s.StepNS) != time.Second {
+		t.Errorf("history --json series %+v, want sessions/global, capacity 1000, one point per second", s)
+	}
+	// --since 30s: the samples after the last one minus 30 s, i.e. the
+	// last 30 (i = 90..119), oldest first.
+	if len(s.Points) != 30 {
+		t.Fatalf("history --since 30s: %d points, want 30", len(s.Points))
+	}
+	for k, p := range s.Points {
+		i := 90 + k
+		want := uint64(700 + 2*i)
+		if p.Used != want || p.Min != want || p.Max != want || !p.Time.Equal(start.Add(time.Duration(i)*time.Second)) {
+			t.Errorf("point %d = %+v, want used/min/max %d at %s", k, p, want, start.Add(time.Duration(i)*time.Second))
+			break
+		}
+	}
+	if st := hist.Stats; st.Rows != 2 || st.Samples != 120 || time.Duration(st.IntervalNS) != time.Second || time.Duration(st.TrendWindowNS) != time.Minute {
+		t.Errorf("history --json stats %+v, want 2 rows, 120 samples, 1 s interval, 1 min trend window", st)
+	}
+}
+
+func deref(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 type natListing struct{ fakeDP }
