@@ -17,7 +17,7 @@ type AttachChoice struct {
 	// Reason says why, in words an operator can act on.
 	Reason string `json:"reason"`
 	// XDPTx: the interface takes frames XDP redirects into it (it
-	// advertises ndo-xmit; a veth only while its peer runs NAPI). When
+	// advertises ndo-xmit, and a veth's peer runs NAPI; see xdpTx). When
 	// false, an XDP ingress hands packets routed out of it to the kernel.
 	XDPTx bool `json:"xdp_tx"`
 	// Refused is set when the config forces a mode this interface cannot
@@ -62,7 +62,11 @@ func XDPMaxMTU(ic InterfaceCaps) int {
 // xdp: refused (fail closed) where frames would not survive: a driver
 // without native XDP, an MTU above the single-buffer limit, a veth whose
 // peer sends partial checksums (TX checksum offload on) or whose offload
-// state could not be read.
+// state could not be read, and a veth that takes no frames XDP redirects
+// into it (XDPTx false: the kernel would drop them, see xdpTx). The last
+// is about the interface as an egress: a frame arriving on veth A and
+// redirected out of veth B is delivered by B's peer, so every veth forced
+// to XDP must take redirects.
 //
 // tc: always possible where the kernel has tcx (tcxOK); the gate checks
 // the probe.
@@ -99,6 +103,9 @@ func ChooseAttach(want dataplane.AttachMode, ic InterfaceCaps, tcxOK bool) Attac
 			case ic.Peer.TXChecksum:
 				why = append(why, fmt.Sprintf("veth peer %s has TX checksum offload on: the partial checksums its sockets send do not survive XDP (turn it off with `ethtool -K %s tx off`, or use attach tc)", ic.Peer.Name, ic.Peer.Name))
 			}
+			if !c.XDPTx {
+				why = append(why, vethNoXDPTx(ic))
+			}
 		}
 		if len(why) > 0 {
 			c.Mode, c.Refused, c.Reason = "", true, strings.Join(why, "; ")
@@ -117,9 +124,9 @@ func ChooseAttach(want dataplane.AttachMode, ic InterfaceCaps, tcxOK bool) Attac
 			if ic.Peer.TXChecksum {
 				why += ", and the peer's partial checksums (TX checksum offload on) would not survive it"
 			}
-			if !ic.Peer.GRO && !ic.Peer.XDP {
-				why += ", and the peer runs no NAPI (GRO off, no XDP program), so it would drop frames XDP redirects into it"
-			}
+		}
+		if !c.XDPTx {
+			why += ", and it takes no frames XDP redirects into it (" + vethNoXDPTxShort(ic) + ")"
 		}
 		c.Reason = why
 	case !native:
@@ -147,21 +154,70 @@ func ChooseAttach(want dataplane.AttachMode, ic InterfaceCaps, tcxOK bool) Attac
 	return c
 }
 
-// xdpTx says whether frames XDP redirects into the interface arrive. A veth
-// delivers them only while its peer runs NAPI (GRO on, or an XDP program),
-// read from the peer itself where possible: the veth's own ndo-xmit
-// feature flag is recomputed only when that end is reconfigured, so it goes
-// stale when the peer changes GRO (seen on 6.18). Otherwise the driver's
-// ndo-xmit feature decides; unknown features (kernels before 6.3) are taken
-// as yes, as before.
+// xdpTx says whether frames XDP redirects into the interface arrive.
+//
+// The kernel decides with the target's own xdp-features: __xdp_enqueue
+// (kernel/bpf/devmap.c, 6.3+) refuses a redirect into a device without
+// NETDEV_XDP_ACT_NDO_XMIT (-EOPNOTSUPP), and the frame is dropped after the
+// program returned XDP_REDIRECT (a veth counts it in the ingress queue's
+// rx_queue_N_drops, nothing else sees it). So the interface must advertise
+// ndo-xmit, as read from the netdev netlink family.
+//
+// A veth sets that flag on one end (drivers/net/veth.c) when an XDP program
+// is attached to its peer (veth_xdp_set), when GRO is turned on while the
+// peer is up (veth_set_features), or when the pair is made or its channels
+// change with GRO requested on the peer (veth_set_xdp_features). GRO turned
+// on while the peer is down, e.g. `ethtool -K` before `ip link set up`,
+// sets nothing, and veth_open does not either: the peer then runs NAPI
+// once up, yet every redirect into our end is refused (measured on 6.18).
+// The peer's GRO is therefore no evidence on its own; where the peer was
+// read it must also run NAPI, which veth_xdp_xmit needs (a frame sent to a
+// peer without a NAPI instance is dropped, -ENXIO).
+//
+// Unknown features (kernels before 6.3 checked only for ndo_xdp_xmit) are
+// taken as yes, except for a veth, which then rests on its peer.
 func xdpTx(ic InterfaceCaps) bool {
+	if ic.Features == nil {
+		if ic.Kind == "veth" {
+			return ic.Peer != nil && (ic.Peer.GRO || ic.Peer.XDP)
+		}
+		return true
+	}
+	if !ic.Has("ndo-xmit") {
+		return false
+	}
 	if ic.Kind == "veth" && ic.Peer != nil {
 		return ic.Peer.GRO || ic.Peer.XDP
 	}
-	if ic.Features == nil {
-		return ic.Kind != "veth"
+	return true
+}
+
+// vethNoXDPTxShort says in a clause why veth ic takes no XDP redirects.
+func vethNoXDPTxShort(ic InterfaceCaps) string {
+	switch {
+	case ic.Peer != nil && !ic.Peer.GRO && !ic.Peer.XDP:
+		return fmt.Sprintf("its peer %s runs no NAPI: GRO off, no XDP program", ic.Peer.Name)
+	case ic.Features == nil:
+		return "its XDP features and its peer are unknown"
+	default:
+		return "it does not advertise ndo-xmit, so the kernel refuses the redirects"
 	}
-	return ic.Has("ndo-xmit")
+}
+
+// vethNoXDPTx is the refusal reason of forced XDP on a veth that takes no
+// XDP redirects, with what to do about it.
+func vethNoXDPTx(ic InterfaceCaps) string {
+	peer := "its peer"
+	if ic.Peer != nil {
+		peer = ic.Peer.Name
+	}
+	why := fmt.Sprintf("veth %s takes no frames XDP redirects into it (%s; packets routed out of it would go through the kernel, not XDP): ", ic.Name, vethNoXDPTxShort(ic))
+	if ic.Peer != nil && (ic.Peer.GRO || ic.Peer.XDP) && ic.Features != nil {
+		// The peer runs NAPI but the flag is off: GRO was turned on
+		// while the peer was down.
+		return why + fmt.Sprintf("%s has GRO on, but turned on while %s was down, which the kernel does not count; with %s up run `ethtool -K %s gro off; ethtool -K %s gro on`, attach an XDP program to %s, or use attach tc", peer, peer, peer, peer, peer, peer)
+	}
+	return why + fmt.Sprintf("turn GRO on for %s while it is up (`ethtool -K %s gro on`), attach an XDP program to it, or use attach tc", peer, peer)
 }
 
 func orUnknown(s string) string {

@@ -4,7 +4,10 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fwplane/fwplane/dataplane"
+	"github.com/fwplane/fwplane/internal/ethtool"
 	"github.com/fwplane/fwplane/internal/netlab"
 )
 
@@ -40,25 +43,60 @@ func TestIntegrationAttachDecisionOnVeths(t *testing.T) {
 				t.Errorf("peer offloads = tx-checksum %v, gro %v, tso %v; want %v, %v, %v", p.TXChecksum, p.GRO, p.TSO, tt.defaults, !tt.defaults, tt.defaults)
 			}
 
-			// Redirects into our end arrive only while the peer runs NAPI.
-			if got := ChooseAttach("", ic, true).XDPTx; got == tt.defaults {
-				t.Errorf("XDPTx = %v with peer GRO %v", got, p.GRO)
+			// Neither takes XDP redirects: the kernel's end has no NAPI
+			// on the peer, and the lab turns the peer's GRO on before
+			// the link is up, which leaves our end without ndo-xmit.
+			if ic.Has("ndo-xmit") {
+				t.Errorf("our end advertises ndo-xmit (%v) though its peer's GRO was set while down", ic.Features)
 			}
 			auto := ChooseAttach("", ic, true)
+			if auto.XDPTx {
+				t.Errorf("XDPTx = true without ndo-xmit (peer GRO %v)", p.GRO)
+			}
 			if auto.Mode != dataplane.AttachTC || auto.Refused || !strings.Contains(auto.Reason, "veth") {
 				t.Errorf("auto = %+v, want tc because veth", auto)
 			}
 			xdp := ChooseAttach(dataplane.AttachXDP, ic, true)
-			if tt.defaults {
-				if !xdp.Refused || !strings.Contains(xdp.Reason, "TX checksum offload on") {
-					t.Errorf("forced xdp with the peer's checksum offload on = %+v, want refused naming it", xdp)
-				}
-			} else if xdp.Refused || xdp.Mode != dataplane.AttachXDP || !xdp.XDPTx {
-				t.Errorf("forced xdp on lab veths = %+v, want xdp, taking redirects", xdp)
+			if !xdp.Refused || !strings.Contains(xdp.Reason, "takes no frames XDP redirects") {
+				t.Errorf("forced xdp on a veth without ndo-xmit = %+v, want refused naming it", xdp)
+			}
+			if tt.defaults && !strings.Contains(xdp.Reason, "TX checksum offload on") {
+				t.Errorf("forced xdp with the peer's checksum offload on = %+v, want refused naming it", xdp)
 			}
 			if tc := ChooseAttach(dataplane.AttachTC, ic, true); tc.Mode != dataplane.AttachTC || tc.Refused {
 				t.Errorf("forced tc = %+v", tc)
 			}
+			if tt.defaults {
+				return
+			}
+
+			// GRO turned on again while the peer is up: the kernel sets
+			// ndo-xmit on our end and forced XDP is taken.
+			if err := l.Client.Do(func() error { return regro(l.ClientIf) }); err != nil {
+				t.Fatal(err)
+			}
+			ifs, err = ProbeInterfaces(l.Firewall.Path, []string{l.FwClientIf})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ic = ifs[l.FwClientIf]
+			if !ic.Has("ndo-xmit") {
+				t.Errorf("no ndo-xmit (%v) after the peer's GRO went on while up", ic.Features)
+			}
+			if xdp := ChooseAttach(dataplane.AttachXDP, ic, true); xdp.Refused || xdp.Mode != dataplane.AttachXDP || !xdp.XDPTx {
+				t.Errorf("forced xdp after regro = %+v, want xdp, taking redirects", xdp)
+			}
 		})
 	}
+}
+
+// regro turns GRO off and on again on a veth end that is up, which makes
+// the kernel advertise ndo-xmit on its peer (veth_set_features).
+func regro(iface string) error {
+	for _, on := range []bool{false, true} {
+		if err := ethtool.SetFeature(iface, unix.ETHTOOL_SGRO, on); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -9,12 +9,25 @@ import (
 
 // TestChooseAttach covers the decision table without a kernel.
 func TestChooseAttach(t *testing.T) {
+	// veth's end advertises ndo-xmit (the kernel's redirect check); vethNoXmit's
+	// does not, as when the peer's GRO was turned on while it was down.
 	veth := func(peer *PeerCaps, mtu int) InterfaceCaps {
 		return InterfaceCaps{Name: "v0", Exists: true, Kind: "veth", Driver: "veth", MTU: mtu,
-			Features: []string{"basic", "redirect", "rx-sg"}, Peer: peer}
+			Features: []string{"basic", "redirect", "ndo-xmit", "rx-sg", "ndo-xmit-sg"}, Peer: peer}
+	}
+	vethNoXmit := func(peer *PeerCaps, mtu int) InterfaceCaps {
+		ic := veth(peer, mtu)
+		ic.Features = []string{"basic", "redirect", "rx-sg"}
+		return ic
 	}
 	labPeer := &PeerCaps{Name: "p0", MTU: 1500, GRO: true}
+	xdpPeer := &PeerCaps{Name: "p0", MTU: 1500, XDP: true}
 	defaultsPeer := &PeerCaps{Name: "p0", MTU: 1500, TXChecksum: true, TSO: true}
+	// The kernel clears ndo-xmit when the peer's GRO goes off while up;
+	// a flag left on without NAPI on the peer is not trusted either.
+	staleFlag := veth(&PeerCaps{Name: "p0", MTU: 1500}, 1500)
+	unknownFeatures := veth(labPeer, 1500)
+	unknownFeatures.Features = nil
 	nic := InterfaceCaps{Name: "eth0", Exists: true, Kind: "device", Driver: "mlx5_core", MTU: 1500,
 		Features: []string{"basic", "redirect", "ndo-xmit", "xsk-zerocopy"}}
 	nicNoXmit := nic
@@ -42,9 +55,17 @@ func TestChooseAttach(t *testing.T) {
 		{"auto not probed", "", InterfaceCaps{Name: "x"}, true, dataplane.AttachTC, false, true, "not probed"},
 		{"auto without tcx falls back to native XDP", "", veth(labPeer, 1500), false, dataplane.AttachXDP, false, true, "no tcx"},
 		{"auto without tcx, no native XDP", "", bridge, false, "", true, false, "no tcx"},
+		{"auto veth, peer GRO on but no ndo-xmit", "", vethNoXmit(labPeer, 1500), true, dataplane.AttachTC, false, false, "does not advertise ndo-xmit"},
+		{"auto without tcx, veth without ndo-xmit", "", vethNoXmit(labPeer, 1500), false, dataplane.AttachXDP, false, false, "no tcx"},
 		{"xdp on lab veth", dataplane.AttachXDP, veth(labPeer, 1500), true, dataplane.AttachXDP, false, true, "forced"},
+		{"xdp on veth whose peer runs XDP", dataplane.AttachXDP, veth(xdpPeer, 1500), true, dataplane.AttachXDP, false, true, "forced"},
+		{"xdp on veth, peer GRO on but no ndo-xmit", dataplane.AttachXDP, vethNoXmit(labPeer, 1500), true, "", true, false, "v0 takes no frames XDP redirects into it (it does not advertise ndo-xmit"},
+		{"xdp on veth, peer GRO on but no ndo-xmit: the fix", dataplane.AttachXDP, vethNoXmit(labPeer, 1500), true, "", true, false, "p0 has GRO on, but turned on while p0 was down"},
+		{"xdp on veth, ndo-xmit but peer without NAPI", dataplane.AttachXDP, staleFlag, true, "", true, false, "its peer p0 runs no NAPI"},
+		{"xdp on veth, features unknown", dataplane.AttachXDP, unknownFeatures, true, dataplane.AttachXDP, false, true, "forced"},
 		{"xdp on default veth", dataplane.AttachXDP, veth(defaultsPeer, 1500), true, "", true, false, "TX checksum offload on"},
-		{"xdp on unreadable veth", dataplane.AttachXDP, unreadable, true, "", true, false, "peer netns not found"},
+		{"xdp on default veth names both reasons", dataplane.AttachXDP, vethNoXmit(defaultsPeer, 1500), true, "", true, false, "tx off`, or use attach tc); veth v0 takes no frames XDP redirects"},
+		{"xdp on unreadable veth", dataplane.AttachXDP, unreadable, true, "", true, true, "peer netns not found"},
 		{"xdp at MTU 9000", dataplane.AttachXDP, veth(&PeerCaps{Name: "p0", MTU: 9000, GRO: true}, 9000), true, "", true, true, "MTU 9000"},
 		{"xdp on bridge", dataplane.AttachXDP, bridge, true, "", true, false, "no native XDP"},
 		{"xdp on NIC", dataplane.AttachXDP, nic, true, dataplane.AttachXDP, false, true, "forced"},

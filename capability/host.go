@@ -116,7 +116,9 @@ type PeerCaps struct {
 	// remembers.
 	TXChecksum bool `json:"tx_checksum"`
 	// GRO on the peer gives it a NAPI instance, which frames XDP redirects
-	// into our end need.
+	// into our end need; but redirects are refused unless our end also
+	// advertises ndo-xmit, which GRO turned on while the peer was down
+	// does not set (see ChooseAttach).
 	GRO bool `json:"gro"`
 	TSO bool `json:"tso"`
 	// XDP: an XDP program is attached to the peer (also gives it NAPI).

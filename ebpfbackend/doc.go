@@ -122,9 +122,13 @@
 // On veth: frames sent by local sockets on a veth carry a partial L4
 // checksum (checksum offload) that XDP cannot see or finish, so a frame
 // the program redirects arrives with a bad checksum unless the sender has
-// TX checksum offload off; physical NICs finish the sum in hardware. And a
-// veth only receives redirected frames when its peer runs NAPI (here:
-// when the peer has an XDP program attached).
+// TX checksum offload off; physical NICs finish the sum in hardware. And the
+// kernel redirects into a device only while it advertises the ndo-xmit XDP
+// feature, which a veth end has once its peer runs NAPI by an XDP program,
+// or by GRO turned on while the peer was up (GRO turned on before the link
+// came up does not count): the gate reads the flag (capability.ChooseAttach)
+// and the program hands packets routed out of an interface without it to
+// the kernel (passed_egress_not_xdp); forced XDP there is refused.
 //
 // # Address translation
 //

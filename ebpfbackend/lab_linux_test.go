@@ -67,9 +67,10 @@ func newNetlabSink(t testing.TB, opts *Options, sinkPort uint16) (*netlab.Lab, *
 	if err := l.Server.Do(func() error { return disableTxChecksum(l.ServerIf) }); err != nil {
 		t.Fatal(err)
 	}
-	// Frames redirected into a veth are only received when the peer end
-	// runs NAPI. Measured here: GRO on the peer is not enough, a native XDP
-	// program is, so each end gets netlab's pass-through counter.
+	// The kernel redirects into a veth end only while it advertises
+	// ndo-xmit. netlab turns the peers' GRO on before the links are up,
+	// which does not set it (see capability.ChooseAttach); an XDP program
+	// on the peer does, so each end gets netlab's pass-through counter.
 	for _, end := range []struct {
 		ns    *netlab.NS
 		iface string

@@ -36,11 +36,12 @@
 //
 // Every lab veth has TX checksum offload off, so socket traffic carries
 // complete L4 checksums and survives being redirected by XDP (a physical
-// NIC would finish the sum itself). A veth end receives frames that XDP
-// redirects into its peer only while it runs NAPI: GRO is on for every end,
-// but the backends' tests measured that a native XDP program on the
-// receiving end is what reliably makes it work, so attach a pass-through
-// [Counter] (nil options) to every end that must receive forwarded frames.
+// NIC would finish the sum itself). The kernel redirects into a veth end
+// only while that end advertises the ndo-xmit XDP feature, which it gets
+// when its peer runs NAPI by an XDP program, or by GRO turned on while the
+// peer is up. GRO is on for every end, but turned on before the link is
+// up, which does not set the flag: attach a pass-through [Counter] (nil
+// options) to every end that must receive forwarded frames.
 //
 // [Options.KernelVethDefaults] keeps the ends as the kernel makes them
 // (GRO off, TX checksum offload and TSO on), as users' containers have
