@@ -480,7 +480,7 @@ struct fw_out {
 	__u8 family;
 	__u8 vlan;  /* the frame carries an 802.1Q tag in its data */
 	__u8 xlate; /* NAT: as struct pkt's */
-	__u8 pad;
+	__u8 neigh; /* TC: the next hop is unresolved; bpf_redirect_neigh */
 	__u32 saddr; /* xlate: the addresses (and ports) the packet leaves with */
 	__u32 daddr;
 	__u16 sport;
@@ -1978,6 +1978,7 @@ static __always_inline void out_from_hop(struct fw_out *o, const struct fw_hop *
 	o->family = p->k.family;
 	o->vlan = p->vlan;
 	o->xlate = p->xlate;
+	o->neigh = 0;
 	o->saddr = p->o_saddr;
 	o->daddr = p->o_daddr;
 	o->sport = p->o_sport;
@@ -2333,11 +2334,25 @@ route:
 
 	if (hand_over) {
 		if (p->xlate && hand_over == FW_CNT_PASS_NO_NEIGH) {
-			/* The kernel resolves the next hop and forwards this one
-			 * packet, translated (untranslated it would leave with the
-			 * inside address). */
+			if (p->ttl <= 1)
+				/* The kernel answers, about the packet as sent. */
+				return pass(cnt, FW_CNT_PASS_TTL);
 			cnt->c[hand_over] += 1;
 			out_from_hop(o, hopp, p);
+			if (tc) {
+				/* Translated, routed out of the egress by the
+				 * kernel's neighbour output, which resolves the next
+				 * hop (its forwarding path would drop a packet whose
+				 * source is now the firewall's own address: a
+				 * martian). */
+				o->neigh = 1;
+				return FWV_FWD;
+			}
+			/* XDP has no neighbour output: the kernel forwards this
+			 * one packet, translated. A masqueraded source is its own
+			 * address, which its forwarding refuses: until something
+			 * resolves that next hop, such flows do not pass (see
+			 * docs/architecture.md, NAT). */
 			return FWV_PASS_NAT;
 		}
 		/* (Too big, TTL: untranslated, so the kernel's ICMP error goes to
@@ -2702,7 +2717,7 @@ static __always_inline int fw_forward(void *ctx, const int tc, const struct fw_o
 	__builtin_memcpy(eth->h_source, o->smac, ETH_ALEN);
 	eth->h_proto = o->family == 4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
 
-	int act = fw_redirect(tc, ms, o->ifindex);
+	int act = (tc && o->neigh) ? (int)bpf_redirect_neigh(o->ifindex, NULL, 0, 0) : fw_redirect(tc, ms, o->ifindex);
 	if (act != (tc ? TC_ACT_REDIRECT : XDP_REDIRECT))
 		return native(drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED), tc);
 	cnt->c[FW_CNT_FORWARDED] += 1;

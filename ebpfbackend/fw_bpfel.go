@@ -314,7 +314,7 @@ type fwFwScratch2 struct {
 		Family  uint8
 		Vlan    uint8
 		Xlate   uint8
-		Pad     uint8
+		Neigh   uint8
 		Saddr   uint32
 		Daddr   uint32
 		Sport   uint16
