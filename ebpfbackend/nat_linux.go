@@ -64,17 +64,6 @@ type natRow struct {
 	addrs []netip.Addr
 }
 
-func protoNumber(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.ProtoTCP:
-		return unix.IPPROTO_TCP
-	case dataplane.ProtoUDP:
-		return unix.IPPROTO_UDP
-	case dataplane.ProtoICMP:
-		return unix.IPPROTO_ICMP
-	}
-	return 0
-}
 
 // addrWord is an IPv4 address as the datapath holds it (network order
 // bytes read as a little-endian word).
@@ -98,7 +87,7 @@ func buildNAT(cfg *dataplane.Config, zoneID map[string]uint32) (natPlan, []strin
 	var ordinal uint32
 	for i, r := range cfg.NAT {
 		np.names = append(np.names, dataplane.NATScope(cfg, i))
-		base := fwFwNatRule{Proto: protoNumber(r.Protocol), Rule: uint8(i + 1)}
+		base := fwFwNatRule{Proto: r.Protocol.Number(), Rule: uint8(i + 1)}
 		srcs := []netip.Prefix{{}} // any source
 		if len(r.Sources) > 0 {
 			srcs = srcs[:0]

@@ -220,19 +220,6 @@ type snatRule struct {
 	first, last uint16
 }
 
-func protoNumber(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.ProtoTCP:
-		return unix.IPPROTO_TCP
-	case dataplane.ProtoUDP:
-		return unix.IPPROTO_UDP
-	case dataplane.ProtoICMP:
-		return unix.IPPROTO_ICMP
-	case dataplane.ProtoICMPv6:
-		return unix.IPPROTO_ICMPV6
-	}
-	return 0
-}
 
 // compileNAT compiles cfg's NAT rules (validated, IPv4: the feature check
 // refused IPv6 ones) with the zone ids of the plan. It registers the
@@ -249,7 +236,7 @@ func compileNAT(cfg *dataplane.Config, zones map[string]uint16, reg *natRegistry
 		}
 		switch r.Type {
 		case dataplane.NATDestination:
-			d := dnatRule{name: id, zone: session.AnyZone, proto: protoNumber(r.Protocol),
+			d := dnatRule{name: id, zone: session.AnyZone, proto: r.Protocol.Number(),
 				dst: netip.MustParseAddr(r.Destination).As4(), to: netip.MustParseAddr(r.TranslateTo).As4(), toPort: r.TranslatePort}
 			if r.FromZone != "" {
 				d.zone = zones[r.FromZone]
@@ -267,7 +254,7 @@ func compileNAT(cfg *dataplane.Config, zones map[string]uint16, reg *natRegistry
 		case dataplane.NATSource:
 			pr := r.PortsOrDefault()
 			s := snatRule{scope: dataplane.NATScope(cfg, i), name: id, from: zones[r.FromZone], to: zones[r.ToZone],
-				proto: protoNumber(r.Protocol), masq: r.Masquerade, first: pr.First, last: pr.Last}
+				proto: r.Protocol.Number(), masq: r.Masquerade, first: pr.First, last: pr.Last}
 			for _, src := range r.Sources {
 				p, _ := dataplane.ParsePrefix(src)
 				s.sources = append(s.sources, p.Masked())
