@@ -2037,6 +2037,166 @@ static __noinline void sess_touch(struct fw_sess_val *sv, const struct pkt *p, i
 		__sync_fetch_and_or((__u64 *)&sv->flags, (__u64)add);
 }
 
+/* Routes the packet (bpf_fib_lookup into hop). Returns the lookup's
+ * result (success or no neighbour) with whether the answer may be reused
+ * and what the kernel must do instead of a plain forward (hand_over: a
+ * counter, 0 for none), or, as a verdict | 0x100, what happens to a
+ * packet that is not forwarded. */
+static __always_inline int route_hop(void *ctx, const int tc, struct fw_env *e, struct pkt *p, struct fw_hop *hopp,
+				     struct fw_cpu_counters *cnt, int *cacheable, __u32 *hand_over)
+{
+	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
+	int rc = fib_hop(ctx, e->in_ifindex, p, hopp, p->tot_len);
+	*cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && p->tot_len;
+	*hand_over = 0;
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		break;
+	case BPF_FIB_LKUP_RET_NOT_FWDED:
+		/* Local delivery, broadcast, multicast: the firewall's own traffic. */
+		return 0x100 | pass(cnt, FW_CNT_PASS_LOCAL);
+	case BPF_FIB_LKUP_RET_FWD_DISABLED:
+		return 0x100 | pass(cnt, FW_CNT_PASS_FWD_DISABLED);
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		/* The MTU check fails before the FIB names the egress; look up again
+		 * without it (XDP: tot_len 0 skips it) so policy still decides before
+		 * the kernel fragments or answers "too big". The skb variant checks
+		 * the skb when tot_len is 0, so TC asks with the smallest length. */
+		*hand_over = (tc && ctx_gso_size(ctx, tc)) ? FW_CNT_PASS_GSO_TOO_BIG : FW_CNT_PASS_FRAG_NEEDED;
+		*cacheable = 0;
+		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
+		rc = fib_hop(ctx, e->in_ifindex, p, hopp, tc ? 1 : 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+			return 0x100 | drop(cnt, FW_CNT_DROP_NO_ROUTE);
+		break;
+	case BPF_FIB_LKUP_RET_UNSUPP_LWT:
+		return 0x100 | drop(cnt, FW_CNT_DROP_UNSUPPORTED_ROUTE);
+	default:
+		return 0x100 | drop(cnt, FW_CNT_DROP_NO_ROUTE);
+	}
+	return rc;
+}
+
+/* A hit in this CPU's flow cache entry (same tuple, same config and
+ * generation, not expired, same ingress, an egress that takes what this
+ * program type sends): the hop and the translation come from the entry.
+ * Returns 1 on a hit. */
+static __always_inline int cache_hit(struct fw_env *e, struct pkt *p, struct fw_hop *hopp, struct fw_cpu_counters *cnt,
+				     const int tc)
+{
+	struct fw_flow *fc = e->fc;
+	if (!(e->fc_same && fc->active == e->active && fc->gen == e->gen && (__s64)(fc->expire_j - e->now_j) > 0 &&
+	      p->tot_len <= fc->len_ok && fc->in_ifindex == e->in_ifindex && (tc || fc->xdp_tx)))
+		return 0;
+	fc->packets += 1;
+	fc->bytes += e->bytes;
+	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+	hopp->ifindex = fc->ifindex;
+	hopp->xdp_tx = fc->xdp_tx;
+	if (fc->xlate) {
+		p->xlate = 1;
+		p->o_saddr = fc->nat_saddr;
+		p->o_daddr = fc->nat_daddr;
+		p->o_sport = fc->nat_sport;
+		p->o_dport = fc->nat_dport;
+	}
+	__builtin_memcpy(hopp->smac, fc->smac, ETH_ALEN);
+	__builtin_memcpy(hopp->dmac, fc->dmac, ETH_ALEN);
+	return 1;
+}
+
+/* The first packet of a flow (no live session), routed to zone `to`:
+ * zones, related ICMP errors, the SYN check, the policy on the translated
+ * destination, source NAT and the new session. Returns -1 to go on
+ * (forward or hand over), or a verdict (counted). */
+static __always_inline int judge_new_flow(struct fw_cpu_counters *cnt, struct fw_scratch *sc, struct pkt *p,
+					  struct fw_env *e, const struct fw_settings *set, void *key,
+					  struct fw_sess_val *sv, struct fw_hop *hopp, __u32 to, __u64 now, int is_tcp)
+{
+	/* Zones are only needed for a new flow. */
+	__u32 from = zone_of(e->in_ifindex, e->slot, NULL);
+	if (!from)
+		/* Not (or no longer) managed: behave as if detached. */
+		return pass(cnt, FW_CNT_PASS_UNMANAGED);
+	if (!to)
+		/* Routing into an interface we do not manage would bypass the
+		 * zone policy: fail closed. */
+		return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
+	if (p->icmp_err) {
+		/* Errors about an allowed flow (path MTU discovery needs
+		 * them) pass like the flow; others have no flow to be part
+		 * of and are dropped, like in any stateful firewall. */
+		if (!p->related)
+			return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
+		cnt->c[FW_CNT_RELATED_ICMP] += 1;
+		if (p->xlate == 2)
+			cnt->c[FW_CNT_NAT_ICMP_XLATED] += 1;
+		/* (never cached: cache_pkt is unset for ICMP errors) */
+	} else {
+		/* Only a SYN opens a TCP session (unless mid-stream pickup is
+		 * on, which never lets an RST open one). */
+		__u32 sflags = 0;
+		if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
+			if (!(set->flags & FW_SET_TCP_PICKUP) || (p->tcp_flags & TCP_RST)) {
+				if (sv && p->k.family == 4)
+					sess4_delete(key);
+				else if (sv)
+					bpf_map_delete_elem(&fw_sessions_v6, key);
+				return drop(cnt, FW_CNT_DROP_TCP_NOT_SYN);
+			}
+			sflags = FW_SF_ESTABLISHED;
+		}
+		/* The policy sees the translated destination (port
+		 * forwarding) and the original source. */
+		__u32 od = p->k.daddr[0];
+		__u16 odp = p->k.dport;
+		if (p->dnat) {
+			p->k.daddr[0] = p->o_daddr;
+			p->k.dport = p->o_dport;
+		}
+		int allow = evaluate(e->slot, from, to, p) == FW_ALLOW;
+		p->k.daddr[0] = od;
+		p->k.dport = odp;
+		if (!allow) {
+			if (sv && p->k.family == 4)
+				/* Expired and now denied: free the slot so the
+				 * session count stays the number of live flows. */
+				sess4_delete(key);
+			else if (sv)
+				bpf_map_delete_elem(&fw_sessions_v6, key);
+			return drop(cnt, FW_CNT_DROP_POLICY);
+		}
+		struct fw_newsess ns = {.now = now, .bytes = e->bytes, .slot = e->slot, .flags = sflags,
+					 .from_zone = (__u8)from, .to_zone = (__u8)to};
+		if (p->k.family == 4) {
+			int r = fw_snat(p, &sc->k4, e->slot, from | (to << 8), hopp->ifindex);
+			if (r == -1)
+				return drop(cnt, FW_CNT_NAT_EXHAUSTED);
+			if (r == -2)
+				return drop(cnt, FW_CNT_NAT_UNSUPPORTED);
+			if (r > 0) {
+				ns.nat.saddr = p->o_saddr;
+				ns.nat.sport = p->o_sport;
+				ns.nat.snat_rule = (__u8)(r >> 8);
+			}
+			if (p->dnat) {
+				ns.nat.daddr = p->o_daddr;
+				ns.nat.dport = p->o_dport;
+				ns.nat.dnat_rule = p->dnat;
+			}
+			ns.nat.epoch = (__u16)set->nat_epoch;
+		}
+		if (create_session(p, key, hopp, &ns) < 0)
+			return FWV_DROP;
+		cnt->c[p->k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
+		/* The flow's next packet fills the cache, from the live path
+		 * (one path fewer here for the verifier). */
+		e->cache_pkt = 0;
+	}
+	return -1;
+}
+
 /* The general path: parse, session, FIB, zones and policy. Returns a
  * verdict; FWV_FWD fills o. Nothing here writes to the packet. */
 static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
@@ -2083,30 +2243,13 @@ static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 	e.fc = bpf_map_lookup_elem(&fw_flow_cache, &fidx);
 	if (!e.fc)
 		return FWV_ABORT;
-	struct fw_flow *fc = e.fc;
-	e.fc_same = e.cache_pkt && flow_key_eq(&fc->key, &p->k);
+	e.fc_same = e.cache_pkt && flow_key_eq(&e.fc->key, &p->k);
 	__u32 *genp = bpf_map_lookup_elem(&fw_flow_gen, &fidx);
 	if (!genp)
 		return FWV_ABORT;
 	e.gen = *genp;
-	if (e.fc_same && fc->active == e.active && fc->gen == e.gen && (__s64)(fc->expire_j - e.now_j) > 0 && p->tot_len <= fc->len_ok &&
-	    fc->in_ifindex == e.in_ifindex && (tc || fc->xdp_tx)) {
-		fc->packets += 1;
-		fc->bytes += e.bytes;
-		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
-		hopp->ifindex = fc->ifindex;
-		hopp->xdp_tx = fc->xdp_tx;
-		if (fc->xlate) {
-			p->xlate = 1;
-			p->o_saddr = fc->nat_saddr;
-			p->o_daddr = fc->nat_daddr;
-			p->o_sport = fc->nat_sport;
-			p->o_dport = fc->nat_dport;
-		}
-		__builtin_memcpy(hopp->smac, fc->smac, ETH_ALEN);
-		__builtin_memcpy(hopp->dmac, fc->dmac, ETH_ALEN);
+	if (cache_hit(&e, p, hopp, cnt, tc))
 		goto forward;
-	}
 
 	/* The coarse clock is a plain load (jiffy resolution, a few ms), where
 	 * bpf_ktime_get_ns reads the clock source: idle timeouts need no better,
@@ -2194,39 +2337,14 @@ route:
 		/* A new flow: destination NAT first, so routing and the policy
 		 * see the translated destination. */
 		fw_dnat(p, e.slot, zone_of(e.in_ifindex, e.slot, NULL));
-	cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-	int rc = fib_hop(ctx, e.in_ifindex, p, hopp, p->tot_len);
-	int cacheable = rc == BPF_FIB_LKUP_RET_SUCCESS && p->tot_len;
+	int cacheable;
 	/* What happens to the packet once the session is settled: forwarded
 	 * (0), or handed to the kernel for a reason (one variable, not three,
 	 * lives to the end of this function: fewer verifier states). */
-	__u32 hand_over = 0;
-	switch (rc) {
-	case BPF_FIB_LKUP_RET_SUCCESS:
-	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		break;
-	case BPF_FIB_LKUP_RET_NOT_FWDED:
-		/* Local delivery, broadcast, multicast: the firewall's own traffic. */
-		return pass(cnt, FW_CNT_PASS_LOCAL);
-	case BPF_FIB_LKUP_RET_FWD_DISABLED:
-		return pass(cnt, FW_CNT_PASS_FWD_DISABLED);
-	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		/* The MTU check fails before the FIB names the egress; look up again
-		 * without it (XDP: tot_len 0 skips it) so policy still decides before
-		 * the kernel fragments or answers "too big". The skb variant checks
-		 * the skb when tot_len is 0, so TC asks with the smallest length. */
-		hand_over = (tc && ctx_gso_size(ctx, tc)) ? FW_CNT_PASS_GSO_TOO_BIG : FW_CNT_PASS_FRAG_NEEDED;
-		cacheable = 0;
-		cnt->c[FW_CNT_FIB_LOOKUP] += 1;
-		rc = fib_hop(ctx, e.in_ifindex, p, hopp, tc ? 1 : 0);
-		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
-			return drop(cnt, FW_CNT_DROP_NO_ROUTE);
-		break;
-	case BPF_FIB_LKUP_RET_UNSUPP_LWT:
-		return drop(cnt, FW_CNT_DROP_UNSUPPORTED_ROUTE);
-	default:
-		return drop(cnt, FW_CNT_DROP_NO_ROUTE);
-	}
+	__u32 hand_over;
+	int rc = route_hop(ctx, tc, &e, p, hopp, cnt, &cacheable, &hand_over);
+	if (rc & 0x100)
+		return rc & 0xff;
 
 	if (p->nonfirst_frag)
 		return drop(cnt, FW_CNT_DROP_FRAGMENT);
@@ -2250,86 +2368,9 @@ route:
 	} else {
 		if (sv)
 			cnt->c[FW_CNT_SESSION_EXPIRED] += 1;
-		/* Zones are only needed for a new flow. */
-		__u32 from = zone_of(e.in_ifindex, e.slot, NULL);
-		if (!from)
-			/* Not (or no longer) managed: behave as if detached. */
-			return pass(cnt, FW_CNT_PASS_UNMANAGED);
-		if (!to)
-			/* Routing into an interface we do not manage would bypass the
-			 * zone policy: fail closed. */
-			return drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED);
-		if (p->icmp_err) {
-			/* Errors about an allowed flow (path MTU discovery needs
-			 * them) pass like the flow; others have no flow to be part
-			 * of and are dropped, like in any stateful firewall. */
-			if (!p->related)
-				return drop(cnt, FW_CNT_DROP_ICMP_UNRELATED);
-			cnt->c[FW_CNT_RELATED_ICMP] += 1;
-			if (p->xlate == 2)
-				cnt->c[FW_CNT_NAT_ICMP_XLATED] += 1;
-			/* (never cached: cache_pkt is unset for ICMP errors) */
-		} else {
-			/* Only a SYN opens a TCP session (unless mid-stream pickup is
-			 * on, which never lets an RST open one). */
-			__u32 sflags = 0;
-			if (is_tcp && (p->tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_SYN) {
-				if (!(set->flags & FW_SET_TCP_PICKUP) || (p->tcp_flags & TCP_RST)) {
-					if (sv && p->k.family == 4)
-						sess4_delete(key);
-					else if (sv)
-						bpf_map_delete_elem(&fw_sessions_v6, key);
-					return drop(cnt, FW_CNT_DROP_TCP_NOT_SYN);
-				}
-				sflags = FW_SF_ESTABLISHED;
-			}
-			/* The policy sees the translated destination (port
-			 * forwarding) and the original source. */
-			__u32 od = p->k.daddr[0];
-			__u16 odp = p->k.dport;
-			if (p->dnat) {
-				p->k.daddr[0] = p->o_daddr;
-				p->k.dport = p->o_dport;
-			}
-			int allow = evaluate(e.slot, from, to, p) == FW_ALLOW;
-			p->k.daddr[0] = od;
-			p->k.dport = odp;
-			if (!allow) {
-				if (sv && p->k.family == 4)
-					/* Expired and now denied: free the slot so the
-					 * session count stays the number of live flows. */
-					sess4_delete(key);
-				else if (sv)
-					bpf_map_delete_elem(&fw_sessions_v6, key);
-				return drop(cnt, FW_CNT_DROP_POLICY);
-			}
-			struct fw_newsess ns = {.now = now, .bytes = e.bytes, .slot = e.slot, .flags = sflags,
-						 .from_zone = (__u8)from, .to_zone = (__u8)to};
-			if (p->k.family == 4) {
-				int r = fw_snat(p, &sc->k4, e.slot, from | (to << 8), hopp->ifindex);
-				if (r == -1)
-					return drop(cnt, FW_CNT_NAT_EXHAUSTED);
-				if (r == -2)
-					return drop(cnt, FW_CNT_NAT_UNSUPPORTED);
-				if (r > 0) {
-					ns.nat.saddr = p->o_saddr;
-					ns.nat.sport = p->o_sport;
-					ns.nat.snat_rule = (__u8)(r >> 8);
-				}
-				if (p->dnat) {
-					ns.nat.daddr = p->o_daddr;
-					ns.nat.dport = p->o_dport;
-					ns.nat.dnat_rule = p->dnat;
-				}
-				ns.nat.epoch = (__u16)set->nat_epoch;
-			}
-			if (create_session(p, key, hopp, &ns) < 0)
-				return FWV_DROP;
-			cnt->c[p->k.family == 4 ? FW_CNT_SESSION_CREATED_V4 : FW_CNT_SESSION_CREATED_V6] += 1;
-			/* The flow's next packet fills the cache, from the live path
-			 * (one path fewer here for the verifier). */
-			e.cache_pkt = 0;
-		}
+		int jv = judge_new_flow(cnt, sc, p, &e, set, key, sv, hopp, to, now, is_tcp);
+		if (jv >= 0)
+			return jv;
 	}
 
 	if (hand_over) {
