@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/fwplane/fwplane/dataplane"
@@ -426,6 +428,19 @@ func checkDetached(t *testing.T, l *Lab) {
 			}
 			if x := lk.Attrs().Xdp; x != nil && (x.Attached || x.ProgId != 0) {
 				return fmt.Errorf("%s still has XDP program %d attached after Close", name, x.ProgId)
+			}
+			// The eBPF backend attaches at TC (tcx) on veths.
+			for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+				res, err := link.QueryPrograms(link.QueryOptions{Target: lk.Attrs().Index, Attach: at})
+				if err != nil {
+					if errors.Is(err, ebpf.ErrNotSupported) {
+						continue // no tcx on this kernel: nothing can be attached there
+					}
+					return fmt.Errorf("query %s's tcx programs: %w", name, err)
+				}
+				if len(res.Programs) > 0 {
+					return fmt.Errorf("%s still has %d tcx program(s) (%v) attached after Close", name, len(res.Programs), at)
+				}
 			}
 		}
 		return nil
