@@ -536,6 +536,7 @@ func TestResourceRows(t *testing.T) {
 		"fw_tx_ports":       {dataplane.KindDevMap, maxIfaces, false},
 		"fw_counters":       {dataplane.KindPerCPUArray, 1, false},
 		"fw_flow_cache":     {dataplane.KindPerCPUArray, flowCacheSlots, false},
+		"fw_flow_gen":       {dataplane.KindArray, flowCacheSlots, false},
 		"fw_mirror_rules":   {dataplane.KindHash, maxMirrors, true},
 		"fw_mirror_counts":  {dataplane.KindPerCPUArray, maxMirrors, false},
 		"fw_mirror_out":     {dataplane.KindDevMap, maxMirrors, false},
