@@ -206,7 +206,6 @@ func TestIntegrationSessionCounts(t *testing.T) {
 	}
 }
 
-
 // TestIntegrationCloseLeavesNothing: after Close no XDP program is attached
 // to any lab interface (netlink) and no bpf_link of ours exists.
 func TestIntegrationCloseLeavesNothing(t *testing.T) {

@@ -64,7 +64,6 @@ type natRow struct {
 	addrs []netip.Addr
 }
 
-
 // addrWord is an IPv4 address as the datapath holds it (network order
 // bytes read as a little-endian word).
 func addrWord(a netip.Addr) uint32 {
