@@ -220,7 +220,6 @@ type snatRule struct {
 	first, last uint16
 }
 
-
 // compileNAT compiles cfg's NAT rules (validated, IPv4: the feature check
 // refused IPv6 ones) with the zone ids of the plan. It registers the
 // rules' names; it fails only when the name registry is full.
