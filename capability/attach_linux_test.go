@@ -4,10 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/fwplane/fwplane/dataplane"
-	"github.com/fwplane/fwplane/internal/ethtool"
 	"github.com/fwplane/fwplane/internal/netlab"
 )
 
@@ -72,7 +69,7 @@ func TestIntegrationAttachDecisionOnVeths(t *testing.T) {
 
 			// GRO turned on again while the peer is up: the kernel sets
 			// ndo-xmit on our end and forced XDP is taken.
-			if err := l.Client.Do(func() error { return regro(l.ClientIf) }); err != nil {
+			if err := l.ArmRedirectTargets(); err != nil {
 				t.Fatal(err)
 			}
 			ifs, err = ProbeInterfaces(l.Firewall.Path, []string{l.FwClientIf})
@@ -88,15 +85,4 @@ func TestIntegrationAttachDecisionOnVeths(t *testing.T) {
 			}
 		})
 	}
-}
-
-// regro turns GRO off and on again on a veth end that is up, which makes
-// the kernel advertise ndo-xmit on its peer (veth_set_features).
-func regro(iface string) error {
-	for _, on := range []bool{false, true} {
-		if err := ethtool.SetFeature(iface, unix.ETHTOOL_SGRO, on); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/fwplane/fwplane/internal/netlab"
 	"github.com/fwplane/fwplane/internal/netnsutil"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -51,41 +52,11 @@ func randSuffix(t testing.TB) string {
 	return hex.EncodeToString(b)
 }
 
-// newNamedNS creates a named network namespace and removes it on cleanup.
+// newNamedNS creates a named network namespace and removes it on cleanup;
+// a later test run sweeps it if this process dies first.
 func newNamedNS(t testing.TB) string {
 	t.Helper()
-	name := "fwpebpf-" + randSuffix(t)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		ns.Close()
-		if err := netns.Set(orig); err != nil {
-			errc <- err // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return "/var/run/netns/" + name
+	return netlab.NewNST(t, "ebpf").Path
 }
 
 func writeSysctl(name, val string) error {

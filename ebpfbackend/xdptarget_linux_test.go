@@ -9,10 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/fwplane/fwplane/dataplane"
-	"github.com/fwplane/fwplane/internal/ethtool"
 	"github.com/fwplane/fwplane/internal/netlab"
 	"github.com/fwplane/fwplane/internal/testutil"
 )
@@ -64,20 +61,8 @@ func TestIntegrationForcedXDPNeedsRedirectTargets(t *testing.T) {
 		t.Errorf("refused Apply left attachments: %+v", a)
 	}
 
-	for _, end := range []struct {
-		ns    *netlab.NS
-		iface string
-	}{{l.Client, l.ClientIf}, {l.Server, l.ServerIf}} {
-		if err := end.ns.Do(func() error {
-			for _, on := range []bool{false, true} {
-				if err := ethtool.SetFeature(end.iface, unix.ETHTOOL_SGRO, on); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
+	if err := l.ArmRedirectTargets(); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := b.Apply(ctx, netlabConfig(l)); err != nil {
 		t.Fatalf("Apply after the peers' GRO went on while up: %v", err)

@@ -531,3 +531,32 @@ func waitUsable(ctx context.Context, ns *NS, iface string) error {
 		}
 	})
 }
+
+// ArmRedirectTargets makes the firewall's client and server ends take
+// frames an XDP program redirects into them. The kernel redirects only
+// into a device that advertises ndo-xmit, and a veth end gets it when its
+// peer's GRO is turned on while the peer is up (veth_set_features). The
+// lab turns GRO on before the links are up, so its firewall ends start
+// without it, which is what tests of the refusal need; ArmRedirectTargets
+// turns each peer's GRO off and on again, which sets the flag for the rest
+// of the lab's life. On kernel-default veths (GRO off) it does nothing:
+// there the peers send partial checksums, which no XDP redirect may carry.
+func (l *Lab) ArmRedirectTargets() error {
+	if l.opts.KernelVethDefaults {
+		return nil
+	}
+	for _, end := range []struct {
+		ns    *NS
+		iface string
+	}{{l.Client, l.ClientIf}, {l.Server, l.ServerIf}} {
+		if err := end.ns.Do(func() error {
+			if err := setGRO(end.iface, false); err != nil {
+				return err
+			}
+			return setGRO(end.iface, true)
+		}); err != nil {
+			return fmt.Errorf("arm %s as a redirect target: %w", end.iface, err)
+		}
+	}
+	return nil
+}

@@ -3,11 +3,14 @@
 package netlab
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -116,4 +119,33 @@ func (n *NS) String() string {
 		return "<nil>"
 	}
 	return n.Name
+}
+
+// NewNST creates one empty named namespace for a test that builds its own
+// links, named like a lab's (role: lower-case letters) so that [Sweep]
+// removes it if the test process dies before its cleanup; it sweeps first,
+// as [New] does, and removes the namespace in tb.Cleanup.
+func NewNST(tb testing.TB, role string) *NS {
+	tb.Helper()
+	owner, err := Self()
+	if err != nil {
+		tb.Fatalf("netns: read own start time: %v", err)
+	}
+	if _, err := Sweep(); err != nil {
+		tb.Logf("sweep before creating a namespace: %v", err)
+	}
+	var rnd [3]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		tb.Fatal(err)
+	}
+	ns, err := newNS(nsName(hex.EncodeToString(rnd[:]), role, owner))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := ns.remove(); err != nil {
+			tb.Errorf("%v", err)
+		}
+	})
+	return ns
 }
