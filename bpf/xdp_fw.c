@@ -1623,9 +1623,10 @@ static __noinline int create_session(const struct pkt *p, void *key, const struc
 
 /* The fast path: an untagged IPv4 (no options) or IPv6 TCP/UDP packet whose
  * flow is in this CPU's cache is decided from the headers and the entry
- * alone, with no parse into a struct and no call. Anything else, and any
- * miss, returns -1 and takes the general path below, which applies the
- * same checks in full; this path only forwards what that path would.
+ * alone, with no parse into a struct and no call, and forwarded straight
+ * from the entry (fast_forward). Anything else, and any miss, takes the
+ * general path below, which applies the same checks in full; this path
+ * only forwards what that path would.
  *
  * Header words are read again after each map lookup rather than kept: clang
  * treats the (inlined) lookups as calls, and keeping the key live across
@@ -1649,26 +1650,21 @@ static __always_inline int fast_valid(const struct fw_flow *fc, __u32 idx, __u32
 	       len <= fc->len_ok && fc->in_ifindex == in && (tc || fc->xdp_tx);
 }
 
-static __always_inline int fast_hit(struct fw_flow *fc, __u64 bytes, __u8 family, struct fw_out *o)
+/* Fills o from a flow-cache hit whose packet is translated: the general
+ * forward does the rewrite. */
+static __always_inline void fast_out(const struct fw_flow *fc, __u8 family, struct fw_out *o)
 {
-	__u32 zero = 0;
-	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
-	if (!cnt)
-		return -1;
-	fc->packets += 1;
-	fc->bytes += bytes;
-	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
 	o->ifindex = fc->ifindex;
 	__builtin_memcpy(o->smac, fc->smac, ETH_ALEN);
 	__builtin_memcpy(o->dmac, fc->dmac, ETH_ALEN);
 	o->family = family;
 	o->vlan = 0;
+	o->neigh = 0;
 	o->xlate = (__u8)fc->xlate;
 	o->saddr = fc->nat_saddr;
 	o->daddr = fc->nat_daddr;
 	o->sport = fc->nat_sport;
 	o->dport = fc->nat_dport;
-	return FWV_FWD;
 }
 
 /* The IP length the MTU check is about: for a TC GSO packet, one segment's
@@ -1678,46 +1674,46 @@ static __always_inline __u32 seg_len(__u32 tot_len, __u32 l3l4hlen, __u32 gso)
 	return gso ? l3l4hlen + gso : tot_len;
 }
 
-static __always_inline int fast4(void *ctx, const int tc, struct ethhdr *eth, void *end, struct fw_out *o)
+static __always_inline struct fw_flow *fast4(void *ctx, const int tc, struct ethhdr *eth, void *end)
 {
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > end)
-		return -1;
+		return NULL;
 	/* Version 4, no options, not a later fragment, TTL left to spend. */
 	if (*(__u8 *)iph != 0x45 || (iph->frag_off & bpf_htons(0x1fff)) || iph->ttl <= 1)
-		return -1;
+		return NULL;
 	__u8 proto = iph->protocol;
 	__u32 *l4 = (void *)(iph + 1);
 	__u32 hlen;
 	if (proto == IPPROTO_UDP) {
 		if ((void *)l4 + sizeof(struct udphdr) > end)
-			return -1;
+			return NULL;
 		hlen = sizeof(struct iphdr) + sizeof(struct udphdr);
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
-			return -1;
+			return NULL;
 		if (((__u8 *)l4)[13] & TCP_CTL) /* may change the session's state */
-			return -1;
+			return NULL;
 		hlen = sizeof(struct iphdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
-		return -1;
+		return NULL;
 	}
 	if (bpf_ntohs(iph->tot_len) < sizeof(*iph))
-		return -1;
+		return NULL;
 	/* The words of struct fw_flow_key for IPv4: 1 and 3 are zero. */
 	__u64 w4 = *l4 | ((__u64)proto << 32) | (4ULL << 40);
 	__u64 h = (__u64)iph->saddr ^ ((__u64)iph->daddr << 2) ^ (w4 << 5);
 	__u32 idx = (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 52) & (FW_FLOW_CACHE_SLOTS - 1);
 	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &idx);
 	if (!fc)
-		return -1;
+		return NULL;
 	const __u64 *k = (const __u64 *)&fc->key;
 	w4 = RELOAD32(l4) | ((__u64)iph->protocol << 32) | (4ULL << 40);
 	if (((k[0] ^ RELOAD32(&iph->saddr)) | k[1] | (k[2] ^ RELOAD32(&iph->daddr)) | k[3] | (k[4] ^ w4)) != 0)
-		return -1;
+		return NULL;
 	if (!fast_valid(fc, idx, seg_len(bpf_ntohs(iph->tot_len), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
-		return -1;
-	return fast_hit(fc, ctx_len(ctx, tc), 4, o);
+		return NULL;
+	return fc;
 }
 
 static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
@@ -1725,28 +1721,28 @@ static __always_inline __u64 addr_word(const struct in6_addr *a, int i)
 	return (__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i]) | ((__u64)RELOAD32(&a->in6_u.u6_addr32[2 * i + 1]) << 32);
 }
 
-static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, void *end, struct fw_out *o)
+static __always_inline struct fw_flow *fast6(void *ctx, const int tc, struct ethhdr *eth, void *end)
 {
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	if ((void *)(ip6 + 1) > end)
-		return -1;
+		return NULL;
 	if (ip6->version != 6 || ip6->hop_limit <= 1)
-		return -1;
+		return NULL;
 	__u8 proto = ip6->nexthdr;
 	__u32 *l4 = (void *)(ip6 + 1);
 	__u32 hlen;
 	if (proto == IPPROTO_UDP) {
 		if ((void *)l4 + sizeof(struct udphdr) > end)
-			return -1;
+			return NULL;
 		hlen = sizeof(struct ipv6hdr) + sizeof(struct udphdr);
 	} else if (proto == IPPROTO_TCP) {
 		if ((void *)l4 + sizeof(struct tcphdr) > end)
-			return -1;
+			return NULL;
 		if (((__u8 *)l4)[13] & TCP_CTL)
-			return -1;
+			return NULL;
 		hlen = sizeof(struct ipv6hdr) + ((struct tcphdr *)l4)->doff * 4;
 	} else {
-		return -1;
+		return NULL;
 	}
 	__u64 w4 = *l4 | ((__u64)proto << 32) | (6ULL << 40);
 	__u64 h = addr_word(&ip6->saddr, 0) ^ (addr_word(&ip6->saddr, 1) << 1) ^ (addr_word(&ip6->daddr, 0) << 2) ^
@@ -1754,29 +1750,35 @@ static __always_inline int fast6(void *ctx, const int tc, struct ethhdr *eth, vo
 	__u32 idx = (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 52) & (FW_FLOW_CACHE_SLOTS - 1);
 	struct fw_flow *fc = bpf_map_lookup_elem(&fw_flow_cache, &idx);
 	if (!fc)
-		return -1;
+		return NULL;
 	const __u64 *k = (const __u64 *)&fc->key;
 	w4 = RELOAD32(l4) | ((__u64)ip6->nexthdr << 32) | (6ULL << 40);
 	if (((k[0] ^ addr_word(&ip6->saddr, 0)) | (k[1] ^ addr_word(&ip6->saddr, 1)) |
 	     (k[2] ^ addr_word(&ip6->daddr, 0)) | (k[3] ^ addr_word(&ip6->daddr, 1)) | (k[4] ^ w4)) != 0)
-		return -1;
+		return NULL;
 	if (!fast_valid(fc, idx, seg_len(bpf_ntohs(ip6->payload_len) + sizeof(*ip6), hlen, ctx_gso_size(ctx, tc)), ctx_ingress(ctx, tc), tc))
-		return -1;
-	return fast_hit(fc, ctx_len(ctx, tc), 6, o);
+		return NULL;
+	return fc;
 }
 
-static __always_inline int fast_path(void *ctx, const int tc, struct fw_out *o)
+/* The flow-cache entry that may forward this packet (see fast_valid), and
+ * the packet's family in *family; NULL takes the general path. */
+static __always_inline struct fw_flow *fast_path(void *ctx, const int tc, __u8 *family)
 {
 	void *data = ctx_data(ctx, tc);
 	void *end = ctx_end(ctx, tc);
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return -1;
-	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		return fast4(ctx, tc, eth, end, o);
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return fast6(ctx, tc, eth, end, o);
-	return -1;
+		return NULL;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		*family = 4;
+		return fast4(ctx, tc, eth, end);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		*family = 6;
+		return fast6(ctx, tc, eth, end);
+	}
+	return NULL;
 }
 
 /* Parses the frame into p. Returns -1 to go on, or a verdict (counted). */
@@ -2201,10 +2203,6 @@ static __always_inline int judge_new_flow(struct fw_cpu_counters *cnt, struct fw
  * verdict; FWV_FWD fills o. Nothing here writes to the packet. */
 static __always_inline int fw_decide(void *ctx, const int tc, struct fw_out *o)
 {
-	int fast = fast_path(ctx, tc, o);
-	if (fast >= 0)
-		return fast;
-
 	__u32 zero = 0;
 	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
 	if (!cnt)
@@ -2776,15 +2774,89 @@ static __always_inline int fw_pass_nat(void *ctx, const int tc, struct fw_out *o
 	return native(FWV_PASS, tc);
 }
 
-/* The whole firewall for one packet: decide, then forward or not. */
+/* Forwards a flow-cache hit that needs no translation straight from the
+ * entry: no parse, no scratch, one counters lookup. It writes what
+ * fw_forward writes for the same packet (the fast path takes only untagged
+ * frames). XDP without a mirror clone redirects by ifindex, which costs
+ * less than the devmap: the entry was filled by the general path for a
+ * managed egress that takes XDP redirects (fast_valid checks both, and
+ * the config it was filled under). */
+static __always_inline int fast_forward(void *ctx, const int tc, struct fw_flow *fc, __u8 family, struct mstate *ms)
+{
+	__u32 zero = 0;
+	struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+	if (!cnt)
+		return native(FWV_ABORT, tc);
+	fc->packets += 1;
+	fc->bytes += ctx_len(ctx, tc);
+	cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+	ms->modified = 1;
+	void *data = ctx_data(ctx, tc);
+	void *end = ctx_end(ctx, tc);
+	if (family == 4) {
+		struct iphdr *iph = data + sizeof(struct ethhdr);
+		if ((void *)(iph + 1) > end)
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+		ipv4_dec_ttl(iph);
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > end)
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+		ipv6_dec_hop(ctx, tc, ip6);
+	}
+	if (tc && ((struct __sk_buff *)ctx)->vlan_present) {
+		if (bpf_skb_vlan_pop(ctx))
+			return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+	}
+	data = ctx_data(ctx, tc);
+	end = ctx_end(ctx, tc);
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return native(drop(cnt, FW_CNT_DROP_PARSE), tc);
+	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
+	int act = (tc || ms->out) ? fw_redirect(tc, ms, fc->ifindex) : (int)bpf_redirect(fc->ifindex, 0);
+	if (act != (tc ? TC_ACT_REDIRECT : XDP_REDIRECT))
+		return native(drop(cnt, FW_CNT_DROP_EGRESS_UNMANAGED), tc);
+	cnt->c[FW_CNT_FORWARDED] += 1;
+	return act;
+}
+
+static __always_inline void tc_mirror(struct __sk_buff *skb, int v);
+
+/* The whole firewall for one packet: a flow-cache hit is forwarded from
+ * its entry; anything else is decided, then forwarded or not. TC mirrors
+ * after the decision (tc_mirror). */
 static __always_inline int fw_main(void *ctx, const int tc, struct mstate *ms)
 {
 	__u32 zero = 0;
+	__u8 family = 0;
+	struct fw_flow *fc = fast_path(ctx, tc, &family);
+	if (__builtin_expect(fc && !fc->xlate, 1)) {
+		if (tc)
+			tc_mirror(ctx, FWV_FWD);
+		return fast_forward(ctx, tc, fc, family, ms);
+	}
 	struct fw_scratch2 *so = bpf_map_lookup_elem(&fw_scratch_out, &zero);
 	if (!so)
 		return native(FWV_ABORT, tc);
 	struct fw_out *o = &so->o;
-	int v = fw_decide(ctx, tc, o);
+	int v;
+	if (fc) {
+		/* A translated hit: the general forward rewrites it. */
+		struct fw_cpu_counters *cnt = bpf_map_lookup_elem(&fw_counters, &zero);
+		if (!cnt)
+			return native(FWV_ABORT, tc);
+		fc->packets += 1;
+		fc->bytes += ctx_len(ctx, tc);
+		cnt->c[FW_CNT_FLOW_CACHE_HIT] += 1;
+		fast_out(fc, family, o);
+		v = FWV_FWD;
+	} else {
+		v = fw_decide(ctx, tc, o);
+	}
+	if (tc)
+		tc_mirror(ctx, v == FWV_PASS_NAT ? FWV_PASS : v);
 	if (v == FWV_FWD)
 		return fw_forward(ctx, tc, o, ms);
 	return fw_pass_nat(ctx, tc, o, v);
@@ -3251,14 +3323,5 @@ int tc_fw(struct __sk_buff *skb)
 {
 	tc_pull(skb);
 	struct mstate ms = {};
-	__u32 zero = 0;
-	struct fw_scratch2 *so = bpf_map_lookup_elem(&fw_scratch_out, &zero);
-	if (!so)
-		return TC_ACT_SHOT;
-	struct fw_out *o = &so->o;
-	int v = fw_decide(skb, 1, o);
-	tc_mirror(skb, v == FWV_PASS_NAT ? FWV_PASS : v);
-	if (v == FWV_FWD)
-		return fw_forward(skb, 1, o, &ms);
-	return fw_pass_nat(skb, 1, o, v);
+	return fw_main(skb, 1, &ms);
 }

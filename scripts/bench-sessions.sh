@@ -51,7 +51,8 @@ for i in $(seq "$COUNT"); do
 	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 done
 for cmd in "go test -run ^\$ -bench ^BenchmarkResourceStats1M\$/^kfunc\$ -benchtime 20x -count $COUNT ./ebpfbackend/" \
-	"go test -run ^\$ -bench ^BenchmarkResourceStats(1M)?\$ -benchtime 20000x -count $COUNT ./userspacebackend/"; do
+	"go test -run ^\$ -bench ^BenchmarkResourceStats(1M)?\$ -benchtime 20000x -count $COUNT ./userspacebackend/" \
+	"go test -run ^\$ -bench ^Benchmark(StateCeiling|SessionInsertCeiling)\$ -benchtime 1x -count $COUNT ./ebpfbackend/"; do
 	echo "# FWPLANE_REQUIRE_PRIVILEGED=1 $cmd" >&2
 	FWPLANE_REQUIRE_PRIVILEGED=1 $cmd 2>&1 | tee -a "$out" | grep -E '^(Benchmark[^[:space:]]*[[:space:]]+[0-9]+[[:space:]]|--- (FAIL|SKIP)|FAIL|ok|panic)|^ +[a-z_]+\.go:[0-9]+: ' >&2
 done
@@ -95,4 +96,22 @@ END {
 	if (ndf && ndr) printf "  same run, default (64 Ki) table, empty: fresh %.1f µs, reused %.1f µs\n", median(df, ndf), median(dr, ndr)
 	exit (median(k, nk) <= 1000 && median(f, nf) <= 20 && median(r, nr) <= 20) ? 0 : 1
 }' "$out" || status=$(( status > 0 ? status : $? ))
+
+# What any XDP forwarder that keeps per-flow state in a BPF hash map can
+# reach here (BenchmarkStateCeiling, BenchmarkSessionInsertCeiling): the
+# bounds the eBPF targets above are measured against.
+awk '
+function median(a, n,   i, j, x) {
+	for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { x = a[i]; a[i] = a[j]; a[j] = x }
+	return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+/^Benchmark(StateCeiling|SessionInsertCeiling)/ { for (i = 5; i < NF; i += 2) { v[$(i + 1), ++n[$(i + 1)]] = $(i) } }
+function m(name,   a, i) { for (i = 1; i <= n[name]; i++) a[i] = v[name, i]; return n[name] ? median(a, n[name]) : -1 }
+END {
+	printf "\nCeilings (one hash-map operation per packet, nothing else; medians):\n"
+	printf "  lookup, 128 Ki table: 1 flow %.2f Mpps, 64 Ki flows %.2f Mpps (%.2fx)\n", m("lookup-128k-Mpps-1"), m("lookup-128k-Mpps-64k"), m("lookup-128k-64k/1")
+	printf "  lookup, 2 Mi table:   1 flow %.2f Mpps, 64 Ki flows %.2f Mpps (%.2fx), 1 Mi flows %.2f Mpps (%.2fx)\n", m("lookup-2m-Mpps-1"), m("lookup-2m-Mpps-64k"), m("lookup-2m-64k/1"), m("lookup-2m-Mpps-1m"), m("lookup-2m-1m/1")
+	printf "  bare redirect:        1 flow %.2f Mpps, 64 Ki flows %.2f Mpps (%.2fx), 1 Mi flows %.2f Mpps (%.2fx)\n", m("bare-Mpps-1"), m("bare-Mpps-64k"), m("bare-64k/1"), m("bare-Mpps-1m"), m("bare-1m/1")
+	printf "  insert (new flows):   2 Mi table %.2f Msess/s, 256 Ki table %.2f Msess/s\n", m("insert-2048k-Msess/s"), m("insert-256k-Msess/s")
+}' "$out"
 exit $status
