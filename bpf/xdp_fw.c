@@ -2823,6 +2823,7 @@ static __always_inline int fast_forward(void *ctx, const int tc, struct fw_flow 
 }
 
 static __always_inline void tc_mirror(struct __sk_buff *skb, int v);
+static __always_inline void tc_pull(struct __sk_buff *skb);
 
 /* The whole firewall for one packet: a flow-cache hit is forwarded from
  * its entry; anything else is decided, then forwarded or not. TC mirrors
@@ -2837,6 +2838,8 @@ static __always_inline int fw_main(void *ctx, const int tc, struct mstate *ms)
 			tc_mirror(ctx, FWV_FWD);
 		return fast_forward(ctx, tc, fc, family, ms);
 	}
+	if (tc)
+		tc_pull(ctx);
 	struct fw_scratch2 *so = bpf_map_lookup_elem(&fw_scratch_out, &zero);
 	if (!so)
 		return native(FWV_ABORT, tc);
@@ -3301,9 +3304,11 @@ static __always_inline void tc_mirror(struct __sk_buff *skb, int v)
 	}
 }
 
-/* Makes the headers the program reads part of the skb's linear data. An
- * skb from a local socket or a GRO aggregate normally has them there
- * already; pulling only when they are not keeps GSO payloads in place. */
+/* Makes the headers the general path reads part of the skb's linear data
+ * (the flow-cache path reads only the fixed headers, and takes the skb
+ * without pulling when they are there: a TCP socket's GSO skb carries
+ * just its headers in the linear part, and pulling would move payload out
+ * of its pages for every aggregate). Pulls only when they are not there. */
 static __always_inline void tc_pull(struct __sk_buff *skb)
 {
 	/* Ethernet, a VLAN tag, the largest IPv4 header, the largest TCP
@@ -3321,7 +3326,6 @@ static __always_inline void tc_pull(struct __sk_buff *skb)
 SEC("tc")
 int tc_fw(struct __sk_buff *skb)
 {
-	tc_pull(skb);
 	struct mstate ms = {};
 	return fw_main(skb, 1, &ms);
 }
