@@ -71,6 +71,40 @@ func floodPPS(tb testing.TB, l *netlab.Lab, sink *netlab.Counter, frame []byte, 
 	return float64(after-before) / res.Elapsed.Seconds()
 }
 
+// forwardBench is the lab the XDP forwarding benchmarks share: the
+// firewall attached with XDP on both ends, UDP to sinkPort allowed and
+// counted (and dropped) at the server, a 64-byte UDP frame from sport to
+// it, and use, which swaps the program on the client end's XDP link (the
+// firewall's own goes back in cleanup).
+func forwardBench(b *testing.B, sinkPort, sport uint16) (l *netlab.Lab, be *Backend, sink *netlab.Counter, frame []byte, use func(*ebpf.Program)) {
+	b.Helper()
+	l, be, sink = newNetlabSink(b, nil, sinkPort)
+	cfg := netlabConfig(l)
+	cfg.Policies[1].DestinationPorts[0].First, cfg.Policies[1].DestinationPorts[0].Last = sinkPort, sinkPort
+	if _, err := be.Apply(context.Background(), cfg); err != nil {
+		b.Fatal(err)
+	}
+	frame = packet.UDP(packet.Spec{
+		SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
+		Src: netip.AddrPortFrom(l.ClientAddr4, sport), Dst: netip.AddrPortFrom(l.ServerAddr4, sinkPort),
+		PayloadLen: 64 - packet.EthernetLen - packet.IPv4Len - packet.UDPLen,
+	})
+	if len(frame) != 64 {
+		b.Fatalf("frame is %d bytes", len(frame))
+	}
+	att, ok := be.attached[l.FwClientIf]
+	if !ok || att.link == nil {
+		b.Fatalf("no XDP link on %s", l.FwClientIf)
+	}
+	use = func(p *ebpf.Program) {
+		if err := att.link.Update(p); err != nil {
+			b.Fatalf("swap the XDP program: %v", err)
+		}
+	}
+	b.Cleanup(func() { att.link.Update(be.objs.XdpFw) })
+	return l, be, sink, frame, use
+}
+
 // BenchmarkForwarding compares the firewall program with a bare
 // bpf_redirect program on the same veth lab: 64-byte UDP frames of an
 // established flow, client -> firewall (XDP) -> server. Reported: pps of
@@ -84,37 +118,15 @@ func floodPPS(tb testing.TB, l *netlab.Lab, sink *netlab.Counter, frame []byte, 
 func BenchmarkForwarding(b *testing.B) {
 	const sinkPort = 7777
 	const perRun = 1 << 22
-	l, be, sink := newNetlabSink(b, nil, sinkPort)
-	cfg := netlabConfig(l)
-	cfg.Policies[1].DestinationPorts[0].First, cfg.Policies[1].DestinationPorts[0].Last = sinkPort, sinkPort
-	if _, err := be.Apply(context.Background(), cfg); err != nil {
-		b.Fatal(err)
-	}
-	frame := packet.UDP(packet.Spec{
-		SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
-		Src: netip.AddrPortFrom(l.ClientAddr4, 40000), Dst: netip.AddrPortFrom(l.ServerAddr4, sinkPort),
-		PayloadLen: 64 - packet.EthernetLen - packet.IPv4Len - packet.UDPLen,
-	})
-	if len(frame) != 64 {
-		b.Fatalf("frame is %d bytes", len(frame))
-	}
+	l, be, sink, frame, use := forwardBench(b, sinkPort, 40000)
 	floodPPS(b, l, sink, frame, 1000) // creates the session: the flow is established from here on
 
-	att, ok := be.attached[l.FwClientIf]
-	if !ok || att.link == nil {
-		b.Fatalf("no XDP link on %s", l.FwClientIf)
-	}
 	fw := be.objs.XdpFw
 	bare, err := bareRedirect(l.ServerMAC, l.FwServerMAC, l.FwServerIndex)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer bare.Close()
-	use := func(p *ebpf.Program) {
-		if err := att.link.Update(p); err != nil {
-			b.Fatalf("swap the XDP program: %v", err)
-		}
-	}
 	defer use(fw)
 
 	var fwPPS, barePPS float64

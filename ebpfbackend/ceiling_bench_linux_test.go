@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -68,23 +67,8 @@ func lookupRedirect(state *ebpf.Map, dst, src []byte, ifindex int) (*ebpf.Progra
 func BenchmarkStateCeiling(b *testing.B) {
 	const sinkPort = 7777
 	const perRun = 1 << 22
-	l, be, sink := newNetlabSink(b, nil, sinkPort)
-	cfg := netlabConfig(l)
-	cfg.Policies[1].DestinationPorts[0].First, cfg.Policies[1].DestinationPorts[0].Last = sinkPort, sinkPort
-	if _, err := be.Apply(context.Background(), cfg); err != nil {
-		b.Fatal(err)
-	}
 	const sport0 = 1024
-	frame := packet.UDP(packet.Spec{
-		SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
-		Src: netip.AddrPortFrom(l.ClientAddr4, sport0), Dst: netip.AddrPortFrom(l.ServerAddr4, sinkPort),
-		PayloadLen: 64 - packet.EthernetLen - packet.IPv4Len - packet.UDPLen,
-	})
-	att, ok := be.attached[l.FwClientIf]
-	if !ok || att.link == nil {
-		b.Fatalf("no XDP link on %s", l.FwClientIf)
-	}
-	defer att.link.Update(be.objs.XdpFw)
+	l, _, sink, frame, use := forwardBench(b, sinkPort, sport0)
 
 	// Two tables: sized like the firewall's default session table for
 	// the one-flow and 64 Ki rows, and 2 Mi entries for all three.
@@ -117,9 +101,7 @@ func BenchmarkStateCeiling(b *testing.B) {
 	progs["bare"] = bare
 
 	flood := func(p *ebpf.Program, flows netlab.FloodFlows) float64 {
-		if err := att.link.Update(p); err != nil {
-			b.Fatalf("swap the XDP program: %v", err)
-		}
+		use(p)
 		before, _, err := sink.Read()
 		if err != nil {
 			b.Fatal(err)
@@ -229,28 +211,14 @@ func insertRedirect(state *ebpf.Map, dst, src []byte, ifindex int) (*ebpf.Progra
 // any XDP forwarder that records each flow in a hash map can take on this
 // machine: the new-udp row of BenchmarkBaselines (netlab.BenchNewFlows
 // distinct flows sent once, BenchNewRounds rounds, each into an empty
-// table) through insertRedirect, with tables of 128 Ki... no: of 2 Mi
-// entries (the bench's session table) and of 256 Ki (the smallest that
+// table) through insertRedirect, with tables of 2 Mi entries (the
+// bench's session table) and of 256 Ki (the smallest power of two that
 // holds a round). Msess/s: flows inserted (and forwarded) per second of
-// flood; compare with nftables' new-udp cell (scripts/bench-ceiling.sh).
+// flood; compare with nftables' new-udp cell (scripts/bench-sessions.sh
+// prints both).
 func BenchmarkSessionInsertCeiling(b *testing.B) {
 	const sinkPort = 7777
-	l, be, sink := newNetlabSink(b, nil, sinkPort)
-	cfg := netlabConfig(l)
-	cfg.Policies[1].DestinationPorts[0].First, cfg.Policies[1].DestinationPorts[0].Last = sinkPort, sinkPort
-	if _, err := be.Apply(context.Background(), cfg); err != nil {
-		b.Fatal(err)
-	}
-	frame := packet.UDP(packet.Spec{
-		SrcMAC: l.ClientMAC, DstMAC: l.FwClientMAC,
-		Src: netip.AddrPortFrom(l.ClientAddr4, 1024), Dst: netip.AddrPortFrom(l.ServerAddr4, sinkPort),
-		PayloadLen: 64 - packet.EthernetLen - packet.IPv4Len - packet.UDPLen,
-	})
-	att, ok := be.attached[l.FwClientIf]
-	if !ok || att.link == nil {
-		b.Fatalf("no XDP link on %s", l.FwClientIf)
-	}
-	defer att.link.Update(be.objs.XdpFw)
+	l, be, sink, frame, use := forwardBench(b, sinkPort, 1024)
 	n := netlab.BenchNewFlows.Count()
 	for _, size := range []uint32{1 << 21, 1 << 18} {
 		var got uint64
@@ -265,9 +233,7 @@ func BenchmarkSessionInsertCeiling(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := att.link.Update(prog); err != nil {
-					b.Fatal(err)
-				}
+				use(prog)
 				before, _, err := sink.Read()
 				if err != nil {
 					b.Fatal(err)
@@ -283,9 +249,7 @@ func BenchmarkSessionInsertCeiling(b *testing.B) {
 				}
 				got += after - before
 				elapsed += res.Elapsed
-				if err := att.link.Update(be.objs.XdpFw); err != nil {
-					b.Fatal(err)
-				}
+				use(be.objs.XdpFw)
 				prog.Close()
 				state.Close()
 			}
