@@ -4,8 +4,10 @@
 # dataplane - kernel forwarding, nftables with conntrack, the eBPF backend
 # forced to XDP and forced to TC, the userspace backend - on the lab's veth
 # settings and on kernel-default veths, in one run, with each cell's ratio
-# to nftables; then the XDP program against a bare XDP redirect
-# (BenchmarkForwarding, target >= 0.9x) and the targets, met or unmet.
+# to nftables; then TC against nftables paired on the same namespaces
+# (BenchmarkTCPPaired, PAIRS iterations; it decides the TC targets), the
+# XDP program against a bare XDP redirect (BenchmarkForwarding, target
+# >= 0.9x) and the targets, met or unmet.
 #
 # Every figure comes from the Go benchmarks: BenchmarkBaselines
 # (netlab.BenchBaselines) in internal/netlab (kernel, nftables),
